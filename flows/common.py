@@ -1,0 +1,141 @@
+"""What the flows share: commands run in the project, the stage order and the metrics, both read from DVC.
+
+Flows work on the project in the current directory, as ``dvc`` does: deployments enter it with the pull
+step of prefect.yaml, local runs start at the project root. DVC stays the only cache of results, so no
+task caches its result in Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from dvc.repo import Repo
+from prefect import get_run_logger
+
+# Nothing the flows start reports usage to outside services, whatever the caller's environment says.
+QUIET = {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+for _name, _value in QUIET.items():
+    os.environ.setdefault(_name, _value)
+
+
+class CommandError(RuntimeError):
+    """A command run by a flow failed; the message ends with the last lines of its output."""
+
+
+def command_env() -> dict[str, str]:
+    """The flow's environment with its interpreter's folder first on PATH, so that ``python`` in stage commands
+    is the flow's own (a worker started as ``.venv/bin/prefect`` without activating the venv still works)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def dvc(*args: str) -> list[str]:
+    """A DVC command line using the DVC installed next to the flow's interpreter."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def run(args: Sequence[str], tail: int = 30) -> str:
+    """Run a command in the project, each output line going to the flow's log as it comes; returns the
+    output. A non-zero exit raises ``CommandError`` with the command and the last ``tail`` lines."""
+    logger = get_run_logger()
+    logger.info("$ %s", " ".join(args))
+    lines: list[str] = []
+    with subprocess.Popen(
+        list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=command_env()
+    ) as process:
+        for line in process.stdout or ():
+            lines.append(line.rstrip())
+            logger.info(lines[-1])
+    if process.returncode:
+        output = "\n".join(lines[-tail:])
+        raise CommandError(f"`{' '.join(args)}` failed with exit status {process.returncode}:\n{output}")
+    return "\n".join(lines)
+
+
+def query(args: Sequence[str]) -> subprocess.CompletedProcess:
+    """Run a read-only command quietly; the caller looks at its exit status and output."""
+    return subprocess.run(list(args), capture_output=True, text=True, env=command_env(), check=False)
+
+
+def order_stages(
+    stages: Sequence[str], edges: Sequence[tuple[str, str]], targets: Sequence[str] | None = None
+) -> list[str]:
+    """``stages`` (in dvc.yaml order) ordered so that each comes after the stages it depends on, keeping
+    dvc.yaml's order where the graph allows. ``edges`` go from a stage to a stage it depends on. With
+    ``targets``, only those stages and everything upstream of them; a target may name a foreach group
+    (``frames`` covers ``frames@egoclip``, ...)."""
+    graph = nx.DiGraph(edges)
+    graph.add_nodes_from(stages)
+    keep = set(stages)
+    if targets:
+        keep = set()
+        for target in targets:
+            matches = [s for s in stages if s == target or s.startswith(f"{target}@")]
+            if not matches:
+                raise ValueError(f"no DVC stage {target!r}; the stages are {list(stages)}")
+            for match in matches:
+                keep |= {match} | nx.descendants(graph, match)
+    position = {stage: i for i, stage in enumerate(stages)}
+    ordered = nx.lexicographical_topological_sort(graph.reverse(), key=position.__getitem__)
+    return [stage for stage in ordered if stage in keep]
+
+
+def stage_order(targets: Sequence[str] | None = None) -> list[str]:
+    """The project's stages in an order DVC can run them (see ``order_stages``), from DVC's own graph."""
+    with Repo(".") as repo:
+        stages = [stage.addressing for stage in repo.index.stages]
+        edges = [(a.addressing, b.addressing) for a, b in repo.index.graph.edges]
+    return order_stages(stages, edges, targets)
+
+
+def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], data
+
+
+def flatten_metrics(shown: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """The numbers of ``dvc metrics show --json`` under dotted names (``finetuned.ek100_mir.mAP_avg``),
+    the file left out as ``dvc exp show`` does, and the problems DVC reported (e.g. a metrics file not
+    written yet). A name found in two files is an error naming both."""
+    workspace = shown.get("", {})
+    problems = [f"DVC metrics: {workspace['error'].get('msg', workspace['error'])}"] if "error" in workspace else []
+    metrics: dict[str, float] = {}
+    origin: dict[str, str] = {}
+    for path, content in (workspace.get("data") or {}).items():
+        if "error" in content:
+            problems.append(f"{path}: {content['error'].get('msg', content['error'])}")
+            continue
+        for name, value in _leaves(content.get("data", {})):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if name in metrics:
+                raise ValueError(f"metric {name!r} is in both {origin[name]} and {path}; rename one of them")
+            metrics[name], origin[name] = float(value), path
+    return metrics, problems
+
+
+def read_metrics() -> dict[str, float]:
+    """The project's current DVC metrics (see ``flatten_metrics``); problems go to the flow's log."""
+    result = query(dvc("metrics", "show", "--json"))
+    if result.returncode:
+        raise CommandError(f"`dvc metrics show` failed:\n{result.stderr.strip()}")
+    metrics, problems = flatten_metrics(json.loads(result.stdout or "{}"))
+    for problem in problems:
+        get_run_logger().warning("%s", problem)
+    return metrics

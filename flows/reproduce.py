@@ -1,0 +1,108 @@
+"""Flow ``reproduce``: the DVC pipeline stage by stage, each stage one Prefect task that asks DVC for it.
+
+DVC decides what happens to a stage: unchanged deps and params skip it, inputs it has seen before restore
+its outputs from the run cache, and anything else runs it. The flow adds retries with back-off, a record
+of what each stage did, and the final metrics, all logged to MLflow as one run named ``reproduce``.
+
+Locally, from the project root: ``python -m flows.reproduce [STAGE ...]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from eva02at.tracking import Tracker, read_settings
+from flows.common import dvc, read_metrics, run, stage_order
+from stages.common import git_commit
+
+# What DVC prints for each outcome of `dvc repro --single-item <stage>`.
+OUTCOMES = {
+    "ran": "Running stage '{}'",
+    "restored": "Stage '{}' is cached - skipping run",
+    "unchanged": "Stage '{}' didn't change, skipping",
+}
+
+
+def outcome(stage: str, output: str) -> str:
+    """What DVC did with ``stage``, read from its output: ran, restored (from the run cache) or unchanged."""
+    for name, message in OUTCOMES.items():
+        if message.format(stage) in output:
+            return name
+    raise ValueError(f"stage {stage}: DVC's output names no outcome:\n{output[-2000:]}")
+
+
+@task(cache_policy=NO_CACHE)
+def repro_stage(stage: str) -> dict[str, Any]:
+    """Bring one stage up to date; the stages before it in the order have been brought up to date already."""
+    started = time.perf_counter()
+    output = run(dvc("repro", "--single-item", stage))
+    return {"stage": stage, "outcome": outcome(stage, output), "seconds": round(time.perf_counter() - started, 1)}
+
+
+@task(cache_policy=NO_CACHE)
+def track_summary(summary: dict[str, Any]) -> str | None:
+    """Log the summary as the MLflow run ``reproduce``: outcomes as params, metrics, the whole as JSON."""
+    settings = read_settings()
+    tags = {"prefect.flow": "reproduce", "prefect.flow_run": str(flow_run.id), "git.commit": git_commit()}
+    with Tracker(settings.experiment, "reproduce", settings.uri, enabled=settings.enabled, tags=tags) as tracker:
+        by_outcome = {
+            f"stages.{name}": ",".join(s["stage"] for s in summary["stages"] if s["outcome"] == name)
+            for name in [*OUTCOMES, "failed"]
+        }
+        tracker.log_params({"targets": ",".join(summary["targets"]) or "all", **by_outcome})
+        tracker.log_metrics(summary["metrics"])
+        tracker.log_json(summary, "summary.json")
+        tracker.set_tags({"reproduce.status": summary["status"]})
+        return tracker.run_id
+
+
+@flow(name="reproduce", log_prints=True)
+def reproduce(
+    targets: list[str] | None = None, retries: int = 2, retry_delay_s: float = 30.0, track: bool = True
+) -> dict[str, Any]:
+    """Reproduce the DVC pipeline stage by stage and summarise what ran, what came from DVC's cache, and
+    the metrics.
+
+    Args:
+        targets: Stages to bring up to date together with everything upstream of them, named as in
+            `dvc stage list` (a foreach group name such as `frames` covers all its items). Empty: all.
+        retries: How many times a failed stage is retried (for transient failures: a lost node, a full
+            disk being cleaned, a busy DVC lock).
+        retry_delay_s: Seconds before the first retry; each further retry waits twice as long.
+        track: Log the summary to MLflow as a run named `reproduce`.
+    """
+    stages = stage_order(targets)
+    print(f"stages in order: {', '.join(stages)}")
+    step = repro_stage.with_options(retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_s))
+    results, failure = [], None
+    for stage in stages:
+        try:
+            results.append(step(stage))
+        except Exception as err:  # recorded in the summary, then raised again
+            results.append({"stage": stage, "outcome": "failed", "error": str(err)[-2000:]})
+            failure = err
+            break
+    summary = {
+        "targets": list(targets or []),
+        "status": "failed" if failure else "completed",
+        "stages": results,
+        "metrics": {} if failure else read_metrics(),
+    }
+    for result in results:
+        print(f"{result['stage']:<32} {result['outcome']:<10} {result.get('seconds', '')}")
+    if track:
+        summary["mlflow_run"] = track_summary(summary)
+    if failure:
+        raise failure
+    return summary
+
+
+if __name__ == "__main__":
+    reproduce(targets=sys.argv[1:] or None)

@@ -1,0 +1,249 @@
+"""Flow ``retrain``, the scheduled job: bring code and data up to date, run the pipeline as a DVC
+experiment with params overrides, and register the fine-tuned model in MLflow's model registry only
+when it beats the champion.
+
+The champion is the version of the registered model that the alias ``champion`` points at; the MLflow
+run that registered it holds the metrics it was judged by. Every execution logs one MLflow run, named
+after its DVC experiment and tagged ``prefect.flow=retrain``, whose tags ``retrain.decision`` and
+``retrain.reason`` say what happened to the candidate and why.
+
+A checkout that was clean when the flow started is clean again when it ends: the experiment lives on in
+DVC (``dvc exp show``, ``dvc exp apply NAME``), so the next scheduled run pulls and starts from HEAD.
+
+Locally, from the project root: ``python -m flows.retrain [KEY=VALUE ...]`` (params overrides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dvc.repo import Repo
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from eva02at.tracking import Tracker, aliased_version, get_run, read_settings, register_model
+from flows.common import dvc, query, read_metrics, run
+from stages.common import git_commit
+
+DEFAULT_METRIC = "finetuned.ek100_mir.mAP_avg"
+ALIAS = "champion"
+
+
+@dataclass(frozen=True)
+class Decision:
+    register: bool
+    reason: str
+
+
+def decide(
+    metric: str, value: float | None, model: Path, champion: int | None, champion_value: float | None
+) -> Decision:
+    """Register the candidate only if it has the metric, a model file, and a strictly higher value than
+    champion version ``champion`` (any value wins when there is no champion or it lacks the metric)."""
+    if value is None or math.isnan(value):
+        return Decision(False, f"the experiment produced no value for metric {metric!r}")
+    if not model.is_file():
+        return Decision(False, f"the experiment produced no model file {model}")
+    if champion is None:
+        return Decision(True, f"{metric}={value:.6g} and no champion yet")
+    if champion_value is None or math.isnan(champion_value):
+        return Decision(True, f"{metric}={value:.6g}; champion v{champion} has no value for it")
+    if value > champion_value:
+        return Decision(True, f"{metric}={value:.6g} beats champion v{champion} ({champion_value:.6g})")
+    return Decision(False, f"{metric}={value:.6g} does not beat champion v{champion} ({champion_value:.6g})")
+
+
+def is_clean() -> bool:
+    """True when no tracked file differs from HEAD."""
+    return not query(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+
+
+@task(cache_policy=NO_CACHE)
+def pull_code(clean: bool) -> str:
+    """``git pull --ff-only`` when the branch tracks a remote branch; otherwise the reason it was skipped."""
+    upstream = query(["git", "rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}"])
+    if upstream.returncode:
+        done = "git pull skipped: the branch tracks no remote branch"
+    elif not clean:
+        done = "git pull skipped: tracked files have uncommitted changes"
+    else:
+        run(["git", "pull", "--ff-only"])
+        done = f"git pull from {upstream.stdout.strip()}"
+    get_run_logger().info("%s", done)
+    return done
+
+
+@task(cache_policy=NO_CACHE)
+def pull_data() -> str:
+    """``dvc pull`` from the default DVC remote, if one is configured; otherwise the reason it was skipped."""
+    with Repo(".") as repo:
+        remote = repo.config["core"].get("remote")
+    if remote:
+        run(dvc("pull", "--allow-missing"))  # what the remote lacks, the experiment rebuilds
+        done = f"dvc pull from {remote}"
+    else:
+        done = "dvc pull skipped: no default DVC remote"
+    get_run_logger().info("%s", done)
+    return done
+
+
+@task(cache_policy=NO_CACHE)
+def run_experiment(name: str, overrides: dict[str, Any], targets: list[str]) -> None:
+    """``dvc exp run`` in the workspace: DVC runs what changed, records the experiment under ``name``."""
+    settings = [f"--set-param={key}={json.dumps(value)}" for key, value in overrides.items()]
+    run(dvc("exp", "run", "--name", name, *settings, *targets))
+
+
+def experiment_commit(name: str) -> str:
+    """The git commit DVC made for experiment ``name`` (its ref is ``refs/exps/.../<name>``)."""
+    refs = query(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"]).stdout
+    found = [line.split()[1] for line in refs.splitlines() if line.split()[0].endswith(f"/{name}")]
+    return found[0] if found else "unknown"
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file's bytes: the hash dvc.lock records for it."""
+    digest = hashlib.md5()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What one execution produced and from what: the DVC experiment and its inputs and metrics."""
+
+    experiment: str  # DVC experiment name
+    commit: str  # git commit the experiment started from
+    pulled: list[str]  # what the pulls before it did, or why they were skipped
+    overrides: dict[str, Any]
+    targets: list[str]
+    metrics: dict[str, float]
+    error: str | None = None  # why the experiment failed, if it did
+
+
+def lineage(candidate: Candidate, metric: str, model: Path) -> dict[str, str]:
+    """Tags of a registered version: where its code, params and bytes come from, and its metric."""
+    return {
+        "git.commit": candidate.commit,
+        "dvc.experiment": candidate.experiment,
+        "dvc.experiment.commit": experiment_commit(candidate.experiment),
+        "overrides": json.dumps(candidate.overrides, sort_keys=True),
+        "metric": metric,
+        "metric.value": repr(candidate.metrics[metric]),
+        "model.md5": file_md5(model),
+        "prefect.flow_run": str(flow_run.id),
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def judge_and_register(candidate: Candidate, metric: str, model: Path, model_name: str) -> dict[str, Any]:
+    """Compare the candidate with the champion, log the flow's MLflow run, register the model if better."""
+    settings = read_settings()  # the registry needs MLflow, so tracking.enabled does not apply here
+    champion = aliased_version(model_name, ALIAS, settings.uri)
+    best = get_run(champion.run_id, settings.uri).metrics.get(metric) if champion and champion.run_id else None
+    if candidate.error:
+        decision = Decision(False, f"the experiment failed: {candidate.error}")
+    else:
+        decision = decide(metric, candidate.metrics.get(metric), model, champion and champion.version, best)
+    tags = {
+        "prefect.flow": "retrain",
+        "prefect.flow_run": str(flow_run.id),
+        "git.commit": candidate.commit,
+        "dvc.experiment": candidate.experiment,
+        "retrain.decision": "registered" if decision.register else "not registered",
+        "retrain.reason": decision.reason,
+        "retrain.pulled": "; ".join(candidate.pulled),
+    }
+    with Tracker(settings.experiment, candidate.experiment, settings.uri, tags=tags) as tracker:
+        tracker.log_params(
+            {"overrides": candidate.overrides, "targets": ",".join(candidate.targets) or "all", "metric": metric}
+        )
+        tracker.log_metrics(candidate.metrics)
+        version = None
+        if decision.register:
+            registered = register_model(
+                model_name, model, tracker.run_id, lineage(candidate, metric, model), ALIAS, settings.uri
+            )
+            version = registered.version
+            tracker.set_tags({"registry.model": model_name, "registry.version": str(version)})
+    get_run_logger().info("%s: %s", "registered" if decision.register else "not registered", decision.reason)
+    return {
+        "registered": decision.register,
+        "reason": decision.reason,
+        "version": version,
+        "previous_champion": champion and champion.version,
+        "mlflow_run": tracker.run_id,
+    }
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` arguments as overrides, values read as YAML (``lr=1e-4`` is a number)."""
+    pairs = [arg.partition("=") for arg in args]
+    bad = [arg for arg, (_, sep, _) in zip(args, pairs, strict=True) if not sep]
+    if bad:
+        raise SystemExit(f"overrides must look like KEY=VALUE, got {bad}")
+    return {key: yaml.safe_load(value) for key, _, value in pairs}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    overrides: dict[str, Any] | None = None,
+    targets: list[str] | None = None,
+    metric: str = DEFAULT_METRIC,
+    model_path: str = "models/finetune/model.pt",
+    model_name: str = "eva02at-ek100-mir",
+    name: str | None = None,
+    retries: int = 1,
+    retry_delay_s: float = 60.0,
+) -> dict[str, Any]:
+    """Pull, run the pipeline as a DVC experiment, and promote the model to champion only if it is better.
+
+    Args:
+        overrides: Params to change for this experiment, `{"finetune.optim.lr": 1e-4}`, passed to
+            `dvc exp run --set-param` (a key may name its file: `params.yaml:finetune.loss`).
+        targets: Stages to run with everything upstream of them; empty: the whole pipeline.
+        metric: DVC metric (dotted name, as in `dvc exp show`) that decides; higher is better.
+        model_path: The model file to register, an output of the pipeline.
+        model_name: Registered model in MLflow; the alias `champion` marks its best version.
+        name: DVC experiment name; default `retrain-<UTC time>`.
+        retries: Retries of the pulls and of the experiment after a failure (transient errors).
+        retry_delay_s: Seconds before the first retry; each further retry waits twice as long.
+    """
+    overrides, targets = overrides or {}, targets or []
+    name = name or f"retrain-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    options = {"retries": retries, "retry_delay_seconds": exponential_backoff(retry_delay_s)}
+    clean = is_clean()
+    pulled = [pull_code.with_options(**options)(clean), pull_data.with_options(**options)()]
+    commit, failure, metrics = git_commit(), None, {}
+    try:
+        try:
+            run_experiment.with_options(**options)(name, overrides, targets)
+            metrics = read_metrics()
+        except Exception as err:  # recorded in MLflow as the reason nothing was registered, then raised again
+            failure = err
+        error = str(failure)[-1000:] if failure else None
+        candidate = Candidate(name, commit, pulled, overrides, targets, metrics, error)
+        result = judge_and_register(candidate, metric, Path(model_path), model_name)
+    finally:
+        if clean:  # every change is the experiment's, and DVC keeps it
+            run(["git", "checkout", "HEAD", "--", "."])
+    if failure:
+        raise failure
+    print(f"experiment {name}: {'registered' if result['registered'] else 'not registered'}: {result['reason']}")
+    return {"experiment": name, "pulled": pulled, "metrics": candidate.metrics, **result}
+
+
+if __name__ == "__main__":
+    retrain(overrides=parse_overrides(sys.argv[1:]))

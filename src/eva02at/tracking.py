@@ -1,0 +1,234 @@
+"""MLflow tracking: the only module that imports MLflow. One run per stage execution, rank 0 only.
+
+A run records the params, per-step metrics, the final checkpoint and resolved config as artifacts, and
+lineage tags given by the caller (git commit, pipeline stage, dependency hashes). Queries return plain
+records (``RunRecord``, ``ModelVersion``) so that callers never handle MLflow objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eva02at.config import from_dict
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set (deployments point workers at a server), else params, else local SQLite."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """The ``tracking`` section of params.yaml."""
+
+    experiment: str = "eva02at"
+    uri: str | None = None  # MLFLOW_TRACKING_URI overrides it; sqlite:///mlflow.db when both are unset
+    enabled: bool = True
+
+
+def read_settings(params_file: str | Path = "params.yaml") -> TrackingSettings:
+    """The tracking settings of a params file; defaults for what it leaves out, or when there is no file."""
+    path = Path(params_file)
+    section = (yaml.safe_load(path.read_text()) or {}).get("tracking") if path.is_file() else None
+    return from_dict(TrackingSettings, section or {}, f"{path}: tracking")
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as MLflow's flat ``a.b.c`` keys (values stringified, MLflow's limit respected)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+class Tracker:
+    """An MLflow run, or nothing at all when ``enabled`` is false (non-zero ranks, tracking switched off)."""
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        uri: str | None = None,
+        enabled: bool = True,
+        tags: dict[str, str] | None = None,
+    ):
+        self.enabled = enabled
+        self.run_id: str | None = None
+        if not enabled:
+            return
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri(uri))
+        mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name, tags=tags or {})
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            flat = flatten(params)
+            keys = sorted(flat)
+            for start in range(0, len(keys), 100):  # MLflow accepts at most 100 params per batch
+                self._mlflow.log_params({k: flat[k] for k in keys[start : start + 100]})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            self._mlflow.set_tags(tags)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def log_json(self, data: Any, name: str) -> None:
+        if self.enabled:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / name
+                path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+                self._mlflow.log_artifact(str(path))
+
+    def end(self, failed: bool = False) -> None:
+        if self.enabled and self._mlflow.active_run() is not None:
+            self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end(failed=exc_type is not None)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data, so that tables and comparisons need no MLflow objects."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int  # milliseconds since the epoch
+    params: dict[str, str]
+    metrics: dict[str, float]  # the last logged value of each metric
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model, with the run that produced it and its lineage tags."""
+
+    name: str
+    version: int
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+
+def _client(uri: str | None):
+    from mlflow import MlflowClient
+
+    resolved = tracking_uri(uri)
+    return MlflowClient(tracking_uri=resolved, registry_uri=resolved)
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        status=run.info.status,
+        start_time=run.info.start_time or 0,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+    )
+
+
+def find_runs(experiment: str, uri: str | None = None) -> list[RunRecord]:
+    """Every run of ``experiment``, newest first (all pages of MLflow's search)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri(uri)}")
+    runs: list[RunRecord] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id], max_results=1000, order_by=["attributes.start_time DESC"], page_token=token
+        )
+        runs += [_record(run) for run in page]
+        token = page.token
+        if not token:
+            return runs
+
+
+def get_run(run_id: str, uri: str | None = None) -> RunRecord:
+    return _record(_client(uri).get_run(run_id))
+
+
+def _version(found) -> ModelVersion:
+    return ModelVersion(
+        name=found.name,
+        version=int(found.version),
+        run_id=found.run_id or None,
+        source=found.source,
+        tags=dict(found.tags),
+        aliases=tuple(found.aliases),
+    )
+
+
+def aliased_version(model_name: str, alias: str, uri: str | None = None) -> ModelVersion | None:
+    """The version of ``model_name`` that ``alias`` points at; None when the model or the alias is absent."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = model.aliases.get(alias)
+    return None if version is None else _version(client.get_model_version(model_name, str(version)))
+
+
+def register_model(
+    model_name: str,
+    path: str | Path,
+    run_id: str,
+    tags: dict[str, str],
+    alias: str,
+    uri: str | None = None,
+) -> ModelVersion:
+    """Upload the file ``path`` into the run's artifacts (``model/``), add it as a new version of
+    ``model_name`` (created on first use) with ``tags``, and move ``alias`` to that version.
+
+    The file is copied into the run, so the registry serves it to every machine that shares the server.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    client.log_artifact(run_id, str(path), "model")
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    created = client.create_model_version(model_name, source, run_id=run_id, tags=tags)
+    client.set_registered_model_alias(model_name, alias, created.version)
+    return _version(client.get_model_version(model_name, created.version))

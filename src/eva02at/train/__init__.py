@@ -1,0 +1,1 @@
+"""Training machinery on top of the library: batch sampling, multi-process gathering, the training loop."""

@@ -1,0 +1,67 @@
+"""AdamW with the usual CLIP parameter groups and the two learning-rate schedules EVA02-AT uses.
+
+Pretraining keeps the learning rate fixed; fine-tuning warms up linearly from ``warmup_lr`` to ``lr`` and
+then follows a cosine down to ``final_lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "constant"  # constant | cosine
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    final_lr: float = 1e-6
+    grad_clip: float = 0.0  # 0 disables clipping
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: biases, norms, embeddings and other 1-d or scalar tensors are not decayed."""
+    no_decay_names = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or name.endswith(".bias") or any(n in name for n in no_decay_names)
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    groups = parameter_groups(model, config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, config: OptimConfig) -> float:
+    """The learning rate of optimizer step ``step`` (0-based)."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule != "cosine":
+        raise ValueError(f"unknown schedule {config.schedule!r}; use 'constant' or 'cosine'")
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return config.warmup_lr + (config.lr - config.warmup_lr) * step / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.final_lr + 0.5 * (config.lr - config.final_lr) * (
+        1 + math.cos(math.pi * min(1.0, progress))
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, config: OptimConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR whose factor turns the optimizer's base ``lr`` into :func:`lr_at`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_at(step, total_steps, steps_per_epoch, config) / config.lr
+    )

@@ -1,0 +1,83 @@
+"""What a training step computes: embeddings of a batch, gathered over ranks, and a loss over them.
+
+Every rank computes the loss of the whole global batch (embeddings gathered with gradients), and the soft
+labels of fine-tuning are rebuilt from the full relevancy table with the gathered (video, caption) indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import open_clip
+import torch
+from torch import nn
+
+from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
+from eva02at.train.data import normalize
+from eva02at.train.distributed import all_gather_indices, all_gather_with_grad
+
+LossFn = Callable[..., torch.Tensor]  # (video, text, relevance=None) -> scalar
+
+
+class Task(Protocol):
+    model: nn.Module
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
+
+    def save(self, path, extra: dict) -> None: ...
+
+
+class RelevanceLookup(Protocol):
+    def lookup(self, video_idx, sentence_idx): ...
+
+
+def global_loss(
+    video: torch.Tensor, text: torch.Tensor, batch: dict, loss_fn: LossFn, relevancy: RelevanceLookup | None
+) -> torch.Tensor:
+    """The loss of the global batch: gather embeddings (with gradients) and, if needed, the soft labels."""
+    video, text = all_gather_with_grad(video), all_gather_with_grad(text)  # (W*B, D)
+    if relevancy is None:
+        return loss_fn(video, text)
+    videos = all_gather_indices(batch["videos"]).numpy()
+    captions = all_gather_indices(batch["captions"]).numpy()
+    relevance = torch.from_numpy(relevancy.lookup(videos, captions)).to(video.device)  # (W*B, W*B)
+    return loss_fn(video, text, relevance)
+
+
+class VideoTextTask:
+    """A VideoCLIP on (clip, caption) pairs: InfoNCE in pretraining, soft-label losses in fine-tuning."""
+
+    def __init__(self, model: VideoCLIP, loss_fn: LossFn, relevancy: RelevanceLookup | None = None):
+        self.model, self.loss_fn, self.relevancy = model, loss_fn, relevancy
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        frames = batch["frames"].to(device, non_blocking=True)  # (B, T, 3, H, W) uint8
+        frames = normalize(frames, self.model.image_mean, self.model.image_std)
+        tokens = self.model.tokenize(batch["texts"]).to(device)
+        video, text = model(frames, tokens)  # (B, D) each
+        return global_loss(video, text, batch, self.loss_fn, self.relevancy)
+
+    def save(self, path, extra: dict) -> None:
+        save_video_clip(self.model, path, extra)
+
+
+class ImageTextTask:
+    """An open_clip image CLIP trained on single frames and captions (the start of pretraining)."""
+
+    def __init__(self, model: nn.Module, model_name: str, loss_fn: LossFn):
+        self.model, self.model_name, self.loss_fn = model, model_name, loss_fn
+        model.logit_scale.requires_grad_(False)  # the temperature is fixed by the loss
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+        self.mean, self.std = preprocess["mean"], preprocess["std"]
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        images = batch["frames"][:, 0].to(device, non_blocking=True)  # (B, 3, H, W): the single frame
+        images = normalize(images, self.mean, self.std)
+        tokens = self.tokenizer(batch["texts"]).to(device)
+        image, text = model(images, tokens)[:2]  # open_clip returns (image, text, logit_scale, ...)
+        return global_loss(image, text, batch, self.loss_fn, None)
+
+    def save(self, path, extra: dict) -> None:
+        save_image_clip(self.model, self.model_name, path, extra)

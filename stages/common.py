@@ -1,0 +1,78 @@
+"""What every stage shares: its section of ``params.yaml`` and a clean exit on bad input."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def load_params(section: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The ``section`` of ``params.yaml``; a missing section is an error naming the file."""
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    if section not in params:
+        raise SystemExit(f"{path}: no '{section}' section")
+    return params[section]
+
+
+def stage_main(func: Callable[[], None]) -> Callable[[], None]:
+    """Run a stage entry point with logging set up; expected failures exit non-zero with one clear line."""
+
+    @functools.wraps(func)
+    def wrapper() -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            func()
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            logging.getLogger(func.__module__).error("%s", err)
+            sys.exit(1)
+
+    return wrapper
+
+
+def git_commit() -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+def dependency_hashes(stage: str) -> dict[str, str]:
+    """DVC's hash of every dependency of ``stage`` now, the same values ``dvc.lock`` records for this run.
+
+    Computed with DVC's own hashing at the start of the stage (``dvc.lock`` is only written after it ends).
+    Empty outside a DVC project.
+    """
+    try:
+        from dvc.repo import Repo
+
+        with Repo(".") as repo:
+            (dvc_stage,) = repo.stage.collect(stage)
+            hashes = {dep.def_path: dep.get_hash().value for dep in dvc_stage.deps if dep.exists}
+            return {path: value for path, value in hashes.items() if isinstance(value, str)}  # params are logged apart
+    except Exception as err:  # lineage is informative; its absence must not stop training
+        logging.getLogger(__name__).warning("no DVC lineage for stage %s: %s", stage, err)
+        return {}
+
+
+def lineage_tags(stage: str) -> dict[str, str]:
+    """MLflow tags linking a run to its code and data: git commit, DVC stage and dependency hashes."""
+    tags = {"dvc.stage": stage, "git.commit": git_commit()}
+    tags.update({f"dvc.dep.{path}": value for path, value in dependency_hashes(stage).items()})
+    return tags

@@ -1,0 +1,86 @@
+"""``finetune`` stage: EK100 multi-instance retrieval fine-tuning with soft labels.
+
+Starts from the pretrained video model (its temporal embedding interpolated to the fine-tuning frame count),
+pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
+``loss`` (``sms``, ``adaptive_mi_mm`` or ``mi_mm``) on the relevance of the gathered global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from eva02at.config import from_dict
+from eva02at.labels import RelevancyTable
+from eva02at.losses import get_loss
+from eva02at.models import load_video_clip
+from eva02at.shards import FrameShards
+from eva02at.train.data import ClipPairs
+from eva02at.train.distributed import setup
+from eva02at.train.loop import TrainConfig
+from eva02at.train.optim import OptimConfig
+from eva02at.train.sampling import RelevantPairSampler
+from eva02at.train.tasks import VideoTextTask
+from stages.common import load_params, stage_main
+from stages.training import Outputs, Run, check_frames, resolved, run_training
+
+
+@dataclass
+class FinetuneParams:
+    init: str  # video checkpoint (the pretrain stage's model.pt)
+    frames: str  # decoded EK100 train split
+    sentences: str  # EK100 train sentence CSV (the captions, columns of the relevancy table)
+    relevancy: str  # the soft_labels stage's table of the train split
+    out: str
+    checkpoints: str
+    num_frames: int = 16
+    loss: str = "sms"
+    losses: dict = field(default_factory=dict)  # per-loss parameters, e.g. {sms: {margin: 0.6}}
+    relevance_threshold: float = 0.1  # captions drawn among those with R above this
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:
+    """Sentence texts in the table's column order (rows matched by narration_id, never by text)."""
+    text = pd.read_csv(sentences_csv).set_index("narration_id")["narration"]
+    missing = [s for s in table.sentence_ids if s not in text.index]
+    if missing:
+        raise ValueError(
+            f"{sentences_csv}: no sentence for narration_id(s) {missing[:5]} of the relevancy table"
+        )
+    return text.loc[list(table.sentence_ids)].astype(str).tolist()
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = from_dict(FinetuneParams, load_params("finetune", args.params), "finetune")
+    loss = get_loss(params.loss, **params.losses.get(params.loss, {}))
+    model = load_video_clip(params.init)
+    if model.num_frames != params.num_frames:
+        model.set_num_frames(params.num_frames)  # linear interpolation of the temporal embedding
+    check_frames(params.frames, params.num_frames, model.image_size)
+    table = RelevancyTable.load(params.relevancy)
+    dataset = ClipPairs(FrameShards(params.frames), list(table.video_ids), captions(params.sentences, table))
+    dist = setup()
+    sampler = RelevantPairSampler(
+        table, params.train.batch_size, seed=params.train.seed, threshold=params.relevance_threshold,
+        rank=dist.rank, world_size=dist.world_size,
+    )  # fmt: skip
+    run = Run("finetune", params.train, params.optim)
+    config = resolved(run, init=params.init, frames=params.frames, relevancy=params.relevancy,
+                      num_frames=params.num_frames, loss=params.loss, loss_params=params.losses.get(params.loss, {}),
+                      relevance_threshold=params.relevance_threshold)  # fmt: skip
+    task = VideoTextTask(model, loss, relevancy=table)
+    run_training(
+        run, task, sampler, dataset, Outputs(params.out, params.checkpoints), dist, config, args.params
+    )
+
+
+if __name__ == "__main__":
+    main()

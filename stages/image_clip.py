@@ -1,0 +1,86 @@
+"""``image_clip`` stage: the EVA02-CLIP image checkpoint that pretraining starts from.
+
+With ``weights`` set (an open_clip EVA02-CLIP weights file downloaded once) the weights are imported
+strictly and checked on the sample frames. Without, a small image CLIP is trained on single frames and
+captions of the pretraining corpus and saved in the same form, so pretraining runs the real inflation path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from eva02at.config import from_dict
+from eva02at.losses import get_loss
+from eva02at.models import create_image_clip, save_image_clip
+from eva02at.shards import FrameShards
+from eva02at.train.data import ClipPairs, OwnCaptions, collate
+from eva02at.train.distributed import setup
+from eva02at.train.loop import TrainConfig
+from eva02at.train.optim import OptimConfig
+from eva02at.train.sampling import RelevantPairSampler
+from eva02at.train.tasks import ImageTextTask
+from stages.common import load_params, stage_main
+from stages.training import Outputs, Run, check_frames, resolved, run_training
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageClipParams:
+    model: str  # open_clip model name: EVA02-B-16, EVA02-L-14, or a tiny one of this project
+    frames: str  # decoded pretraining corpus: one frame per clip is used
+    out: str
+    checkpoints: str
+    weights: str | None = None  # EVA02-CLIP image-text weights file; when set, imported instead of trained
+    temperature: float = 0.05
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = from_dict(ImageClipParams, load_params("image_clip", args.params), "image_clip")
+    model = create_image_clip(params.model, params.weights)
+    check_frames(params.frames, 1, int(model.visual.image_size[0]))
+    shards = FrameShards(params.frames)
+    clips = shards.clip_ids
+    texts = shards.texts(clips)
+    task = ImageTextTask(model, params.model, get_loss("infonce", temperature=params.temperature))
+    if params.weights:
+        check_imported(task, ClipPairs(shards, clips, texts, single_frame=True))
+        save_image_clip(model, params.model, Path(params.out) / "model.pt")
+        return
+    dist = setup()
+    sampler = RelevantPairSampler(
+        OwnCaptions(len(clips)), params.train.batch_size, seed=params.train.seed, rank=dist.rank,
+        world_size=dist.world_size,
+    )  # fmt: skip
+    run = Run("image_clip", params.train, params.optim)
+    config = resolved(run, model=params.model, frames=params.frames, temperature=params.temperature)
+    run_training(
+        run, task, sampler, ClipPairs(shards, clips, texts, single_frame=True),
+        Outputs(params.out, params.checkpoints), dist, config, args.params,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def check_imported(task: ImageTextTask, dataset: ClipPairs, count: int = 16) -> None:
+    """Imported weights must give a finite loss on real frames and captions."""
+    batch = collate([dataset[(0, i, i)] for i in range(min(count, len(dataset)))])
+    task.model.eval()
+    loss = task.loss(task.model, batch, torch.device("cpu"))
+    if not torch.isfinite(loss):
+        raise ValueError(f"imported weights give a non-finite loss ({loss.item()}) on the sample frames")
+    log.info("imported %s: InfoNCE on %d sample pairs = %.4f", task.model_name, len(batch["texts"]), loss)
+
+
+if __name__ == "__main__":
+    main()

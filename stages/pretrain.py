@@ -1,0 +1,64 @@
+"""``pretrain`` stage: single-stage CLIP-to-video pretraining on an EgoClip-format corpus.
+
+Inflates the image checkpoint into the video model (joint space-time attention, spatial-temporal RoPE, zero
+temporal embedding) and trains it with symmetric InfoNCE at a fixed temperature and a fixed learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from eva02at.config import from_dict
+from eva02at.losses import get_loss
+from eva02at.models import from_open_clip, load_image_clip
+from eva02at.shards import FrameShards
+from eva02at.train.data import ClipPairs, OwnCaptions
+from eva02at.train.distributed import setup
+from eva02at.train.loop import TrainConfig
+from eva02at.train.optim import OptimConfig
+from eva02at.train.sampling import RelevantPairSampler
+from eva02at.train.tasks import VideoTextTask
+from stages.common import load_params, stage_main
+from stages.training import Outputs, Run, check_frames, resolved, run_training
+
+
+@dataclass
+class PretrainParams:
+    init: str  # image-CLIP checkpoint (the image_clip stage's model.pt)
+    frames: str  # decoded EgoClip-format corpus
+    out: str
+    checkpoints: str
+    num_frames: int = 4
+    embed_dim: int = 256
+    temperature: float = 0.05
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = from_dict(PretrainParams, load_params("pretrain", args.params), "pretrain")
+    model = from_open_clip(load_image_clip(params.init), params.num_frames, params.embed_dim)
+    check_frames(params.frames, params.num_frames, model.image_size)
+    shards = FrameShards(params.frames)
+    clips = shards.clip_ids
+    texts = shards.texts(clips)
+    dist = setup()
+    sampler = RelevantPairSampler(
+        OwnCaptions(len(clips)), params.train.batch_size, seed=params.train.seed, rank=dist.rank,
+        world_size=dist.world_size,
+    )  # fmt: skip
+    task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))
+    run = Run("pretrain", params.train, params.optim)
+    config = resolved(run, init=params.init, frames=params.frames, num_frames=params.num_frames,
+                      embed_dim=params.embed_dim, temperature=params.temperature)  # fmt: skip
+    run_training(run, task, sampler, ClipPairs(shards, clips, texts), Outputs(params.out, params.checkpoints),
+                 dist, config, args.params)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""``soft_labels`` stage: the EK100 relevancy tables (videos x sentences) of the train and test splits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from eva02at.atomic import write_text
+from eva02at.config import from_dict
+from eva02at.labels import build_relevancy
+from stages.common import load_params, stage_main
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    videos: str  # EPIC_100_retrieval_<split>.csv
+    sentences: str  # EPIC_100_retrieval_<split>_sentence.csv
+
+
+@dataclass
+class SoftLabelParams:
+    out: str
+    splits: dict
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    params = from_dict(SoftLabelParams, load_params("soft_labels", parser.parse_args().params), "soft_labels")
+    out = Path(params.out)
+    summaries = {}
+    for name, values in params.splits.items():
+        split = from_dict(Split, values, f"soft_labels.splits.{name}")
+        summaries[name] = build_relevancy(split.videos, split.sentences, out / f"{name}.npz")
+        log.info("%s: %s", name, summaries[name])
+    write_text(out / "summary.json", json.dumps(summaries, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""What the three training stages share: process setup, MLflow run with lineage, resumable training, outputs.
+
+Outputs of a training stage ``<name>``: ``<out>/model.pt`` (final weights, in the model's checkpoint format),
+``<out>/history.csv`` (loss, lr and throughput per logged step, a DVC plot); the resumable training state
+lives in ``<checkpoints>/checkpoint.pt``, which DVC keeps between runs so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eva02at.atomic import write_text
+from eva02at.shards import MANIFEST, manifest_metadata
+from eva02at.tracking import Tracker
+from eva02at.train.distributed import DistInfo, broadcast, cleanup
+from eva02at.train.loop import TrainConfig, train
+from eva02at.train.optim import OptimConfig
+from eva02at.train.tasks import Task
+from stages.common import lineage_tags, load_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackingParams:
+    uri: str | None = (
+        None  # MLflow tracking URI; MLFLOW_TRACKING_URI overrides, sqlite:///mlflow.db by default
+    )
+    experiment: str = "eva02at"
+    enabled: bool = True
+
+
+@dataclass
+class Outputs:
+    out: str  # final model and history
+    checkpoints: str  # resumable state (kept by DVC between runs)
+
+
+@dataclass
+class Run:
+    stage: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def shard_spec(directory: str | Path) -> dict:
+    """The frame spec a collection was decoded with (frames per view, size), from its manifest."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no frame shards; run the frames stage for this collection first")
+    return json.loads(manifest_metadata(path)["spec"])
+
+
+def check_frames(directory: str | Path, num_frames: int, image_size: int) -> None:
+    """Fail before any work when the decoded frames do not fit the model (frame count, image size)."""
+    spec = shard_spec(directory)
+    if spec["num_frames"] != num_frames and num_frames != 1:
+        raise ValueError(
+            f"{directory} holds {spec['num_frames']} frames per clip but the model takes {num_frames}: "
+            "decode the collection with the model's frame count (frames.collections.*.num_frames)"
+        )
+    if spec["size"] != image_size:
+        raise ValueError(
+            f"{directory} holds {spec['size']} px frames but the model takes {image_size} px: "
+            "set frames.size to the model's image size"
+        )
+
+
+def run_training(
+    run: Run,
+    task: Task,
+    sampler,
+    dataset,
+    outputs: Outputs,
+    dist: DistInfo,
+    params: dict,
+    params_file: str = "params.yaml",
+) -> None:
+    """Train, track and write the stage's outputs; rank 0 alone tracks and writes."""
+    tracking = TrackingParams(**load_params("tracking", params_file))
+    lead = dist.rank == 0
+    tags = lineage_tags(run.stage) if lead else {}
+    deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
+    fingerprint = broadcast(hashlib.sha256(json.dumps([params, deps], sort_keys=True).encode()).hexdigest())
+    out = Path(outputs.out)
+    tracker = Tracker(
+        tracking.experiment, run.stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags
+    )
+    with tracker:
+        tracker.log_params(params)
+        result = train(
+            task,
+            sampler,
+            dataset,
+            run.train,
+            run.optim,
+            Path(outputs.checkpoints) / "checkpoint.pt",
+            dist,
+            fingerprint,
+            on_log=lambda row: tracker.log_metrics(
+                {k: row[k] for k in ("loss", "lr", "clips_per_s")}, step=row["step"]
+            ),
+        )
+        if lead:
+            task.save(out / "model.pt", {"train_steps": result.steps})
+            write_text(out / "history.csv", _csv(result.history))
+            write_text(out / "config.json", json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
+            tracker.log_artifact(out / "model.pt", "checkpoint")
+            tracker.log_artifact(out / "history.csv")
+            tracker.log_artifact(out / "config.json")
+            log.info("%s: %d optimizer steps, final loss %.4f", run.stage, result.steps,
+                     result.history[-1]["loss"] if result.history else float("nan"))  # fmt: skip
+    cleanup()
+
+
+def resolved(run: Run, **sections) -> dict:
+    """The run's full configuration as plain data (logged to MLflow, part of the resume fingerprint)."""
+    return {"train": asdict(run.train), "optim": asdict(run.optim), **sections}
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["step", "epoch", "loss", "lr", "clips_per_s"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

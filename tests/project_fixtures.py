@@ -1,0 +1,157 @@
+"""A tiny, isolated copy of the project for flow and server tests.
+
+The copy holds the repository's tracked and untracked-but-not-ignored files (so no virtual environment,
+pipeline outputs or local MLflow store), params shrunk so that stages run in seconds, and a git history
+of its own. A stand-in stage ``candidate/dvc.yaml:model`` writes a model file and a metric from one
+param, so that the registry logic of ``retrain`` runs for real without the training stages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eva02at.tracking import aliased_version
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDIDATE_STAGE = "candidate/dvc.yaml:model"
+CANDIDATE_METRIC = "candidate.score"
+CANDIDATE_MODEL = "candidate/model.pt"
+CANDIDATE_PARAM = "candidate/params.yaml:score"
+
+TINY_PARAMS: dict[str, Any] = {
+    "sample": {
+        "width": 32,
+        "height": 16,
+        "fps": 4,
+        "segment_seconds": [0.5, 1.0],
+        "clip_seconds": [0.5, 1.0],
+        "gap_seconds": [0.1, 0.2],
+        "segments_per_video": [5, 6],
+        "ek100_train_participants": 1,
+        "ek100_test_participants": 1,
+        "ek100_train_segments": 12,
+        "ek100_test_segments": 8,
+        "egoclip_clips": 12,
+        "egomcq_videos": 5,
+        "egomcq_questions": 4,
+        "charades_videos": 3,
+        "charades_classes": 4,
+        "charades_actions": [1, 2],
+        "workers": 1,
+    },
+    "frames": {"workers": 1},
+}
+
+CANDIDATE_FILES = {
+    "dvc.yaml": """\
+stages:
+  model:
+    cmd: python make.py
+    deps: [make.py]
+    params: [score]
+    outs: [model.pt]
+    metrics:
+      - metrics.json:
+          cache: false
+""",
+    "make.py": """\
+import json
+from pathlib import Path
+
+import yaml
+
+score = yaml.safe_load(Path("params.yaml").read_text())["score"]
+Path("model.pt").write_bytes(f"weights {score!r}".encode())
+Path("metrics.json").write_text(json.dumps({"candidate": {"score": score}}))
+""",
+    "params.yaml": "score: 0.5\n",
+}
+
+
+def candidate_model_bytes(score: float) -> bytes:
+    """What the stand-in stage writes as its model for ``score``."""
+    return f"weights {score!r}".encode()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def quiet_env(prefect_home: Path) -> dict[str, str]:
+    """The environment for flows, servers and workers under test: Prefect state under ``prefect_home``, the
+    local MLflow store of the project, no usage reports, this interpreter's tools first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        DO_NOT_TRACK="1",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        NO_PROXY="127.0.0.1,localhost",  # servers under test listen on loopback only
+        no_proxy="127.0.0.1,localhost",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    return env
+
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True).stdout
+
+
+def copy_project(dest: Path) -> Path:
+    """The repository's tracked and untracked-not-ignored files, copied to ``dest``."""
+    listed = git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():  # a tracked file may have been deleted in the working tree
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def shrink_params(project: Path) -> None:
+    """Merge ``TINY_PARAMS`` into the copy's params.yaml, section by section."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text()) or {}
+    for section, values in TINY_PARAMS.items():
+        params[section] = {**(params.get(section) or {}), **values}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_tiny_project(dest: Path, with_candidate: bool = True) -> Path:
+    """A committed tiny project at ``dest`` (see the module docstring)."""
+    project = copy_project(dest)
+    shrink_params(project)
+    if with_candidate:
+        for name, text in CANDIDATE_FILES.items():
+            (project / "candidate").mkdir(exist_ok=True)
+            (project / "candidate" / name).write_text(text)
+    git(project, "init", "-q", "-b", "main")
+    git(project, "config", "user.email", "tests@eva02at.invalid")
+    git(project, "config", "user.name", "eva02at tests")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "tiny project")
+    return project
+
+
+@functools.cache
+def empty_mlflow_store() -> Path:
+    """An MLflow SQLite store with its tables and nothing else, built once per test session (MLflow takes
+    about ten seconds to create the tables); tests copy the file."""
+    directory = Path(tempfile.mkdtemp(prefix="eva02at-mlflow-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = directory / "mlflow.db"
+    assert aliased_version("absent", "champion", f"sqlite:///{path}") is None
+    return path

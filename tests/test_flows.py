@@ -1,0 +1,247 @@
+"""The flows under Prefect's test harness, on a tiny copy of the project with real DVC, git and MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from eva02at.tracking import aliased_version, find_runs
+from flows.common import CommandError, flatten_metrics, order_stages
+from flows.reproduce import outcome, reproduce
+from flows.retrain import decide, retrain
+from tests.project_fixtures import (
+    CANDIDATE_METRIC,
+    CANDIDATE_MODEL,
+    CANDIDATE_PARAM,
+    CANDIDATE_STAGE,
+    candidate_model_bytes,
+    empty_mlflow_store,
+    git,
+    make_tiny_project,
+    md5,
+    quiet_env,
+)
+
+MODEL_NAME = "tiny-candidate"
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """One Prefect test server for the module, its state in a temporary PREFECT_HOME; yields an empty
+    MLflow store, built while the server starts."""
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(1) as pool:
+        env = quiet_env(tmp_path_factory.mktemp("prefect-home"))
+        for key in set(os.environ) - set(env):
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        store = pool.submit(empty_mlflow_store)
+        with prefect_test_harness(server_startup_timeout=120):
+            yield store.result()
+
+
+@pytest.fixture
+def project(harness, tmp_path, monkeypatch):
+    """A committed tiny project as the working directory, with an empty MLflow store."""
+    project = make_tiny_project(tmp_path / "project")
+    shutil.copy(harness, project / "mlflow.db")
+    monkeypatch.chdir(project)
+    return project
+
+
+def dvc_status(*stages: str) -> dict:
+    out = subprocess.run(["dvc", "status", "--json", *stages], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+# --- pure pieces ---------------------------------------------------------------------------------------
+
+
+def test_order_stages_puts_dependencies_first_and_keeps_file_order():
+    stages = ["train", "sample", "frames@a", "frames@b", "labels", "report"]
+    edges = [("frames@a", "sample"), ("frames@b", "sample"), ("labels", "sample"), ("train", "frames@a"),
+             ("train", "labels")]  # fmt: skip
+    ordered = order_stages(stages, edges)
+    assert sorted(ordered) == sorted(stages)
+    for stage, dependency in edges:
+        assert ordered.index(dependency) < ordered.index(stage)
+    # only "train" had to move: it comes right after its last dependency, the rest keep dvc.yaml's order
+    assert ordered == ["sample", "frames@a", "frames@b", "labels", "train", "report"]
+    assert order_stages(stages, edges, ["train"]) == ["sample", "frames@a", "labels", "train"]
+    assert order_stages(stages, edges, ["frames"]) == ["sample", "frames@a", "frames@b"]
+    with pytest.raises(ValueError, match="no DVC stage 'evaluate'"):
+        order_stages(stages, edges, ["evaluate"])
+
+
+def test_flatten_metrics_names_numbers_and_reports_problems():
+    shown = {"": {"data": {
+        "metrics/eval.json": {"data": {"finetuned": {"ek100_mir": {"mAP_avg": 0.25, "n": 3}}, "ok": True}},
+        "metrics/zs.json": {"data": {"zeroshot": {"note": "text", "nDCG": 1}}},
+        "metrics/missing.json": {"error": {"type": "FileNotFoundError", "msg": "not written yet"}},
+    }}}  # fmt: skip
+    metrics, problems = flatten_metrics(shown)
+    assert metrics == {"finetuned.ek100_mir.mAP_avg": 0.25, "finetuned.ek100_mir.n": 3.0, "zeroshot.nDCG": 1.0}
+    assert problems == ["metrics/missing.json: not written yet"]
+    clash = {"": {"data": {"a.json": {"data": {"m": 1}}, "b.json": {"data": {"m": 2}}}}}
+    with pytest.raises(ValueError, match=r"'m' is in both a\.json and b\.json"):
+        flatten_metrics(clash)
+    assert flatten_metrics({}) == ({}, [])
+
+
+def test_outcome_reads_dvc_output():
+    assert outcome("frames@egoclip", "Running stage 'frames@egoclip':\n> python -m stages.frames egoclip") == "ran"
+    assert outcome("soft_labels", "Stage 'soft_labels' is cached - skipping run, checking out outputs") == "restored"
+    assert outcome("sample", "Stage 'sample' didn't change, skipping\nData and pipelines are up to date.") == (
+        "unchanged"
+    )
+    with pytest.raises(ValueError, match="stage sample"):
+        outcome("sample", "Running stage 'soft_labels':")
+
+
+def test_decide(tmp_path):
+    model = tmp_path / "model.pt"
+    assert not decide("m", 0.9, model, None, None).register  # no model file
+    model.write_bytes(b"w")
+    assert not decide("m", None, model, None, None).register
+    assert not decide("m", math.nan, model, 1, 0.1).register
+    assert decide("m", 0.2, model, None, None).register  # first model
+    assert decide("m", 0.2, model, 3, None).register  # champion lacks the metric
+    assert decide("m", 0.2, model, 3, 0.1).register
+    kept = decide("m", 0.1, model, 3, 0.1)  # a tie keeps the champion
+    assert not kept.register and "does not beat champion v3" in kept.reason
+
+
+# --- reproduce -----------------------------------------------------------------------------------------
+
+
+def test_reproduce_runs_then_skips_or_restores(project):
+    first = reproduce(targets=["soft_labels"], retries=0)
+    assert [(s["stage"], s["outcome"]) for s in first["stages"]] == [("sample", "ran"), ("soft_labels", "ran")]
+    assert (project / "data" / "labels" / "summary.json").is_file()
+    assert dvc_status("sample", "soft_labels") == {}  # DVC agrees both are up to date
+
+    shutil.rmtree(project / "data" / "labels")
+    again = reproduce(targets=["soft_labels"], retries=0)
+    assert [s["outcome"] for s in again["stages"]] == ["unchanged", "restored"]
+    assert (project / "data" / "labels" / "summary.json").is_file()
+
+    runs = [r for r in find_runs("eva02at") if r.name == "reproduce"]  # newest first
+    assert [r.params["stages.ran"] for r in runs] == ["", "sample,soft_labels"]
+    assert runs[0].params["stages.unchanged"] == "sample" and runs[0].params["stages.restored"] == "soft_labels"
+    assert runs[0].tags["reproduce.status"] == "completed"
+
+
+FLAKY = """\
+stages:
+  flaky:
+    cmd: python flaky.py
+    deps: [flaky.py]
+    outs: [done.txt]
+"""
+# counts its attempts in a file outside the project and fails the first one, as a transient failure would
+FLAKY_SCRIPT = """\
+from pathlib import Path
+
+attempts = Path("{counter}")
+count = int(attempts.read_text()) + 1 if attempts.exists() else 1
+attempts.write_text(str(count))
+if count == 1:
+    raise SystemExit("transient failure")
+Path("done.txt").write_text("ok")
+"""
+
+
+def test_reproduce_retries_a_failed_stage_and_reports_failure(project, tmp_path):
+    counter = tmp_path / "attempts.txt"
+    (project / "flaky").mkdir()
+    (project / "flaky" / "dvc.yaml").write_text(FLAKY)
+    (project / "flaky" / "flaky.py").write_text(FLAKY_SCRIPT.format(counter=counter))
+
+    with pytest.raises(CommandError, match="transient failure"):
+        reproduce(targets=["flaky/dvc.yaml:flaky"], retries=0)
+    failed = next(r for r in find_runs("eva02at") if r.name == "reproduce")
+    assert failed.tags["reproduce.status"] == "failed" and failed.params["stages.failed"] == "flaky/dvc.yaml:flaky"
+
+    counter.unlink()
+    summary = reproduce(targets=["flaky/dvc.yaml:flaky"], retries=1, retry_delay_s=0)
+    assert counter.read_text() == "2"
+    assert [(s["stage"], s["outcome"]) for s in summary["stages"]] == [("flaky/dvc.yaml:flaky", "ran")]
+    assert (project / "flaky" / "done.txt").read_text() == "ok"
+
+
+# --- retrain -------------------------------------------------------------------------------------------
+
+
+def add_remotes(project: Path, tmp_path: Path) -> Path:
+    """A bare git remote the branch tracks and a DVC remote, both folders; returns a second clone."""
+    git(project, "clone", "-q", "--bare", str(project), str(tmp_path / "origin.git"))
+    git(project, "remote", "add", "origin", str(tmp_path / "origin.git"))
+    git(project, "fetch", "-q", "origin")
+    git(project, "branch", "-q", "--set-upstream-to=origin/main")
+    subprocess.run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote")], check=True)
+    git(project, "commit", "-q", "-am", "dvc remote")
+    git(project, "push", "-q", "origin", "main")
+    git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), str(tmp_path / "other"))
+    return tmp_path / "other"
+
+
+def retrain_candidate(score: float, **kwargs):
+    return retrain(
+        overrides={CANDIDATE_PARAM: score}, targets=[CANDIDATE_STAGE], metric=CANDIDATE_METRIC,
+        model_path=CANDIDATE_MODEL, model_name=MODEL_NAME, retries=0, **kwargs,
+    )  # fmt: skip
+
+
+def test_retrain_promotes_only_better_models(project, tmp_path):
+    other = add_remotes(project, tmp_path)
+    (other / "NOTES.md").write_text("pushed by another machine\n")
+    git(other, "add", "NOTES.md")
+    git(other, "-c", "user.name=x", "-c", "user.email=x@x.invalid", "commit", "-q", "-m", "notes")
+    git(other, "push", "-q", "origin", "main")
+
+    first = retrain_candidate(0.6, name="first")
+    assert first["pulled"] == ["git pull from origin/main", "dvc pull from storage"]
+    assert (project / "NOTES.md").is_file()
+    assert first["registered"] and first["version"] == 1 and first["previous_champion"] is None
+    worse = retrain_candidate(0.4, name="worse")
+    assert not worse["registered"] and "does not beat champion v1" in worse["reason"]
+    better = retrain_candidate(0.8, name="better")
+    assert better["registered"] and better["version"] == 2 and better["previous_champion"] == 1
+
+    champion = aliased_version(MODEL_NAME, "champion")
+    assert champion.version == 2 and champion.run_id == better["mlflow_run"]
+    assert champion.tags["metric.value"] == "0.8" and champion.tags["dvc.experiment"] == "better"
+    assert champion.tags["model.md5"] == md5(candidate_model_bytes(0.8))
+    assert champion.tags["git.commit"] == git(project, "rev-parse", "HEAD").strip()
+    registered = Path(champion.source) / "model.pt"
+    assert registered.read_bytes() == candidate_model_bytes(0.8)
+
+    runs = {r.name: r for r in find_runs("eva02at")}
+    assert runs["worse"].tags["retrain.decision"] == "not registered"
+    assert runs["worse"].tags["retrain.reason"] == worse["reason"]
+    assert runs["worse"].metrics[CANDIDATE_METRIC] == pytest.approx(0.4)
+    assert runs["worse"].params[f"overrides.{CANDIDATE_PARAM}"] == "0.4"
+
+    # the checkout is back at HEAD; each experiment stays in DVC with its own params
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
+    refs = git(project, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    assert {ref.rsplit("/", 1)[1] for ref in refs if not ref.startswith("refs/exps/exec/")} == {
+        "first", "worse", "better"
+    }  # fmt: skip
+    assert champion.tags["dvc.experiment.commit"] in git(project, "for-each-ref", "--format=%(objectname)", "refs/exps")
+
+    with pytest.raises(CommandError, match="absent"):  # a failed experiment leaves the champion alone
+        retrain(targets=["candidate/dvc.yaml:absent"], model_name=MODEL_NAME, retries=0, name="broken")
+    broken = next(r for r in find_runs("eva02at") if r.name == "broken")
+    assert broken.tags["retrain.decision"] == "not registered"
+    assert broken.tags["retrain.reason"].startswith("the experiment failed: `")
+    assert aliased_version(MODEL_NAME, "champion").version == 2
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""

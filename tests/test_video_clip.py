@@ -1,0 +1,199 @@
+"""VideoCLIP: inflation parity with open_clip, shapes, gradients, frame-count interpolation, a train step."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from eva02at.models import VideoCLIP, from_open_clip
+from eva02at.models.video_clip import DROPPED_KEYS, NEW_KEYS, video_key
+from eva02at.models.video_tower import VideoTower
+
+CAPTIONS = ["#C C cuts the onion", "#C C opens the fridge", "#C C washes a plate", "#C C stirs the pot"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    torch.manual_seed(0)
+    return open_clip.create_model("EVA02-Tiny-test", pretrained=None).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_clip) -> VideoCLIP:
+    torch.manual_seed(1)
+    return from_open_clip(tiny_clip, num_frames=4).eval()
+
+
+def random_frames(model: VideoCLIP, batch: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.num_frames, 3, model.image_size, model.image_size, generator=gen)
+
+
+def image_features(clip, images: torch.Tensor) -> torch.Tensor:
+    """open_clip's image tower output before its projection (the timm head)."""
+    trunk = clip.visual.trunk
+    return trunk.forward_head(trunk.forward_features(images), pre_logits=True)
+
+
+@pytest.mark.parametrize("name", ["EVA02-Tiny-test", "EVA02-Tiny-16", "EVA02-B-16"])
+def test_single_frame_reproduces_open_clip(name):
+    torch.manual_seed(0)
+    clip = open_clip.create_model(name, pretrained=None).eval()
+    video = from_open_clip(clip, num_frames=1).eval()
+    assert video.config.model_name == name  # found among open_clip's configs
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 3, video.image_size, video.image_size, generator=gen)
+    tokens = video.tokenize(CAPTIONS[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(video.video_features(images[:, None]), image_features(clip, images))
+        torch.testing.assert_close(video.text_features(tokens), clip.encode_text(tokens))
+    assert clip.visual.trunk.head.weight.shape[0] == clip.text.output_dim  # the caller's model is untouched
+
+
+def test_key_map_carries_every_open_clip_tensor(tiny_clip, model):
+    theirs, ours = tiny_clip.state_dict(), model.state_dict()
+    mapped = {video_key(k): k for k in theirs if k not in DROPPED_KEYS}
+    assert set(ours) == set(mapped) | set(NEW_KEYS)
+    for new, old in mapped.items():
+        assert torch.equal(ours[new], theirs[old]), new
+    assert not model.video.temporal_embed.any()
+
+
+def test_other_architectures_are_refused():
+    vit = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=16, image_size=32),
+        text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=2, layers=1),
+    )
+    with pytest.raises(ValueError, match="EVA02-CLIP"):
+        from_open_clip(vit, num_frames=4, model_name="ViT-B-32")
+    with pytest.raises(ValueError, match="pooling is 'avg'"):
+        VideoTower(timm.create_model("eva02at_micro_patch16_clip_32", global_pool="avg"), num_frames=4)
+
+
+def test_attributes_for_the_data_path(model, tiny_clip):
+    assert model.num_frames == 4 and model.image_size == 32
+    assert model.image_mean == tuple(tiny_clip.visual.preprocess_cfg["mean"])
+    assert model.image_std == tuple(tiny_clip.visual.preprocess_cfg["std"])
+    tokens = model.tokenize(CAPTIONS)
+    assert tokens.dtype == torch.long and tokens.shape == (4, model.text.context_length)
+
+
+@pytest.mark.parametrize("num_frames", [4, 16])
+def test_shapes(tiny_clip, num_frames):
+    model = from_open_clip(tiny_clip, num_frames=num_frames).eval()
+    with torch.no_grad():
+        video, text = model(random_frames(model, 2), model.tokenize(CAPTIONS[:2]))
+    assert video.shape == text.shape == (2, 256)
+    with pytest.raises(ValueError, match=rf"frames must be \(B, {num_frames}, 3, 32, 32\)"):
+        model.encode_video(torch.zeros(2, num_frames + 1, 3, 32, 32))
+
+
+def test_tokens_are_cls_then_time_major(model):
+    """Token 1 + t*N + n is patch n of frame t plus its spatial and temporal embeddings (the RoPE order)."""
+    trunk, frames = model.video.trunk, random_frames(model, 2)
+    with torch.no_grad():
+        model.video.temporal_embed.normal_()
+        try:
+            tokens = model.video.embed_tokens(frames)
+            temporal = model.video.temporal_embed.clone()
+        finally:
+            model.video.temporal_embed.zero_()
+        n = trunk.patch_embed.num_patches
+        assert tokens.shape == (2, 1 + model.num_frames * n, trunk.embed_dim)
+        cls = trunk.cls_token[0, 0] + trunk.pos_embed[0, 0]  # (D,)
+        torch.testing.assert_close(tokens[:, 0], cls.expand(2, -1))
+        for t in range(model.num_frames):
+            patches = trunk.patch_embed(frames[:, t])  # (B, N, D)
+            expected = patches + trunk.pos_embed[:, 1:] + temporal[t]
+            torch.testing.assert_close(tokens[:, 1 + t * n : 1 + (t + 1) * n], expected)
+
+
+def test_frames_and_their_order_matter(model):
+    frames = random_frames(model, 1)
+    with torch.no_grad():
+        model.video.temporal_embed.normal_()
+        try:
+            base = model.encode_video(frames)
+            swapped = model.encode_video(frames[:, [1, 0, 2, 3]])
+        finally:
+            model.video.temporal_embed.zero_()
+    assert not torch.allclose(base, swapped, atol=1e-4)
+
+
+def test_gradients_reach_every_new_parameter(tiny_clip):
+    model = from_open_clip(tiny_clip, num_frames=4)
+    video, text = model(random_frames(model, 3), model.tokenize(CAPTIONS[:3]))
+    info_nce(video, text).backward()
+    grads = dict(model.named_parameters())
+    for name in NEW_KEYS:
+        assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
+    for name, param in model.video.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_set_num_frames_interpolates_linearly(tiny_clip):
+    model = from_open_clip(tiny_clip, num_frames=4).eval()
+    old = torch.randn(4, model.video.width)
+    with torch.no_grad():
+        model.video.temporal_embed.copy_(old)
+    model.set_num_frames(16)
+    assert model.num_frames == model.config.num_frames == 16
+    # independent: frame j of 16 sits at time (j + 0.5)/16, i.e. at old index (j + 0.5)*4/16 - 0.5
+    where = (np.arange(16) + 0.5) * 4 / 16 - 0.5
+    expected = np.stack([np.interp(where, np.arange(4), column) for column in old.double().numpy().T], 1)
+    np.testing.assert_allclose(model.video.temporal_embed.detach().double().numpy(), expected, atol=1e-6)
+    assert model.video.temporal_embed.requires_grad
+    with torch.no_grad():
+        assert model.encode_video(random_frames(model, 1)).shape == (1, 256)
+
+
+def test_grad_checkpointing_gives_the_same_gradients(tiny_clip):
+    results = []
+    for enable in (False, True):
+        model = from_open_clip(tiny_clip, num_frames=4)
+        torch.manual_seed(0)
+        model.video_proj.reset_parameters(), model.text_proj.reset_parameters()
+        model.set_grad_checkpointing(enable)
+        video, text = model(random_frames(model, 2), model.tokenize(CAPTIONS[:2]))
+        info_nce(video, text).backward()
+        results.append([video.detach()] + [p.grad for p in model.parameters()])
+    for plain, checkpointed in zip(*results, strict=True):
+        torch.testing.assert_close(plain, checkpointed)
+
+
+def test_bf16_autocast(model):
+    frames = random_frames(model, 2)
+    with torch.no_grad():
+        reference = model.encode_video(frames)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.video.rope().dtype == torch.float32
+            low = model.encode_video(frames)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    assert F.cosine_similarity(low.float(), reference).min() > 0.99
+
+
+def info_nce(video: torch.Tensor, text: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric InfoNCE on cosine similarities (the pretraining loss), written here for the test."""
+    logits = F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t() / temperature
+    labels = torch.arange(len(video))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def test_a_train_step_lowers_the_loss_on_a_fixed_batch(tiny_clip):
+    torch.manual_seed(0)
+    model = from_open_clip(tiny_clip, num_frames=4).train()
+    frames, tokens = random_frames(model, 4, seed=3), model.tokenize(CAPTIONS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    losses = []
+    for _ in range(6):
+        loss = info_nce(*model(frames, tokens))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
