@@ -8,8 +8,9 @@ frame resized and cropped as the shards are (``eva02at.extract.resize_crop``).
 
 The shards are built here, in a temporary directory, from the sample videos with ``eva02at.extract``, at each
 ``--size`` (224: real training JPEGs; 64: the demo's). Rows: JPEG decoding alone in one process (the per-core
-rate a GPU node's cores multiply), the whole loader path with N workers (per-core rate: the total over N),
-decord, and with CUDA present GPU JPEG decoding (``torchvision.io.decode_jpeg``).
+rate a GPU node's cores multiply); the loader's uint8 batches with N workers (per-core rate: the total over
+N); the same, moved to the device and normalised, at the largest N; decord; and with CUDA present, GPU JPEG
+decoding (``torchvision.io.decode_jpeg``).
 
     python -m bench.input_path --size 224 64 --workers 0 1 2 --json input_path.json
 """
@@ -21,7 +22,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,36 +62,42 @@ def build_shards(video_dir: Path, out_dir: Path, spec: FrameSpec, clip_seconds: 
     return FrameShards(out_dir)
 
 
-def shard_rate(shards: FrameShards, workers: int, batch: int, batches: int, warmup: int, device: torch.device) -> float:
-    """Frames/s through DataLoader workers, the transfer and normalisation, after ``warmup`` batches."""
+def shard_rate(shards: FrameShards, workers: int, args: argparse.Namespace, device: torch.device | None) -> float:
+    """Frames/s of uint8 batches from DataLoader workers, after ``args.warmup`` batches.
+
+    With a ``device`` each batch is also moved there and normalised (the step's input); without, the rate is
+    the CPU side alone, which on a GPU node is all the cores do.
+    """
     clip_ids = shards.clip_ids
-    order = np.random.default_rng(0).integers(0, len(clip_ids), size=(warmup + batches, batch))
+    order = np.random.default_rng(0).integers(0, len(clip_ids), size=(args.warmup + args.batches, args.batch))
     pairs = [[(int(v), int(v)) for v in row] for row in order]  # (video, caption) index pairs
-    dataset = ClipPairs(shards, clip_ids, captions=clip_ids)
     loader = DataLoader(
-        dataset,
+        ClipPairs(shards, clip_ids, captions=clip_ids),
         batch_sampler=EpochBatches(pairs, epoch=0),
         collate_fn=collate,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device is not None and device.type == "cuda",
     )
+    sync = device or torch.device("cpu")
     frames_done, start = 0, 0.0
     for index, item in enumerate(loader):
-        if index == warmup:
-            synchronize(device)
+        if index == args.warmup:
+            synchronize(sync)
             start = time.perf_counter()
-        frames = normalize(item["frames"].to(device, non_blocking=True), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
-        if index >= warmup:
-            frames_done += frames.shape[0] * frames.shape[1]  # (B, T, 3, H, W)
-    synchronize(device)
+        frames = item["frames"]  # (B, T, 3, H, W) uint8
+        if device is not None:
+            frames = normalize(frames.to(device, non_blocking=True), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+        if index >= args.warmup:
+            frames_done += frames.shape[0] * frames.shape[1]
+    synchronize(sync)
     return frames_done / (time.perf_counter() - start)
 
 
 def decode_rate(shards: FrameShards, clips: int, seed: int = 0) -> float:
     """Frames/s of ``ClipPairs`` items read in this process: JPEG decoding alone, on one core.
 
-    The loader rows add what a loader adds (inter-process transfer, collation, normalisation, which runs on
-    the CPU here and on the GPU in training); this row is the per-core decoding rate a GPU node scales by.
+    The loader rows add what a loader adds (worker processes, transfer, collation; and normalisation, on
+    the CPU here but on the GPU in training); this row is the per-core decoding rate a GPU node scales by.
     """
     clip_ids = shards.clip_ids
     dataset = ClipPairs(shards, clip_ids, captions=clip_ids)
@@ -154,26 +161,26 @@ def measure_size(args: argparse.Namespace, size: int, device: torch.device, tmp:
     """The rows of one frame size: decoding alone, the loader per worker count, decord, nvJPEG on a GPU."""
     spec = FrameSpec(num_frames=args.frames, size=size)
     shards = build_shards(args.videos, tmp / f"frames-{size}", spec, args.clip_seconds, args.max_videos)
-    common = {"size": size, "frames_per_clip": args.frames, "jpeg_bytes_per_frame": jpeg_bytes_per_frame(shards)}
-    rates = [decode_rate(shards, args.batch * args.batches, seed=r) for r in range(args.repeats)]
-    rows = [{**common, "path": "decode only", "workers": 0, "cores": 1, "rates": rates}]
+    rows = []
+
+    def add(path: str, workers: int, measure_once: Callable[[int], float], repeats: int = args.repeats) -> None:
+        rates = [measure_once(r) for r in range(repeats)]
+        row = dict(size=size, frames_per_clip=args.frames, path=path, workers=workers, cores=max(1, workers))
+        rows.append(row | {"rates": rates, "frames_per_s": median(rates)})
+
+    add("decode only", 0, lambda seed: decode_rate(shards, args.batch * args.batches, seed))
     for workers in args.workers:
-        rates = [
-            shard_rate(shards, workers, args.batch, args.batches, args.warmup, device) for _ in range(args.repeats)
-        ]
-        row = {**common, "path": "loader + normalise", "workers": workers, "cores": max(1, workers), "rates": rates}
-        rows.append(row)
-    rates = [
-        decord_rate(shards, args.videos, args.decord_clips, spec, args.clip_seconds, seed=r)
-        for r in range(args.repeats)
-    ]
-    rows.append({**common, "path": "decord", "workers": 0, "cores": 1, "rates": rates})
+        add("loader", workers, lambda _, n=workers: shard_rate(shards, n, args, None))
+    top = max(args.workers)
+    add(f"loader + normalise ({device.type})", top, lambda _: shard_rate(shards, top, args, device))
+    add("decord", 0, lambda seed: decord_rate(shards, args.videos, args.decord_clips, spec, args.clip_seconds, seed))
     if device.type == "cuda":
-        rates = [gpu_jpeg_rate(shards, args.batch, 10, device)]
-        rows.append({**common, "path": "nvjpeg (GPU)", "workers": 0, "cores": 1, "rates": rates})
+        add("nvjpeg (GPU)", 0, lambda _: gpu_jpeg_rate(shards, args.batch, 10, device), repeats=1)
+    jpeg_bytes = jpeg_bytes_per_frame(shards)
     for row in rows:
-        row["frames_per_s"] = median(row["rates"])
         row["frames_per_s_per_core"] = row["frames_per_s"] / row["cores"]
+        row["jpeg_bytes_per_frame"] = jpeg_bytes
+        row["clips_in_shards"] = len(shards.clip_ids)
     return rows
 
 

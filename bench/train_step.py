@@ -265,7 +265,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     timing = time_steps(lambda: losses.append(step(forward, batch)), args, device)
     step_s = median(timing["step_seconds"])
     flops = counts["flops_per_clip"] * args.batch
-    peak_flops = matmul_peak(device, args.precision, args.peak_size or (8192 if device.type == "cuda" else 1024))
+    peak_flops = matmul_peak(device, args.precision, args.peak_size or (8192 if device.type == "cuda" else 2048))
     if args.profile:
         print(profile_table(lambda: step(forward, batch), device))
     return {
@@ -357,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch < COUNT_BATCH or args.steps < 1 or args.warmup < 0:
+        parser.error(f"need --batch >= {COUNT_BATCH} (the losses compare clips), --steps >= 1, --warmup >= 0")
     if args.sweep:
         print(TABLE_HEADER)
         results: Any = run_sweep(SWEEP, ["--steps", str(args.steps), "--warmup", str(args.warmup)])

@@ -109,7 +109,7 @@ def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix[:-1], data
 
 
-def flatten_metrics(shown: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+def parse_metrics_show(shown: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """The numbers of ``dvc metrics show --json`` under dotted names (``finetuned.ek100_mir.mAP_avg``),
     the file left out as ``dvc exp show`` does, and the problems DVC reported (e.g. a metrics file not
     written yet). A name found in two files is an error naming both."""
@@ -131,11 +131,11 @@ def flatten_metrics(shown: dict[str, Any]) -> tuple[dict[str, float], list[str]]
 
 
 def read_metrics() -> dict[str, float]:
-    """The project's current DVC metrics (see ``flatten_metrics``); problems go to the flow's log."""
+    """The project's current DVC metrics (see ``parse_metrics_show``); problems go to the flow's log."""
     result = query(dvc("metrics", "show", "--json"))
     if result.returncode:
         raise CommandError(f"`dvc metrics show` failed:\n{result.stderr.strip()}")
-    metrics, problems = flatten_metrics(json.loads(result.stdout or "{}"))
+    metrics, problems = parse_metrics_show(json.loads(result.stdout or "{}"))
     for problem in problems:
         get_run_logger().warning("%s", problem)
     return metrics

@@ -22,20 +22,22 @@ from eva02at.tracking import Tracker, read_settings
 from flows.common import dvc, read_metrics, run, stage_order
 from stages.common import git_commit
 
-# What DVC prints for each outcome of `dvc repro --single-item <stage>`.
+# What DVC prints for each outcome of `dvc repro --single-item <stage>` (data sources, the stages of .dvc
+# files, say "'<file>.dvc' didn't change" without "Stage").
 OUTCOMES = {
     "ran": "Running stage '{}'",
     "restored": "Stage '{}' is cached - skipping run",
-    "unchanged": "Stage '{}' didn't change, skipping",
+    "unchanged": "'{}' didn't change, skipping",
 }
 
 
 def outcome(stage: str, output: str) -> str:
-    """What DVC did with ``stage``, read from its output: ran, restored (from the run cache) or unchanged."""
+    """What DVC did with ``stage``, read from its output: ran, restored (from the run cache), unchanged, or
+    updated (a data source verified or an import synced: DVC changed the stage without running a command)."""
     for name, message in OUTCOMES.items():
         if message.format(stage) in output:
             return name
-    raise ValueError(f"stage {stage}: DVC's output names no outcome:\n{output[-2000:]}")
+    return "updated"
 
 
 @task(cache_policy=NO_CACHE)
@@ -54,7 +56,7 @@ def track_summary(summary: dict[str, Any]) -> str | None:
     with Tracker(settings.experiment, "reproduce", settings.uri, enabled=settings.enabled, tags=tags) as tracker:
         by_outcome = {
             f"stages.{name}": ",".join(s["stage"] for s in summary["stages"] if s["outcome"] == name)
-            for name in [*OUTCOMES, "failed"]
+            for name in [*OUTCOMES, "updated", "failed"]
         }
         tracker.log_params({"targets": ",".join(summary["targets"]) or "all", **by_outcome})
         tracker.log_metrics(summary["metrics"])

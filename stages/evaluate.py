@@ -18,7 +18,7 @@ import pandas as pd
 
 from eva02at.atomic import write_text
 from eva02at.config import from_dict
-from eva02at.embeddings import TEXT, VIDEO, export_path, read_embeddings
+from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
 from eva02at.evaluation import (
     BENCHMARKS,
     Benchmarks,
@@ -95,7 +95,7 @@ def load_benchmarks(params: EvaluateParams) -> Benchmarks:
     )
 
 
-def load_exports(params: EvaluateParams, model: str) -> dict:
+def load_exports(params: EvaluateParams, model: str) -> dict[str, tuple[Embeddings, Embeddings]]:
     """(video, text) exports of ``model`` for each benchmark."""
     collections = {name: getattr(params, name).collection for name in BENCHMARKS}
     return {

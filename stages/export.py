@@ -40,7 +40,9 @@ class ExportParams:
     device: str = "auto"  # auto: cuda when available
 
 
-def export_model(name: str, checkpoint: str, collections: dict[str, ExportCollection], params: ExportParams, out: Path):
+def export_model(
+    name: str, checkpoint: str, collections: dict[str, ExportCollection], params: ExportParams, out: Path
+) -> None:
     """Every export of one model into ``out`` (the stage's temporary output folder)."""
     model = load_video_clip(checkpoint)
     digest, device = file_sha256(checkpoint), resolve_device(params.device)

@@ -64,7 +64,8 @@ def test_saved_activations_count_inputs_not_weights(precision, itemsize):
 def test_train_step_tiny_cpu_numbers_are_consistent(tmp_path):
     batch, frames = 6, 4
     out = tmp_path / "step.json"
-    argv = f"--model {TINY} --frames {frames} --batch {batch} --precision fp32 --steps 3 --warmup 1 --device cpu"
+    argv = f"--model {TINY} --frames {frames} --batch {batch} --precision fp32 --steps 3 --warmup 1"
+    argv += " --device cpu --peak-size 256"
     assert train_step.main([*shlex.split(argv), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
 
@@ -98,10 +99,15 @@ def test_sweep_rows_are_valid_commands():
 
 def test_sweep_runs_each_row_in_its_own_process():
     entry = f"--model {TINY} --frames 2 --batch 2 --precision fp32"
-    results = train_step.run_sweep([entry], ["--steps", "1", "--warmup", "0", "--device", "cpu"])
+    results = train_step.run_sweep([entry], ["--steps", "1", "--warmup", "0", "--device", "cpu", "--peak-size", "256"])
     assert len(results) == 1 and "error" not in results[0], results
     assert results[0]["config"]["frames"] == 2 and results[0]["clips_per_s"] > 0
     assert train_step.format_row(results[0]).startswith(f"| {TINY} | 2 | 2 |")
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        train_step.main(["--batch", "1"])
 
 
 def test_tf32_is_refused_on_the_cpu():
@@ -115,7 +121,8 @@ def test_input_path_small_cpu(tmp_path):
     assert input_path.main([*shlex.split(argv), "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     paths = [(r["path"], r["workers"]) for r in rows]
-    assert paths == [("decode only", 0), ("loader + normalise", 0), ("loader + normalise", 1), ("decord", 0)]
+    expected = [("decode only", 0), ("loader", 0), ("loader", 1), ("loader + normalise (cpu)", 1), ("decord", 0)]
+    assert paths == expected
     for row in rows:
         assert row["size"] == 64 and row["frames_per_clip"] == 2
         assert row["frames_per_s"] > 0 and row["jpeg_bytes_per_frame"] > 0

@@ -4,9 +4,11 @@ baseline against its closed form, and the export and evaluate stages end to end 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +30,6 @@ from eva02at.evaluation import (
     read_mcq,
 )
 from eva02at.labels import RelevancyTable
-from eva02at.tracking import find_runs
 from tests.test_embeddings import make_checkpoint, make_shards
 
 D = 8
@@ -215,38 +216,56 @@ def test_flatten_metrics():
     assert flatten_metrics({"a": {"b": {"c": 1}, "d": 0.5}}) == {"a.b.c": 1.0, "a.d": 0.5}
 
 
+class RecordingTracker:
+    """Stands in for MLflow's run (its own tests cover it): records what the stage logs."""
+
+    def __init__(self, runs: list, experiment, run_name, uri=None, enabled=True, tags=None):
+        self.run_name, self.tags, self.metrics, self.artifacts = run_name, tags, {}, []
+        runs.append(self)
+
+    def log_params(self, params):
+        self.params = params
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append(Path(path).name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 def run_stage(module, params, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [module.__name__, "--params", str(params)])
     module.main()
 
 
-def test_export_and_evaluate_stages(tmp_path, monkeypatch):
-    from stages import evaluate, export
-
-    monkeypatch.chdir(tmp_path)  # MLflow's artifact folder and the stage's git/DVC lookups stay in tmp
-    ids = list(EK100_VIDEOS["narration_id"])
-    RelevancyTable.build(EK100_VIDEOS, EK100_SENTENCES).save(tmp_path / "ek100_test.npz")
-    pd.DataFrame({"narration_id": EK100_SENTENCES["narration_id"], "narration": ["a", "b", "c", "d"]}).to_csv(
-        tmp_path / "sentences.csv", index=False
-    )
-    write_mcq(tmp_path / "egomcq.json")
-    (tmp_path / "classes.txt").write_text("c0 open door\nc1 close door\nc2 wash cup\n")
-    (tmp_path / "charades.csv").write_text(CHARADES_CSV)
-    make_shards(tmp_path / "frames/ek100", [{"clip_id": c} for c in ids], num_frames=8)
-    make_shards(tmp_path / "frames/mcq", [{"clip_id": f"{q}_{c}"} for q in range(4) for c in range(5)])
-    make_shards(tmp_path / "frames/charades", [{"clip_id": f"X{i}"} for i in range(5)], num_frames=8)
-    make_shards(tmp_path / "frames/clips", [{"clip_id": "k0"}, {"clip_id": "k1", "status": "error"}], num_frames=8)
+def write_mini_project(root: Path) -> Path:
+    """Annotations, frame shards, two tiny checkpoints and a params file for the export and evaluate stages."""
+    RelevancyTable.build(EK100_VIDEOS, EK100_SENTENCES).save(root / "ek100_test.npz")
+    sentences = pd.DataFrame({"narration_id": EK100_SENTENCES["narration_id"], "narration": ["a", "b", "c", "d"]})
+    sentences.to_csv(root / "sentences.csv", index=False)
+    write_mcq(root / "egomcq.json")
+    (root / "classes.txt").write_text("c0 open door\nc1 close door\nc2 wash cup\n")
+    (root / "charades.csv").write_text(CHARADES_CSV)
+    make_shards(root / "frames/ek100", [{"clip_id": c} for c in EK100_VIDEOS["narration_id"]], num_frames=8)
+    make_shards(root / "frames/mcq", [{"clip_id": f"{q}_{c}"} for q in range(4) for c in range(5)])
+    make_shards(root / "frames/charades", [{"clip_id": f"X{i}"} for i in range(5)], num_frames=8)
+    make_shards(root / "frames/clips", [{"clip_id": "k0"}, {"clip_id": "k1", "status": "error"}], num_frames=8)
     history = pd.DataFrame({"step": [1, 2, 3], "epoch": 0, "loss": [3.0, 2.0, 1.5], "lr": [1e-4, 1e-4, 5e-5]})
-    history.assign(clips_per_s=10.0).to_csv(tmp_path / "history.csv", index=False)
+    history.assign(clips_per_s=10.0).to_csv(root / "history.csv", index=False)
     params = {
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "eval-test", "enabled": True},
         "export": {
-            "out": str(tmp_path / "exports"),
+            "out": str(root / "exports"),
             "batch_size": 4,
             "workers": 0,
             "models": {
-                "zero_shot": str(make_checkpoint(tmp_path / "pretrain.pt", num_frames=4, seed=0)),
-                "finetuned": str(make_checkpoint(tmp_path / "finetune.pt", num_frames=8, seed=1)),
+                "zero_shot": str(make_checkpoint(root / "pretrain.pt", num_frames=4, seed=0)),
+                "finetuned": str(make_checkpoint(root / "finetune.pt", num_frames=8, seed=1)),
             },
             "collections": {
                 "ek100_test": {"frames": "frames/ek100", "texts": "sentences.csv", "text_format": "ek100_sentences"},
@@ -270,14 +289,25 @@ def test_export_and_evaluate_stages(tmp_path, monkeypatch):
             "grid": {"model": "finetuned", "queries": 2, "top": 3},
         },
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_stage(export, tmp_path / "params.yaml", monkeypatch)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root / "params.yaml"
+
+
+def test_export_and_evaluate_stages(tmp_path, monkeypatch):
+    from stages import evaluate, export
+
+    monkeypatch.chdir(tmp_path)  # relative paths of the params; the stage's git and DVC lookups find no project
+    runs = []
+    monkeypatch.setattr(evaluate, "Tracker", functools.partial(RecordingTracker, runs))
+    params = write_mini_project(tmp_path)
+    run_stage(export, params, monkeypatch)
     written = sorted(p.relative_to(tmp_path / "exports").as_posix() for p in (tmp_path / "exports").rglob("*.parquet"))
     assert len(written) == 14 and "finetuned/ego4d_clips_video.parquet" in written
     assert "finetuned/ego4d_clips_text.parquet" not in written  # uncaptioned: no texts
     assert read_embeddings(tmp_path / "exports/zero_shot/ego4d_clips_video.parquet").ids == ["k0"]
+    assert read_embeddings(tmp_path / "exports/zero_shot/ek100_test_video.parquet").info.num_frames == 8
 
-    run_stage(evaluate, tmp_path / "params.yaml", monkeypatch)
+    run_stage(evaluate, params, monkeypatch)
     metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert list(metrics) == ["zero_shot", "finetuned", "random"]
     for row in metrics.values():
@@ -287,6 +317,7 @@ def test_export_and_evaluate_stages(tmp_path, monkeypatch):
     for name in ("training_curves", "metric_bars", "retrieval_grid"):
         with Image.open(tmp_path / f"plots/{name}.png") as image:
             assert image.format == "PNG"
-    (run,) = find_runs("eval-test", params["tracking"]["uri"])
-    assert run.name == "evaluate" and run.tags["dvc.stage"] == "evaluate"
-    assert run.metrics == pytest.approx(flatten_metrics(metrics))
+    (run,) = runs
+    assert run.run_name == "evaluate" and run.tags["dvc.stage"] == "evaluate"
+    assert run.metrics == pytest.approx(flatten_metrics(metrics)) and "finetuned.egomcq.intra_video" in run.metrics
+    assert run.artifacts == ["eval.json", "training_curves.png", "metric_bars.png", "retrieval_grid.png"]

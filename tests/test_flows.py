@@ -14,7 +14,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from eva02at.tracking import aliased_version, find_runs
-from flows.common import CommandError, flatten_metrics, order_stages
+from flows.common import CommandError, order_stages, parse_metrics_show
 from flows.reproduce import outcome, reproduce
 from flows.retrain import decide, retrain
 from tests.project_fixtures import (
@@ -81,19 +81,19 @@ def test_order_stages_puts_dependencies_first_and_keeps_file_order():
         order_stages(stages, edges, ["evaluate"])
 
 
-def test_flatten_metrics_names_numbers_and_reports_problems():
+def test_parse_metrics_show_names_numbers_and_reports_problems():
     shown = {"": {"data": {
         "metrics/eval.json": {"data": {"finetuned": {"ek100_mir": {"mAP_avg": 0.25, "n": 3}}, "ok": True}},
         "metrics/zs.json": {"data": {"zeroshot": {"note": "text", "nDCG": 1}}},
         "metrics/missing.json": {"error": {"type": "FileNotFoundError", "msg": "not written yet"}},
     }}}  # fmt: skip
-    metrics, problems = flatten_metrics(shown)
+    metrics, problems = parse_metrics_show(shown)
     assert metrics == {"finetuned.ek100_mir.mAP_avg": 0.25, "finetuned.ek100_mir.n": 3.0, "zeroshot.nDCG": 1.0}
     assert problems == ["metrics/missing.json: not written yet"]
     clash = {"": {"data": {"a.json": {"data": {"m": 1}}, "b.json": {"data": {"m": 2}}}}}
     with pytest.raises(ValueError, match=r"'m' is in both a\.json and b\.json"):
-        flatten_metrics(clash)
-    assert flatten_metrics({}) == ({}, [])
+        parse_metrics_show(clash)
+    assert parse_metrics_show({}) == ({}, [])
 
 
 def test_outcome_reads_dvc_output():
@@ -102,8 +102,9 @@ def test_outcome_reads_dvc_output():
     assert outcome("sample", "Stage 'sample' didn't change, skipping\nData and pipelines are up to date.") == (
         "unchanged"
     )
-    with pytest.raises(ValueError, match="stage sample"):
-        outcome("sample", "Running stage 'soft_labels':")
+    assert outcome("data/raw.dvc", "'data/raw.dvc' didn't change, skipping") == "unchanged"
+    assert outcome("data/raw.dvc", "Verifying data sources in stage: 'data/raw.dvc'") == "updated"
+    assert outcome("sample", "Running stage 'soft_labels':") == "updated"  # another stage's message
 
 
 def test_decide(tmp_path):

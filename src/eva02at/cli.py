@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from eva02at import compare as tables
 from eva02at.tracking import find_runs, read_settings
 
-DESCRIPTION = "Look into the results of the eva02at pipeline."
+DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search clips."
 
 
 def add_compare(commands: argparse._SubParsersAction) -> None:
@@ -50,10 +50,39 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_search(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "search",
+        help="text-to-video search over exported clip embeddings",
+        description="Encode a text with a checkpoint and list the closest exported clips; writes a contact sheet.",
+    )
+    parser.add_argument("query", help="text to search for")
+    parser.add_argument("--top", type=int, default=5, help="number of clips to show")
+    parser.add_argument(
+        "--checkpoint",
+        default="models/finetune/model.pt",
+        help="video checkpoint that encodes the query (the one that exported the embeddings)",
+    )
+    parser.add_argument(
+        "--embeddings",
+        default="exports/finetuned/ego4d_clips_video.parquet",
+        help="video embeddings written by the export stage",
+    )
+    parser.add_argument("--out", default="search.png", help="contact-sheet PNG of the hits ('' to skip)")
+    parser.set_defaults(run=search)
+
+
+def search(args: argparse.Namespace) -> int:
+    from eva02at.search import run_search  # imports torch and the models: only when searching
+
+    return run_search(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eva02at", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_compare(commands)
+    add_search(commands)
     return parser
 
 
@@ -61,6 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"eva02at {args.command}: {err}", file=sys.stderr)
         return 1

@@ -171,7 +171,7 @@ def model_for_frames(model: VideoCLIP, frames: str | os.PathLike) -> VideoCLIP:
         )
     if spec["num_frames"] == model.num_frames:
         return model
-    adapted = copy.deepcopy(model)
+    adapted = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})  # share the large BPE tables
     adapted.set_num_frames(spec["num_frames"])
     return adapted
 

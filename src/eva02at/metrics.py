@@ -236,6 +236,10 @@ def _scores(query: np.ndarray, rank: np.ndarray, gain: np.ndarray, rows: int, sc
     """
     nonzero = np.bincount(query, minlength=rows)  # k of each query
     width = int(nonzero.max(initial=0))
+    if width == 0:  # no non-zero relevance at all, so no hit: the caller rejects these queries
+        return np.full(rows, np.nan), np.full(rows, np.nan), np.zeros(rows, dtype=np.int64)
+    # 1 / log2(r + 1) for ranks r = 1, 2, ...: looked up by rank rather than computed for every item.
+    discount = 1.0 / np.log2(np.arange(2, max(width, int(rank.max()) + 1) + 2))
     # Entry e is the (e - start of its query)-th non-zero item of its query: its cell in the flat table.
     cell = np.arange(len(query)) + (np.arange(rows) * width - (np.cumsum(nonzero) - nonzero))[query]
     table = scratch.get("table", (rows, width), np.float64)
@@ -245,11 +249,11 @@ def _scores(query: np.ndarray, rank: np.ndarray, gain: np.ndarray, rows: int, sc
     hit = np.flatnonzero(gain == 1)
     precision = running.reshape(-1)[cell[hit]] / (rank[hit] + 1)  # soft relevance up to a hit / its rank
     hits = np.bincount(query[hit], minlength=rows)
-    top_k = rank < nonzero[query]
-    dcg = np.bincount(query[top_k], gain[top_k] / np.log2(rank[top_k] + 2.0), minlength=rows)
-    table.sort(axis=1)  # ascending, padding first: the ideal order read backwards
-    ideal = np.divide(table[:, ::-1], np.log2(np.arange(2, width + 2)), out=running)
-    ideal = np.cumsum(ideal, axis=1, out=ideal)[:, -1] if width else np.zeros(rows)
+    top_k = np.flatnonzero(rank < nonzero[query])
+    dcg = np.bincount(query[top_k], gain[top_k] * discount[rank[top_k]], minlength=rows)
+    table.sort(axis=1)  # ascending, padding first: the ideal order read backwards, so reverse the discounts
+    ideal = np.multiply(table, discount[width - 1 :: -1], out=running)
+    ideal = np.cumsum(ideal, axis=1, out=ideal)[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 queries are rejected by the caller
         return np.bincount(query[hit], precision, minlength=rows) / hits, dcg / ideal, hits
 

@@ -59,6 +59,8 @@ def search(query: str, checkpoint: str | os.PathLike, embeddings_path: str | os.
         raise ValueError(f"--top must be at least 1, got {top}")
     if not query.strip():
         raise ValueError("the query is empty")
+    if not Path(embeddings_path).is_file():
+        raise ValueError(f"{embeddings_path}: no such embeddings file; the export stage writes exports/<model>/")
     videos = read_embeddings(embeddings_path, kind=VIDEO)
     check_checkpoint(videos.info, checkpoint, embeddings_path)
     model = load_video_clip(checkpoint)

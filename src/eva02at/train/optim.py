@@ -1,7 +1,8 @@
 """AdamW with the usual CLIP parameter groups and the two learning-rate schedules EVA02-AT uses.
 
 Pretraining keeps the learning rate fixed; fine-tuning warms up linearly from ``warmup_lr`` to ``lr`` and
-then follows a cosine down to ``final_lr``.
+then follows a cosine down to ``final_lr``. A warmup may precede the constant schedule too (training an
+image CLIP from scratch needs one).
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, config: OptimConfig) -> float:
-    """The learning rate of optimizer step ``step`` (0-based)."""
-    if config.schedule == "constant":
-        return config.lr
-    if config.schedule != "cosine":
+    """The learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine."""
+    if config.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {config.schedule!r}; use 'constant' or 'cosine'")
     warmup = round(config.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return config.warmup_lr + (config.lr - config.warmup_lr) * step / warmup
+    if config.schedule == "constant":
+        return config.lr
     progress = (step - warmup) / max(1, total_steps - warmup)
     return config.final_lr + 0.5 * (config.lr - config.final_lr) * (
         1 + math.cos(math.pi * min(1.0, progress))

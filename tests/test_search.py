@@ -1,0 +1,73 @@
+"""Text-to-video search: a planted clip is found, other checkpoints are refused, the command prints and draws."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eva02at.embeddings import VIDEO, export_videos, read_embeddings, write_embeddings
+from eva02at.models import load_video_clip
+from eva02at.search import run_search, search
+from tests.test_embeddings import make_checkpoint, make_shards
+
+QUERY = "put the lid on the pan"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """An export of six clips in which clip ``p3`` got the query's own direction (times 1, unit norm)."""
+    root = tmp_path_factory.mktemp("search")
+    checkpoint = make_checkpoint(root / "model.pt")
+    clips = [{"clip_id": f"p{i}", "source": f"v{i % 2}.mp4", "start": float(i), "end": i + 1.5} for i in range(6)]
+    frames = make_shards(root / "frames", clips)
+    model = load_video_clip(checkpoint).eval()
+    export_videos(model, checkpoint, frames, root / "clips.parquet", "demo")
+    with torch.no_grad():
+        query = model.encode_text(model.tokenize([QUERY]))[0].double().numpy()
+    videos = read_embeddings(root / "clips.parquet", VIDEO)
+    vectors = videos.vectors.copy()
+    vectors[videos.ids.index("p3")] = query / np.linalg.norm(query)
+    columns = {name: videos.table[name].to_pylist() for name in ("clip_id", "source", "start", "end", "text")}
+    write_embeddings(root / "planted.parquet", columns, vectors, videos.info)
+    return root, checkpoint
+
+
+def test_the_planted_clip_comes_first(planted):
+    root, checkpoint = planted
+    hits = search(QUERY, checkpoint, root / "planted.parquet", top=4)
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    assert hits[0].clip_id == "p3" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert (hits[0].source, hits[0].start, hits[0].end) == ("v1.mp4", 3.0, 4.5)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True) and scores[1] < 0.999
+    assert len(search(QUERY, checkpoint, root / "planted.parquet", top=50)) == 6
+
+
+def test_another_checkpoint_is_refused(planted, tmp_path):
+    root, checkpoint = planted
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    with pytest.raises(ValueError, match=r"exported with .*model\.pt .*not with .*other\.pt"):
+        search(QUERY, other, root / "planted.parquet")
+    copy = shutil.copy(checkpoint, tmp_path / "same_weights.pt")  # the same file elsewhere is the same model
+    assert search(QUERY, copy, root / "planted.parquet", top=1)[0].clip_id == "p3"
+    with pytest.raises(ValueError, match="at least 1"):
+        search(QUERY, checkpoint, root / "planted.parquet", top=0)
+
+
+def test_the_command_prints_hits_and_draws_them(planted, tmp_path, capsys):
+    root, checkpoint = planted
+    args = argparse.Namespace(
+        query=QUERY, top=3, checkpoint=str(checkpoint), embeddings=str(root / "planted.parquet"), out=tmp_path / "s.png"
+    )
+    assert run_search(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "score", "clip_id", "source", "start", "end"]
+    assert lines[1].split() == ["1", "1.0000", "p3", "v1.mp4", "3.00", "4.50"]
+    assert len(lines) == 5 and lines[-1].endswith("s.png")
+    with Image.open(tmp_path / "s.png") as image:
+        assert image.format == "PNG" and image.size == (1200, 50 + 3 * 175)  # one 1.75-inch row per hit
