@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: what machine ran them, device-synchronised timing, result output.
+"""What the benchmarks share: the machine that ran them, device-synchronised timing, result output.
 
 Benchmarks report medians over repeated measurements: the machines they run on are often shared, and a
 median ignores the occasional step that another process slowed down.

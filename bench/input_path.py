@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader
+from torchvision.io import decode_jpeg
 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.annotations import cut_videos, read_video_list
@@ -130,14 +131,13 @@ def decord_rate(
         indices = segment_indices(first, min(last, info.num_frames - 1), spec.num_frames, jitter=True, rng=rng)
         decoded = read_frames(video_dir / name, indices, reader=open_video(video_dir / name))
         frames = np.stack([resize_crop(frame, spec.size) for frame in decoded])  # (T, H, W, 3)
+        # the same output as the shard path, made for its cost only
         normalize(torch.from_numpy(frames).permute(0, 3, 1, 2), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
     return clips * spec.num_frames / (time.perf_counter() - start)
 
 
 def gpu_jpeg_rate(shards: FrameShards, batch: int, repeats: int, device: torch.device) -> float:
     """Frames/s of nvJPEG batch decoding plus normalisation on the GPU, for the JPEGs of ``batch`` clips."""
-    from torchvision.io import decode_jpeg
-
     clip_ids = shards.clip_ids
     jpegs = [
         torch.frombuffer(bytearray(data), dtype=torch.uint8)

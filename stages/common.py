@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
+CODE_AND_CONFIG = ("src", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
 def load_params(section: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -39,11 +40,14 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
 
 
 def git_commit() -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """The checked-out commit, with ``-dirty`` when code or configuration differ from it; ``unknown`` outside git.
+
+    Results tracked in git (``dvc.lock``, metrics, plots) do not count: a ``dvc repro`` rewrites them.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_AND_CONFIG],
             capture_output=True,
             text=True,
             check=True,

@@ -48,9 +48,7 @@ def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:
     text = pd.read_csv(sentences_csv).set_index("narration_id")["narration"]
     missing = [s for s in table.sentence_ids if s not in text.index]
     if missing:
-        raise ValueError(
-            f"{sentences_csv}: no sentence for narration_id(s) {missing[:5]} of the relevancy table"
-        )
+        raise ValueError(f"{sentences_csv}: no sentence for narration_id(s) {missing[:5]} of the relevancy table")
     return text.loc[list(table.sentence_ids)].astype(str).tolist()
 
 
@@ -77,9 +75,7 @@ def main() -> None:
                       num_frames=params.num_frames, loss=params.loss, loss_params=params.losses.get(params.loss, {}),
                       relevance_threshold=params.relevance_threshold)  # fmt: skip
     task = VideoTextTask(model, loss, relevancy=table)
-    run_training(
-        run, task, sampler, dataset, Outputs(params.out, params.checkpoints), dist, config, args.params
-    )
+    run_training(run, task, sampler, dataset, Outputs(params.out, params.checkpoints), dist, config, args.params)
 
 
 if __name__ == "__main__":

@@ -74,12 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     params = from_dict(FramesParams, load_params("frames", args.params), "frames")
     if args.collection not in params.collections:
-        raise ValueError(
-            f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}"
-        )
-    collection = from_dict(
-        Collection, params.collections[args.collection], f"frames.collections.{args.collection}"
-    )
+        raise ValueError(f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}")
+    collection = from_dict(Collection, params.collections[args.collection], f"frames.collections.{args.collection}")
     segments, row_errors = segments_of(args.collection, collection)
     spec = FrameSpec(collection.num_frames, collection.views, params.size, params.jpeg_quality, params.seed)
     extract(

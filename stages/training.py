@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrackingParams:
-    uri: str | None = (
-        None  # MLflow tracking URI; MLFLOW_TRACKING_URI overrides, sqlite:///mlflow.db by default
-    )
+    uri: str | None = None  # MLflow tracking URI; MLFLOW_TRACKING_URI overrides, sqlite:///mlflow.db by default
     experiment: str = "eva02at"
     enabled: bool = True
 
@@ -89,9 +87,7 @@ def run_training(
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
     fingerprint = broadcast(hashlib.sha256(json.dumps([params, deps], sort_keys=True).encode()).hexdigest())
     out = Path(outputs.out)
-    tracker = Tracker(
-        tracking.experiment, run.stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags
-    )
+    tracker = Tracker(tracking.experiment, run.stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags)
     with tracker:
         tracker.log_params(params)
         result = train(

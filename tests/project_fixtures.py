@@ -50,7 +50,15 @@ TINY_PARAMS: dict[str, Any] = {
         "charades_actions": [1, 2],
         "workers": 1,
     },
-    "frames": {"workers": 1},
+    "frames": {"workers": 1, "size": 32},
+    "image_clip": {
+        "model": "EVA02-Tiny-test",
+        "train": {"epochs": 1, "batch_size": 4, "workers": 0, "log_every": 1},
+    },
+    "pretrain": {"embed_dim": 16, "train": {"epochs": 1, "batch_size": 4, "workers": 0, "log_every": 1}},
+    "finetune": {"train": {"epochs": 1, "batch_size": 4, "workers": 0, "log_every": 1}},
+    "export": {"workers": 0},
+    "evaluate": {"random": {"seed": 0, "draws": 2}},
 }
 
 CANDIDATE_FILES = {

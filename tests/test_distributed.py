@@ -65,9 +65,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         results = {"info": (info.rank, info.world_size, distributed.rank(), distributed.world_size())}
         for name in LOSS_NAMES:
             ddp.zero_grad()
-            loss, video, all_pairs = global_loss(
-                name, ddp, local, video_features, sentence_features, relevancy
-            )
+            loss, video, all_pairs = global_loss(name, ddp, local, video_features, sentence_features, relevancy)
             loss.backward()
             results[name] = {
                 "loss": loss.detach(),

@@ -73,16 +73,10 @@ def test_bad_rows_and_segments_are_recorded_not_dropped(tmp_path, ego4d_dir):
         "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
         "start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n"
     )
-    good = (
-        "P01_01_0,P01,clip,00:00:00.10,00:00:00.00,00:00:01.00,1,30,take plate,take,0,plate,2,['plate'],[2]\n"
-    )
+    good = "P01_01_0,P01,clip,00:00:00.10,00:00:00.00,00:00:01.00,1,30,take plate,take,0,plate,2,['plate'],[2]\n"
     missing = "P01_01_1,P01,clip,00:00:00.10,,00:00:01.00,1,30,take plate,take,0,plate,2,['plate'],[2]\n"
-    malformed = (
-        "P01_01_2,P01,clip,00:00:00.10,00:00:0x.00,00:00:01.00,1,30,take,take,0,plate,2,['plate'],[2]\n"
-    )
-    past_end = (
-        "P01_01_3,P01,clip,00:00:00.10,00:00:01.50,00:00:03.00,1,30,take,take,0,plate,2,['plate'],[2]\n"
-    )
+    malformed = "P01_01_2,P01,clip,00:00:00.10,00:00:0x.00,00:00:01.00,1,30,take,take,0,plate,2,['plate'],[2]\n"
+    past_end = "P01_01_3,P01,clip,00:00:00.10,00:00:01.50,00:00:03.00,1,30,take,take,0,plate,2,['plate'],[2]\n"
     csv = tmp_path / "test.csv"
     csv.write_text(header + good + missing + malformed + past_end)
     videos = tmp_path / "videos" / "P01"

@@ -62,9 +62,7 @@ def test_toy_values_by_hand():
 def test_sentence_classes_come_from_the_video_row_not_own_columns():
     # Train-style sentence table whose own class columns disagree with the video rows: they are ignored.
     sentences = TOY_SENTENCES.assign(verb_class=[9, 9, 9, 9], noun_classes=["[0]"] * 4)
-    np.testing.assert_array_equal(
-        ek100_relevancy(TOY_VIDEOS, sentences), ek100_relevancy(TOY_VIDEOS, TOY_SENTENCES)
-    )
+    np.testing.assert_array_equal(ek100_relevancy(TOY_VIDEOS, sentences), ek100_relevancy(TOY_VIDEOS, TOY_SENTENCES))
 
 
 def test_many_nouns_use_wide_codes_and_stay_exact():

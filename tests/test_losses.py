@@ -16,9 +16,7 @@ TEXT = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
 
 
 def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
-        sum(x * x for x in a) * sum(y * y for y in b)
-    )
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
 def loop_terms(video, text, relevance):
@@ -51,9 +49,7 @@ def loop_infonce(video, text, temperature):
     n = len(v)
     logits = [[cosine(t[a], v[b]) / temperature for b in range(n)] for a in range(n)]
     text_to_video = sum(math.log(sum(math.exp(x) for x in logits[i])) - logits[i][i] for i in range(n))
-    video_to_text = sum(
-        math.log(sum(math.exp(logits[a][i]) for a in range(n))) - logits[i][i] for i in range(n)
-    )
+    video_to_text = sum(math.log(sum(math.exp(logits[a][i]) for a in range(n))) - logits[i][i] for i in range(n))
     return 0.5 * (text_to_video + video_to_text) / n
 
 
@@ -152,10 +148,7 @@ def test_bf16_inputs_computed_in_float32(name):
 def test_registry_binds_parameters_and_checks_them():
     video, text, relevance = random_case(seed=1)
     sms = get_loss("sms", margin=0.5, threshold=0.2)
-    assert (
-        sms(video, text, relevance).item()
-        == sms_loss(video, text, relevance, margin=0.5, threshold=0.2).item()
-    )
+    assert sms(video, text, relevance).item() == sms_loss(video, text, relevance, margin=0.5, threshold=0.2).item()
     assert get_loss("mi_mm")(video, text, None).item() == mi_mm_loss(video, text).item()
     assert get_loss("infonce", temperature=0.1)(video, text).item() == infonce_loss(video, text, 0.1).item()
     with pytest.raises(ValueError, match="unknown loss 'triplet'"):

@@ -18,9 +18,7 @@ def make_table(videos: int = 40, seed: int = 0) -> RelevancyTable:
     rows = {
         "narration_id": [f"n{i}" for i in range(videos)],
         "verb_class": rng.integers(0, 3, videos),
-        "all_noun_classes": [
-            str(rng.choice(6, rng.integers(1, 3), replace=False).tolist()) for _ in range(videos)
-        ],
+        "all_noun_classes": [str(rng.choice(6, rng.integers(1, 3), replace=False).tolist()) for _ in range(videos)],
     }
     frame = pd.DataFrame(rows)
     sentences = frame[["narration_id"]].iloc[rng.permutation(videos)[: videos // 2]]

@@ -287,8 +287,7 @@ def _factorial_clips(renderer, verbs, nouns, count, look, seed, path):
     lengths = rng.integers(15, 26, size=count)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     shots = tuple(
-        Shot(int(s), int(s + n), verbs[v], (nouns[k],))
-        for s, n, (v, k) in zip(starts, lengths, labels, strict=True)
+        Shot(int(s), int(s + n), verbs[v], (nouns[k],)) for s, n, (v, k) in zip(starts, lengths, labels, strict=True)
     )
     write_video(path, renderer.frames(VideoJob(path.name, look, int(lengths.sum()), shots)), 10)
     frames = _decode(path)

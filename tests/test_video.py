@@ -78,9 +78,7 @@ def test_segment_midpoints(start, end, count, expected):
 
 def test_segment_jitter_stays_in_its_part_and_is_seeded():
     start, end, count = 10, 49, 4  # 40 frames, parts of 10
-    draws = [
-        segment_indices(start, end, count, jitter=True, rng=np.random.default_rng(s)) for s in range(400)
-    ]
+    draws = [segment_indices(start, end, count, jitter=True, rng=np.random.default_rng(s)) for s in range(400)]
     for draw in draws:
         for k, index in enumerate(draw):
             assert start + 10 * k <= index < start + 10 * (k + 1)

@@ -90,14 +90,9 @@ def extract(
     with tqdm(total=total, unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar:
         for count in _run(todo, str(video_root), out_dir, spec, workers):
             bar.update(count)
-    rows = [
-        r
-        for i in range(len(plan))
-        for r in read_manifest(out_dir / PARTS / f"shard-{i:05d}.parquet").to_pylist()
-    ]
+    rows = [r for i in range(len(plan)) for r in read_manifest(out_dir / PARTS / f"shard-{i:05d}.parquet").to_pylist()]
     rows += [
-        _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason)
-        for e in row_errors
+        _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason) for e in row_errors
     ]
     write_manifest(out_dir / MANIFEST, rows, {"spec": json.dumps(asdict(spec))})
     failed = [r for r in rows if r["status"] != "ok"]
@@ -150,9 +145,7 @@ def _run(todo: list, video_root: str, out_dir: Path, spec: FrameSpec, workers: i
             yield future.result()
 
 
-def _decode_shard(
-    name: str, stamp: str, group: list[Segment], video_root: str, out_dir: str, spec: FrameSpec
-):
+def _decode_shard(name: str, stamp: str, group: list[Segment], video_root: str, out_dir: str, spec: FrameSpec):
     """Decode one shard's clips; write its frames, then its manifest part (the part marks it finished)."""
     frames, manifest = [], []
     by_video: dict[str, list[Segment]] = defaultdict(list)
@@ -206,9 +199,7 @@ def _decode_clip(path: Path, reader, clip: Segment, spec: FrameSpec) -> list[tup
         views = [segment_indices(first, last, spec.num_frames)]
     else:
         rng = np.random.default_rng([spec.seed, zlib.crc32(clip.clip_id.encode())])
-        views = [
-            segment_indices(first, last, spec.num_frames, jitter=True, rng=rng) for _ in range(spec.views)
-        ]
+        views = [segment_indices(first, last, spec.num_frames, jitter=True, rng=rng) for _ in range(spec.views)]
     wanted = sorted({i for view in views for i in view})
     decoded = dict(zip(wanted, read_frames(path, wanted, reader=reader), strict=True))
     jpeg = {i: encode_jpeg(resize_crop(decoded[i], spec.size), spec.jpeg_quality) for i in wanted}

@@ -238,9 +238,7 @@ def _pair_codes(verbs: np.ndarray, nouns: list[tuple[int, ...]], column_sigs: np
 
 def _value_codes(max_union: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted possible values of R and the table code_of[same_verb, intersection, union] of their codes."""
-    same, inter, union = np.meshgrid(
-        np.arange(2), np.arange(max_union + 1), np.arange(max_union + 1), indexing="ij"
-    )
+    same, inter, union = np.meshgrid(np.arange(2), np.arange(max_union + 1), np.arange(max_union + 1), indexing="ij")
     valid = (union >= 1) & (inter <= union)
     value = 0.5 * same + 0.5 * (inter / np.maximum(union, 1))  # the formula, in float64
     values = np.unique(value[valid])
@@ -262,9 +260,7 @@ def _layout_problems(table: RelevancyTable) -> list[str]:
     problems = []
     rows, cols = table.codes.shape if table.codes.ndim == 2 else (0, 0)
     if table.codes.ndim != 2 or table.codes.dtype not in (np.uint8, np.uint16):
-        problems.append(
-            f"codes must be a 2-D uint8/uint16 array, got {table.codes.dtype} {table.codes.shape}"
-        )
+        problems.append(f"codes must be a 2-D uint8/uint16 array, got {table.codes.dtype} {table.codes.shape}")
     if table.codes.size and int(table.codes.max()) >= len(table.values):
         problems.append("a code points past the value list")
     for name, sig, bound in (

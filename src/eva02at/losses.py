@@ -108,8 +108,7 @@ def _similarity(video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """S[a, b] = cos(text_a, video_b), computed in at least float32 whatever the input dtype or autocast."""
     if video.ndim != 2 or video.shape != text.shape or video.shape[0] < 2:
         raise ValueError(
-            f"video and text must both be [B, D] with B >= 2, "
-            f"got {tuple(video.shape)} and {tuple(text.shape)}"
+            f"video and text must both be [B, D] with B >= 2, got {tuple(video.shape)} and {tuple(text.shape)}"
         )
     dtype = torch.promote_types(torch.promote_types(video.dtype, text.dtype), torch.float32)
     with torch.autocast(video.device.type, enabled=False):

@@ -59,9 +59,7 @@ def write_shard(path: str | os.PathLike, rows: list[dict]) -> None:
         w.write_table(table)
 
 
-def write_manifest(
-    path: str | os.PathLike, rows: Iterable[dict], metadata: dict[str, str] | None = None
-) -> None:
+def write_manifest(path: str | os.PathLike, rows: Iterable[dict], metadata: dict[str, str] | None = None) -> None:
     """Write manifest rows to Parquet atomically; ``metadata`` lands in the schema (e.g. a plan hash)."""
     table = pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)
     if metadata:
@@ -121,9 +119,7 @@ class FrameShards:
 
     def texts(self, clip_ids: list[str]) -> list[str]:
         """The annotation text of each clip (its caption, for captioned collections)."""
-        text_of = dict(
-            zip(self.manifest["clip_id"].to_pylist(), self.manifest["text"].to_pylist(), strict=True)
-        )
+        text_of = dict(zip(self.manifest["clip_id"].to_pylist(), self.manifest["text"].to_pylist(), strict=True))
         return [text_of[c] for c in clip_ids]
 
     def __contains__(self, clip_id: str) -> bool:
@@ -137,9 +133,7 @@ class FrameShards:
         try:
             location = self._locations[clip_id]
         except KeyError:
-            raise KeyError(
-                f"{self.directory}: clip {clip_id!r} is not in the shards (see manifest)"
-            ) from None
+            raise KeyError(f"{self.directory}: clip {clip_id!r} is not in the shards (see manifest)") from None
         table = self._table(location.shard)
         row = location.rows[view % len(location.rows)]
         return table["jpeg"][row].as_py()

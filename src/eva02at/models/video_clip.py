@@ -62,8 +62,7 @@ class VideoCLIP(nn.Module):
         expected = {video_key(k) for k in clip.state_dict()} - {None} | set(NEW_KEYS)
         if set(self.state_dict()) != expected:
             raise ValueError(
-                f"{config.model_name}: state dict differs from the key map: "
-                f"{sorted(set(self.state_dict()) ^ expected)}"
+                f"{config.model_name}: state dict differs from the key map: {sorted(set(self.state_dict()) ^ expected)}"
             )
 
     @property
@@ -117,9 +116,7 @@ class VideoCLIP(nn.Module):
         self.text.set_grad_checkpointing(enable)
 
 
-def from_open_clip(
-    model: nn.Module, num_frames: int, embed_dim: int = 256, model_name: str | None = None
-) -> VideoCLIP:
+def from_open_clip(model: nn.Module, num_frames: int, embed_dim: int = 256, model_name: str | None = None) -> VideoCLIP:
     """Inflate an open_clip EVA02-CLIP model into a ``VideoCLIP`` (the model itself is left untouched).
 
     Args:
@@ -182,9 +179,7 @@ def _check_key_map(clip: nn.Module) -> None:
         isinstance(getattr(clip, "visual", None), TimmModel)
         and isinstance(getattr(clip, "text", None), TextTransformer)
     ):
-        raise ValueError(
-            f"expected an open_clip EVA02-CLIP model (timm image tower), got {type(clip).__name__}"
-        )
+        raise ValueError(f"expected an open_clip EVA02-CLIP model (timm image tower), got {type(clip).__name__}")
     unmapped = sorted(k for k in clip.state_dict() if k not in DROPPED_KEYS and video_key(k) is None)
     if unmapped:
         raise ValueError(f"open_clip model has tensors the video model would lose: {unmapped}")

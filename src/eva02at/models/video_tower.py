@@ -100,9 +100,7 @@ class VideoTower(nn.Module):
         trunk = self.trunk
         height, width = trunk.patch_embed.img_size
         if frames.ndim != 5 or tuple(frames.shape[1:]) != (self.num_frames, 3, height, width):
-            raise ValueError(
-                f"frames must be (B, {self.num_frames}, 3, {height}, {width}), got {tuple(frames.shape)}"
-            )
+            raise ValueError(f"frames must be (B, {self.num_frames}, 3, {height}, {width}), got {tuple(frames.shape)}")
         batch, num_frames = frames.shape[:2]
         x = trunk.patch_embed(frames.flatten(0, 1))  # (B*T, N, D)
         x = x.unflatten(0, (batch, num_frames))  # (B, T, N, D)

@@ -108,9 +108,7 @@ def read_image_weights(path: str | os.PathLike, model_name: str) -> dict[str, to
     return state
 
 
-def save_image_clip(
-    model: nn.Module, model_name: str, path: str | os.PathLike, extra: dict | None = None
-) -> None:
+def save_image_clip(model: nn.Module, model_name: str, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Save an open_clip model built from config ``model_name`` so that ``load_image_clip`` rebuilds it;
     ``extra`` carries the caller's state (e.g. optimizer and loop state), as in ``save_video_clip``."""
     cfg = open_clip.get_model_config(model_name)

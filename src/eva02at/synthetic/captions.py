@@ -79,8 +79,7 @@ def test_captions(folder: str | os.PathLike, subset: ClassSubset) -> list[Captio
     path = Path(folder) / TEST_CSV
     columns = ("narration", "verb", "verb_class", "all_nouns", "all_noun_classes")
     captions = [
-        _caption(path, line, row, row["all_nouns"], row["all_noun_classes"])
-        for line, row in _read(path, columns)
+        _caption(path, line, row, row["all_nouns"], row["all_noun_classes"]) for line, row in _read(path, columns)
     ]
     return [c for c in captions if subset.admits(c)]
 
@@ -89,9 +88,7 @@ def train_captions(folder: str | os.PathLike, subset: ClassSubset) -> list[Capti
     """Drawable sentences of the train split (one per distinct narration), in file order."""
     path = Path(folder) / TRAIN_SENTENCE_CSV
     columns = ("narration", "verb", "verb_class", "nouns", "noun_classes")
-    captions = [
-        _caption(path, line, row, row["nouns"], row["noun_classes"]) for line, row in _read(path, columns)
-    ]
+    captions = [_caption(path, line, row, row["nouns"], row["noun_classes"]) for line, row in _read(path, columns)]
     return [c for c in captions if subset.admits(c)]
 
 

@@ -42,9 +42,7 @@ def action_classes(captions: list[Caption], subset: ClassSubset, count: int) -> 
     """The ``count`` most frequent (verb class, main noun class) pairs of ``captions``."""
     pairs = Counter((c.verb_class, c.noun_classes[0]) for c in captions)
     if len(pairs) < count:
-        raise ValueError(
-            f"sample.charades_classes: only {len(pairs)} verb-noun pairs exist, {count} requested"
-        )
+        raise ValueError(f"sample.charades_classes: only {len(pairs)} verb-noun pairs exist, {count} requested")
     top = sorted(pairs, key=lambda p: (-pairs[p], p))[:count]
     return [ActionClass(v, n, class_name(subset.verbs[v]), class_name(subset.nouns[n])) for v, n in top]
 

@@ -48,9 +48,7 @@ class SampleConfig:
             if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
                 raise ValueError(f"sample.{name}: expected [low, high] with 0 <= low <= high, got {low_high}")
         if self.width % 2 or self.height % 2 or self.width < self.height or self.height < 16:
-            raise ValueError(
-                f"sample: frames must be even-sized, landscape, >= 16 px: {self.width}x{self.height}"
-            )
+            raise ValueError(f"sample: frames must be even-sized, landscape, >= 16 px: {self.width}x{self.height}")
         if self.segments_per_video[0] < 1 or self.segment_seconds[0] * self.fps < 2:
             raise ValueError("sample: every video needs >= 1 segment and every segment >= 2 frames")
         if self.egomcq_videos < 5 or self.segments_per_video[1] < 5:

@@ -62,9 +62,7 @@ def plan_egomcq(
     jobs, videos = [], []
     for _ in range(cfg.egomcq_videos):
         count = int(rng.integers(max(CHOICES, cfg.segments_per_video[0]), cfg.segments_per_video[1] + 1))
-        chosen = [
-            by_text[texts[i]] for i in rng.choice(len(texts), size=min(count, len(texts)), replace=False)
-        ]
+        chosen = [by_text[texts[i]] for i in rng.choice(len(texts), size=min(count, len(texts)), replace=False)]
         job, clips = _video(rng, chosen, cfg)
         jobs.append(job)
         videos.append(clips)
@@ -102,9 +100,7 @@ def _intra_choices(rng: np.random.Generator, videos: list[list[dict]]) -> list[d
     return [clips[i] for i in rng.choice(len(clips), size=CHOICES, replace=False)]
 
 
-def _video(
-    rng: np.random.Generator, captions: list[Caption], cfg: SampleConfig
-) -> tuple[VideoJob, list[dict]]:
+def _video(rng: np.random.Generator, captions: list[Caption], cfg: SampleConfig) -> tuple[VideoJob, list[dict]]:
     """One Ego4D video showing ``captions`` in order, and its clips (uid, start, end, text)."""
     uid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     spans, frames = plan_spans(rng, len(captions), cfg.fps, cfg.clip_seconds, cfg.gap_seconds)

@@ -51,9 +51,7 @@ def plan_split(
                     **_labels(caption),
                 }
             )
-        jobs.append(
-            VideoJob(f"{ROOT}/videos/{participant}/{video_id}.MP4", participant, frames, tuple(shots))
-        )
+        jobs.append(VideoJob(f"{ROOT}/videos/{participant}/{video_id}.MP4", participant, frames, tuple(shots)))
     return jobs, rows
 
 
@@ -64,12 +62,8 @@ def write_tables(
     folder.mkdir(parents=True, exist_ok=True)
     write_table(folder / "EPIC_100_retrieval_train.csv", EK100_COLUMNS, train)
     write_table(folder / "EPIC_100_retrieval_test.csv", EK100_COLUMNS, test)
-    test_sentences = [
-        {"narration_id": r["narration_id"], "narration": r["narration"]} for r in _first_of_each(test)
-    ]
-    write_table(
-        folder / "EPIC_100_retrieval_test_sentence.csv", ("narration_id", "narration"), test_sentences
-    )
+    test_sentences = [{"narration_id": r["narration_id"], "narration": r["narration"]} for r in _first_of_each(test)]
+    write_table(folder / "EPIC_100_retrieval_test_sentence.csv", ("narration_id", "narration"), test_sentences)
     train_sentences = [
         {
             "narration_id": r["narration_id"],

@@ -7,14 +7,10 @@ import os
 from collections.abc import Iterable
 
 
-def write_table(
-    path: str | os.PathLike, columns: tuple[str, ...], rows: Iterable[dict], delimiter: str = ","
-) -> None:
+def write_table(path: str | os.PathLike, columns: tuple[str, ...], rows: Iterable[dict], delimiter: str = ",") -> None:
     """A CSV (or, with ``delimiter="\\t"``, TSV) file with exactly ``columns``, quoting only where needed."""
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, columns, delimiter=delimiter, lineterminator="\n", extrasaction="raise"
-        )
+        writer = csv.DictWriter(handle, columns, delimiter=delimiter, lineterminator="\n", extrasaction="raise")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -54,9 +54,7 @@ def setup(backend: str | None = None) -> DistInfo:
         return DistInfo(0, 1, 0, device)
     missing = [name for name in _TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
-        raise RuntimeError(
-            f"WORLD_SIZE > 1 but environment variable(s) {missing} are unset; launch with torchrun"
-        )
+        raise RuntimeError(f"WORLD_SIZE > 1 but environment variable(s) {missing} are unset; launch with torchrun")
     local_rank = int(os.environ["LOCAL_RANK"])
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":

@@ -79,9 +79,7 @@ def train(
     optimizer = build_optimizer(model, optim)
     steps_per_epoch = sampler.steps_per_epoch // config.accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(
-            f"an epoch has {sampler.steps_per_epoch} batches, fewer than accum_steps={config.accum_steps}"
-        )
+        raise ValueError(f"an epoch has {sampler.steps_per_epoch} batches, fewer than accum_steps={config.accum_steps}")
     total_steps = config.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, total_steps, steps_per_epoch, optim)
     state = _resume(checkpoint, fingerprint, task, optimizer, scheduler)

@@ -54,9 +54,7 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, config: OptimConfig
     if config.schedule == "constant":
         return config.lr
     progress = (step - warmup) / max(1, total_steps - warmup)
-    return config.final_lr + 0.5 * (config.lr - config.final_lr) * (
-        1 + math.cos(math.pi * min(1.0, progress))
-    )
+    return config.final_lr + 0.5 * (config.lr - config.final_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def build_scheduler(

@@ -52,9 +52,7 @@ class RelevantPairSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         world_size: int = 1,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
-            )
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
         self.table, self.batch_size, self.seed, self.threshold = table, batch_size, seed, threshold
         self.rank, self.world_size = rank, world_size
         self.num_videos = table.shape[0]

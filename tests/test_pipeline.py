@@ -1,0 +1,104 @@
+"""The whole DVC pipeline on a tiny copy of the project: every stage runs, a second ``dvc repro`` runs
+nothing, MLflow runs carry the lineage that ``dvc.lock`` records, and bad params fail before any work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from eva02at.tracking import find_runs
+from tests.project_fixtures import empty_mlflow_store, git, make_tiny_project, quiet_env
+
+pytestmark = pytest.mark.slow
+
+
+def run(project, env, *command, check=True):
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    project = make_tiny_project(tmp_path_factory.mktemp("pipeline"), with_candidate=False)
+    shutil.copy(empty_mlflow_store(), project / "mlflow.db")
+    env = quiet_env(project / ".prefect")
+    first = run(project, env, "dvc", "repro")
+    return project, env, first.stdout + first.stderr
+
+
+def test_every_stage_runs_and_reports(pipeline):
+    project, _, log = pipeline
+    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert {"sample", "frames@egoclip", "frames@ego4d_clips", "soft_labels", "image_clip", "pretrain", "finetune",
+            "export", "evaluate"} <= set(stages)  # fmt: skip
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    for row in ("zero_shot", "finetuned", "random"):
+        assert 0 < metrics[row]["ek100_mir"]["mAP_avg"] <= 1
+        assert set(metrics[row]["egomcq"]) >= {"inter_video", "intra_video"}
+    for plot in ("training_curves.png", "metric_bars.png", "retrieval_grid.png"):
+        assert (project / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the damaged real video is reported in the manifest and in the log, not fatal
+    manifest = pq.read_table(project / "data" / "frames" / "ego4d_clips" / "manifest.parquet").to_pylist()
+    failed = [row for row in manifest if row["status"] == "error"]
+    assert [row["source"] for row in failed] == ["corrupted.mp4"] and failed[0]["error"]
+    assert "failed clip corrupted_0001 (corrupted.mp4)" in log
+
+
+def test_second_repro_runs_nothing(pipeline):
+    project, env, _ = pipeline
+    again = run(project, env, "dvc", "repro")
+    assert "Running stage" not in again.stdout, again.stdout
+    assert "Data and pipelines are up to date" in run(project, env, "dvc", "status").stdout
+
+
+def test_runs_carry_the_lineage_of_dvc_lock(pipeline, monkeypatch):
+    project, _, _ = pipeline
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow exports it when an earlier test tracked
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    head = git(project, "rev-parse", "HEAD").strip()
+    runs = {run.tags.get("dvc.stage"): run for run in find_runs("eva02at", f"sqlite:///{project / 'mlflow.db'}")}
+    for stage in ("image_clip", "pretrain", "finetune", "evaluate"):
+        tags = runs[stage].tags
+        assert tags["git.commit"] == head
+        recorded = {dep["path"]: dep["md5"] for dep in lock[stage]["deps"]}
+        tagged = {key.removeprefix("dvc.dep."): value for key, value in tags.items() if key.startswith("dvc.dep.")}
+        assert tagged == recorded, stage
+    assert runs["finetune"].metrics["loss"] > 0
+    assert "finetuned.ek100_mir.mAP_avg" in runs["evaluate"].metrics
+
+
+def test_params_that_do_not_fit_fail_before_any_work(pipeline, tmp_path):
+    project, env, _ = pipeline
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pretrain"] = {**params["pretrain"], "num_frames": 3, "out": str(tmp_path / "p"),
+                          "checkpoints": str(tmp_path / "c")}  # fmt: skip
+    params["finetune"] = {**params["finetune"], "init": str(tmp_path / "missing.pt")}
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    frames = run(project, env, "python", "-m", "stages.pretrain", "--params", str(bad), check=False)
+    assert frames.returncode == 1
+    assert "holds 4 frames per clip but the model takes 3" in frames.stderr
+    missing = run(project, env, "python", "-m", "stages.finetune", "--params", str(bad), check=False)
+    assert missing.returncode == 1 and f"{tmp_path / 'missing.pt'}: no such file" in missing.stderr
+    assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
+
+
+def test_finetune_runs_on_two_processes_with_torchrun(pipeline, tmp_path):
+    project, env, _ = pipeline
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"] = {**params["finetune"], "out": str(tmp_path / "out"), "checkpoints": str(tmp_path / "ckpt")}
+    params["finetune"]["train"] = {**params["finetune"]["train"], "batch_size": 2}
+    params["tracking"] = {**params["tracking"], "enabled": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run(project, env, "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "stages.finetune",
+        "--params", str(tmp_path / "params.yaml"))  # fmt: skip
+    history = (tmp_path / "out" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("step,") and len(history) > 1
+    assert (tmp_path / "out" / "model.pt").is_file()
