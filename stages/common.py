@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+from eva02at.config import from_dict
+
+T = TypeVar("T")
 
 PARAMS_FILE = Path("params.yaml")
 CODE_AND_CONFIG = ("src", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml")
@@ -22,6 +27,19 @@ def load_params(section: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if section not in params:
         raise SystemExit(f"{path}: no '{section}' section")
     return params[section]
+
+
+def stage_params(
+    section: str, cls: type[T], description: str | None, positional: tuple[str, ...] = ()
+) -> tuple[T, argparse.Namespace]:
+    """Parse the stage's command line (``--params`` and ``positional`` arguments) and build ``cls`` from the
+    params file's ``section``; unknown or missing keys are errors naming the key."""
+    parser = argparse.ArgumentParser(description=description)
+    for name in positional:
+        parser.add_argument(name)
+    parser.add_argument("--params", default=str(PARAMS_FILE), help=f"params file with a '{section}' section")
+    args = parser.parse_args()
+    return from_dict(cls, load_params(section, args.params), section), args
 
 
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:

@@ -8,7 +8,6 @@ lineage tags and the files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 
 from eva02at.atomic import write_text
-from eva02at.config import from_dict
 from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
 from eva02at.evaluation import (
     BENCHMARKS,
@@ -34,7 +32,7 @@ from eva02at.labels import RelevancyTable
 from eva02at.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
 from eva02at.shards import FrameShards
 from eva02at.tracking import Tracker, read_settings
-from stages.common import lineage_tags, load_params, stage_main
+from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)
 PLOTS = {"curves": "training_curves.png", "bars": "metric_bars.png", "grid": "retrieval_grid.png"}
@@ -140,10 +138,7 @@ def draw_plots(params: EvaluateParams, results: dict, benchmarks: Benchmarks) ->
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = from_dict(EvaluateParams, load_params("evaluate", args.params), "evaluate")
+    params, args = stage_params("evaluate", EvaluateParams, __doc__)
     if params.grid.model not in params.models:
         raise ValueError(f"evaluate.grid.model {params.grid.model!r} is not one of evaluate.models {params.models}")
     tracking = read_settings(args.params)
@@ -155,10 +150,14 @@ def main() -> None:
         for row, metrics in results.items():
             mir, mcq = metrics["ek100_mir"], metrics["egomcq"]
             log.info(
-                "%-10s EK100 mAP %.1f nDCG %.1f | EgoMCQ inter %.1f intra %.1f | Charades-Ego mAP %.1f", row,
-                100 * mir["mAP_avg"], 100 * mir["nDCG_avg"], 100 * mcq["inter_video"], 100 * mcq["intra_video"],
+                "%-10s EK100 mAP %.1f nDCG %.1f | EgoMCQ inter %.1f intra %.1f | Charades-Ego mAP %.1f",
+                row,
+                100 * mir["mAP_avg"],
+                100 * mir["nDCG_avg"],
+                100 * mcq["inter_video"],
+                100 * mcq["intra_video"],
                 100 * metrics["charades_ego"]["mAP"],
-            )  # fmt: skip
+            )
         write_text(params.metrics, json.dumps(results, indent=2) + "\n")
         tracker.log_metrics(flatten_metrics(results))
         tracker.log_artifact(params.metrics)

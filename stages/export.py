@@ -7,7 +7,6 @@ so an interrupted run leaves the previous exports (or none), never a partial set
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from eva02at.config import from_dict
 from eva02at.embeddings import TEXT, VIDEO, export_path, export_texts, export_videos, file_sha256, resolve_device
 from eva02at.evaluation import read_texts
 from eva02at.models import load_video_clip
-from stages.common import load_params, stage_main
+from stages.common import stage_main, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +47,37 @@ def export_model(
     digest, device = file_sha256(checkpoint), resolve_device(params.device)
     for collection, spec in collections.items():
         count = export_videos(
-            model, checkpoint, spec.frames, export_path(out, name, collection, VIDEO), collection,
-            batch_size=params.batch_size, device=device, workers=params.workers, checkpoint_sha256=digest,
-        )  # fmt: skip
+            model,
+            checkpoint,
+            spec.frames,
+            export_path(out, name, collection, VIDEO),
+            collection,
+            batch_size=params.batch_size,
+            device=device,
+            workers=params.workers,
+            checkpoint_sha256=digest,
+        )
         log.info("%s: %d %s clips", name, count, collection)
         if spec.texts is None:
             continue
         ids, texts = read_texts(spec.text_format or "", spec.texts)
         count = export_texts(
-            model, checkpoint, ids, texts, export_path(out, name, collection, TEXT), collection,
-            batch_size=params.text_batch_size, device=device, checkpoint_sha256=digest,
-        )  # fmt: skip
+            model,
+            checkpoint,
+            ids,
+            texts,
+            export_path(out, name, collection, TEXT),
+            collection,
+            batch_size=params.text_batch_size,
+            device=device,
+            checkpoint_sha256=digest,
+        )
         log.info("%s: %d %s texts", name, count, collection)
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = from_dict(ExportParams, load_params("export", args.params), "export")
+    params, _ = stage_params("export", ExportParams, __doc__)
     collections = {
         name: from_dict(ExportCollection, values, f"export.collections.{name}")
         for name, values in params.collections.items()

@@ -7,12 +7,10 @@ pairs every training video with a caption drawn among the relevant ones, and tra
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from eva02at.config import from_dict
 from eva02at.labels import RelevancyTable
 from eva02at.losses import get_loss
 from eva02at.models import load_video_clip
@@ -23,7 +21,7 @@ from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask
-from stages.common import load_params, stage_main
+from stages.common import stage_main, stage_params
 from stages.training import Outputs, Run, check_frames, resolved, run_training
 
 
@@ -54,10 +52,7 @@ def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = from_dict(FinetuneParams, load_params("finetune", args.params), "finetune")
+    params, args = stage_params("finetune", FinetuneParams, __doc__)
     loss = get_loss(params.loss, **params.losses.get(params.loss, {}))
     model = load_video_clip(params.init)
     if model.num_frames != params.num_frames:
@@ -67,13 +62,24 @@ def main() -> None:
     dataset = ClipPairs(FrameShards(params.frames), list(table.video_ids), captions(params.sentences, table))
     dist = setup()
     sampler = RelevantPairSampler(
-        table, params.train.batch_size, seed=params.train.seed, threshold=params.relevance_threshold,
-        rank=dist.rank, world_size=dist.world_size,
-    )  # fmt: skip
+        table,
+        params.train.batch_size,
+        seed=params.train.seed,
+        threshold=params.relevance_threshold,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
     run = Run("finetune", params.train, params.optim)
-    config = resolved(run, init=params.init, frames=params.frames, relevancy=params.relevancy,
-                      num_frames=params.num_frames, loss=params.loss, loss_params=params.losses.get(params.loss, {}),
-                      relevance_threshold=params.relevance_threshold)  # fmt: skip
+    config = resolved(
+        run,
+        init=params.init,
+        frames=params.frames,
+        relevancy=params.relevancy,
+        num_frames=params.num_frames,
+        loss=params.loss,
+        loss_params=params.losses.get(params.loss, {}),
+        relevance_threshold=params.relevance_threshold,
+    )
     task = VideoTextTask(model, loss, relevancy=table)
     run_training(run, task, sampler, dataset, Outputs(params.out, params.checkpoints), dist, config, args.params)
 

@@ -5,7 +5,6 @@ Usage: ``python -m stages.frames <collection>``, the collection being a key of `
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from eva02at import annotations
 from eva02at.config import from_dict
 from eva02at.extract import FrameSpec, extract
 from eva02at.video import VideoDecodeError, video_info
-from stages.common import load_params, stage_main
+from stages.common import stage_main, stage_params
 
 log = logging.getLogger(__name__)
 READERS = {
@@ -68,11 +67,7 @@ def segments_of(name: str, collection: Collection):
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("collection")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = from_dict(FramesParams, load_params("frames", args.params), "frames")
+    params, args = stage_params("frames", FramesParams, __doc__, positional=("collection",))
     if args.collection not in params.collections:
         raise ValueError(f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}")
     collection = from_dict(Collection, params.collections[args.collection], f"frames.collections.{args.collection}")

@@ -7,14 +7,12 @@ captions of the pretraining corpus and saved in the same form, so pretraining ru
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from eva02at.config import from_dict
 from eva02at.losses import get_loss
 from eva02at.models import create_image_clip, save_image_clip
 from eva02at.shards import FrameShards
@@ -24,7 +22,7 @@ from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import ImageTextTask
-from stages.common import load_params, stage_main
+from stages.common import stage_main, stage_params
 from stages.training import Outputs, Run, check_frames, resolved, run_training
 
 log = logging.getLogger(__name__)
@@ -44,10 +42,8 @@ class ImageClipParams:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = from_dict(ImageClipParams, load_params("image_clip", args.params), "image_clip")
+    params, args = stage_params("image_clip", ImageClipParams, __doc__)
+    torch.manual_seed(params.train.seed)  # the initialisation of a model trained from scratch
     model = create_image_clip(params.model, params.weights)
     check_frames(params.frames, 1, int(model.visual.image_size[0]))
     shards = FrameShards(params.frames)
@@ -60,15 +56,24 @@ def main() -> None:
         return
     dist = setup()
     sampler = RelevantPairSampler(
-        OwnCaptions(len(clips)), params.train.batch_size, seed=params.train.seed, rank=dist.rank,
+        OwnCaptions(len(clips)),
+        params.train.batch_size,
+        seed=params.train.seed,
+        rank=dist.rank,
         world_size=dist.world_size,
-    )  # fmt: skip
+    )
     run = Run("image_clip", params.train, params.optim)
     config = resolved(run, model=params.model, frames=params.frames, temperature=params.temperature)
     run_training(
-        run, task, sampler, ClipPairs(shards, clips, texts, single_frame=True),
-        Outputs(params.out, params.checkpoints), dist, config, args.params,
-    )  # fmt: skip
+        run,
+        task,
+        sampler,
+        ClipPairs(shards, clips, texts, single_frame=True),
+        Outputs(params.out, params.checkpoints),
+        dist,
+        config,
+        args.params,
+    )
 
 
 @torch.no_grad()

@@ -6,10 +6,10 @@ temporal embedding) and trains it with symmetric InfoNCE at a fixed temperature 
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
-from eva02at.config import from_dict
+import torch
+
 from eva02at.losses import get_loss
 from eva02at.models import from_open_clip, load_image_clip
 from eva02at.shards import FrameShards
@@ -19,7 +19,7 @@ from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask
-from stages.common import load_params, stage_main
+from stages.common import stage_main, stage_params
 from stages.training import Outputs, Run, check_frames, resolved, run_training
 
 
@@ -38,10 +38,8 @@ class PretrainParams:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = from_dict(PretrainParams, load_params("pretrain", args.params), "pretrain")
+    params, args = stage_params("pretrain", PretrainParams, __doc__)
+    torch.manual_seed(params.train.seed)  # the initialisation of the new projection heads
     model = from_open_clip(load_image_clip(params.init), params.num_frames, params.embed_dim)
     check_frames(params.frames, params.num_frames, model.image_size)
     shards = FrameShards(params.frames)
@@ -49,15 +47,32 @@ def main() -> None:
     texts = shards.texts(clips)
     dist = setup()
     sampler = RelevantPairSampler(
-        OwnCaptions(len(clips)), params.train.batch_size, seed=params.train.seed, rank=dist.rank,
+        OwnCaptions(len(clips)),
+        params.train.batch_size,
+        seed=params.train.seed,
+        rank=dist.rank,
         world_size=dist.world_size,
-    )  # fmt: skip
+    )
     task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))
     run = Run("pretrain", params.train, params.optim)
-    config = resolved(run, init=params.init, frames=params.frames, num_frames=params.num_frames,
-                      embed_dim=params.embed_dim, temperature=params.temperature)  # fmt: skip
-    run_training(run, task, sampler, ClipPairs(shards, clips, texts), Outputs(params.out, params.checkpoints),
-                 dist, config, args.params)  # fmt: skip
+    config = resolved(
+        run,
+        init=params.init,
+        frames=params.frames,
+        num_frames=params.num_frames,
+        embed_dim=params.embed_dim,
+        temperature=params.temperature,
+    )
+    run_training(
+        run,
+        task,
+        sampler,
+        ClipPairs(shards, clips, texts),
+        Outputs(params.out, params.checkpoints),
+        dist,
+        config,
+        args.params,
+    )
 
 
 if __name__ == "__main__":

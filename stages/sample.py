@@ -6,23 +6,18 @@ Usage: ``python -m stages.sample [--params params.yaml]``. Reads the ``sample`` 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 
-from eva02at.config import from_dict
 from eva02at.synthetic import SampleConfig, generate_sample
-from stages.common import PARAMS_FILE, load_params, stage_main
+from stages.common import stage_main, stage_params
 
 log = logging.getLogger(__name__)
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file with a 'sample' section")
-    args = parser.parse_args()
-    cfg = from_dict(SampleConfig, load_params("sample", args.params), "sample")
+    cfg, _ = stage_params("sample", SampleConfig, __doc__)
     started = time.perf_counter()
     counts = generate_sample(cfg)
     summary = ", ".join(f"{name} {count}" for name, count in counts.items())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 from eva02at.atomic import write_text
 from eva02at.config import from_dict
 from eva02at.labels import build_relevancy
-from stages.common import load_params, stage_main
+from stages.common import stage_main, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,7 @@ class SoftLabelParams:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    params = from_dict(SoftLabelParams, load_params("soft_labels", parser.parse_args().params), "soft_labels")
+    params, _ = stage_params("soft_labels", SoftLabelParams, __doc__)
     out = Path(params.out)
     summaries = {}
     for name, values in params.splits.items():

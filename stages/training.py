@@ -17,21 +17,14 @@ from pathlib import Path
 
 from eva02at.atomic import write_text
 from eva02at.shards import MANIFEST, manifest_metadata
-from eva02at.tracking import Tracker
+from eva02at.tracking import Tracker, read_settings
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
 from eva02at.train.loop import TrainConfig, train
 from eva02at.train.optim import OptimConfig
 from eva02at.train.tasks import Task
-from stages.common import lineage_tags, load_params
+from stages.common import lineage_tags
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrackingParams:
-    uri: str | None = None  # MLflow tracking URI; MLFLOW_TRACKING_URI overrides, sqlite:///mlflow.db by default
-    experiment: str = "eva02at"
-    enabled: bool = True
 
 
 @dataclass
@@ -81,7 +74,7 @@ def run_training(
     params_file: str = "params.yaml",
 ) -> None:
     """Train, track and write the stage's outputs; rank 0 alone tracks and writes."""
-    tracking = TrackingParams(**load_params("tracking", params_file))
+    tracking = read_settings(params_file)
     lead = dist.rank == 0
     tags = lineage_tags(run.stage) if lead else {}
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
@@ -110,8 +103,12 @@ def run_training(
             tracker.log_artifact(out / "model.pt", "checkpoint")
             tracker.log_artifact(out / "history.csv")
             tracker.log_artifact(out / "config.json")
-            log.info("%s: %d optimizer steps, final loss %.4f", run.stage, result.steps,
-                     result.history[-1]["loss"] if result.history else float("nan"))  # fmt: skip
+            log.info(
+                "%s: %d optimizer steps, final loss %.4f",
+                run.stage,
+                result.steps,
+                result.history[-1]["loss"] if result.history else float("nan"),
+            )
     cleanup()
 
 

@@ -55,15 +55,34 @@ def test_varying_counts_absent_keys_as_different():
 
 def test_build_and_format_table():
     runs = [
-        record("aaaaaaaaaa", 0, {METRIC: 0.25, "loss": 1.5}, {"optim.lr": "0.001", "train.epochs": "2"},
-               {"dvc.stage": "finetune", "git.commit": "0123456789abcdef-dirty", "dvc.dep.data/x": "f" * 32}),
-        record("bbbbbbbbbb", 60_000, {METRIC: 0.5}, {"optim.lr": "0.0001", "train.epochs": "2"},
-               {"dvc.stage": "finetune", "git.commit": "fedcba9876543210", "dvc.dep.data/x": "e" * 32}),
-    ]  # fmt: skip
+        record(
+            "aaaaaaaaaa",
+            0,
+            {METRIC: 0.25, "loss": 1.5},
+            {"optim.lr": "0.001", "train.epochs": "2"},
+            {"dvc.stage": "finetune", "git.commit": "0123456789abcdef-dirty", "dvc.dep.data/x": "f" * 32},
+        ),
+        record(
+            "bbbbbbbbbb",
+            60_000,
+            {METRIC: 0.5},
+            {"optim.lr": "0.0001", "train.epochs": "2"},
+            {"dvc.stage": "finetune", "git.commit": "fedcba9876543210", "dvc.dep.data/x": "e" * 32},
+        ),
+    ]
     table = build_table(runs, sort_metric=METRIC)
     assert table.columns == ["run", "name", "stage", "started (UTC)", "commit", METRIC, "loss", "optim.lr", "data/x"]
-    assert table.rows[0] == ["aaaaaaaa", "finetune", "finetune", "1970-01-01 00:00", "0123456789-dirty", "0.25",
-                             "1.5", "0.001", "ffffffff"]  # fmt: skip
+    assert table.rows[0] == [
+        "aaaaaaaa",
+        "finetune",
+        "finetune",
+        "1970-01-01 00:00",
+        "0123456789-dirty",
+        "0.25",
+        "1.5",
+        "0.001",
+        "ffffffff",
+    ]
     assert table.rows[1][3:8] == ["1970-01-01 00:01", "fedcba9876", "0.5", "-", "0.0001"]
     text = format_table(table).splitlines()
     assert len(text) == 4 and set(text[1]) == {"-", " "}

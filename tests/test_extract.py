@@ -29,8 +29,7 @@ def real_clips(ego4d_dir, seconds=2.0):
 def test_real_clips_with_damaged_video(tmp_path, ego4d_dir):
     segments = real_clips(ego4d_dir)
     spec = FrameSpec(num_frames=4, size=32)
-    summary = extract(segments, [], ego4d_dir, tmp_path, spec, workers=2, clips_per_shard=8,
-                      max_failure_fraction=0.5)  # fmt: skip
+    summary = extract(segments, [], ego4d_dir, tmp_path, spec, workers=2, clips_per_shard=8, max_failure_fraction=0.5)
     manifest = pq.read_table(tmp_path / MANIFEST)
     assert manifest.schema.remove_metadata() == MANIFEST_SCHEMA
     rows = {r["clip_id"]: r for r in manifest.to_pylist()}
@@ -85,8 +84,9 @@ def test_bad_rows_and_segments_are_recorded_not_dropped(tmp_path, ego4d_dir):
     segments, errors = read_ek100(csv)
     assert [s.clip_id for s in segments] == ["P01_01_0", "P01_01_3"]
     assert [(e.line, "missing" in e.reason) for e in errors] == [(3, True), (4, False)]
-    summary = extract(segments, errors, tmp_path / "videos", tmp_path / "out", FrameSpec(4, size=16),
-                      max_failure_fraction=0.8)  # fmt: skip
+    summary = extract(
+        segments, errors, tmp_path / "videos", tmp_path / "out", FrameSpec(4, size=16), max_failure_fraction=0.8
+    )
     rows = pq.read_table(tmp_path / "out" / MANIFEST).to_pylist()
     assert summary.ok == 1 and summary.failed == 3 and len(rows) == 4
     by_id = {r["clip_id"]: r for r in rows}
@@ -112,8 +112,9 @@ def test_resume_keeps_finished_shards(tmp_path, ego4d_dir):
     second = extract(segments, [], ego4d_dir, tmp_path, spec, clips_per_shard=4, max_failure_fraction=1)
     assert second.written_shards == 1 and second.kept_shards == first.written_shards - 1
     assert all(p.stat().st_mtime_ns == mtimes[p.name] for p in shard_files if p.name != "shard-00001.arrow")
-    changed = extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=3, size=16), clips_per_shard=4,
-                      max_failure_fraction=1)  # fmt: skip
+    changed = extract(
+        segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=3, size=16), clips_per_shard=4, max_failure_fraction=1
+    )
     assert changed.kept_shards == 0  # a different spec invalidates every shard
     assert FrameShards(tmp_path).frame_indices(segments[0].clip_id) != []
 

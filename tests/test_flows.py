@@ -67,8 +67,13 @@ def dvc_status(*stages: str) -> dict:
 
 def test_order_stages_puts_dependencies_first_and_keeps_file_order():
     stages = ["train", "sample", "frames@a", "frames@b", "labels", "report"]
-    edges = [("frames@a", "sample"), ("frames@b", "sample"), ("labels", "sample"), ("train", "frames@a"),
-             ("train", "labels")]  # fmt: skip
+    edges = [
+        ("frames@a", "sample"),
+        ("frames@b", "sample"),
+        ("labels", "sample"),
+        ("train", "frames@a"),
+        ("train", "labels"),
+    ]
     ordered = order_stages(stages, edges)
     assert sorted(ordered) == sorted(stages)
     for stage, dependency in edges:
@@ -82,11 +87,15 @@ def test_order_stages_puts_dependencies_first_and_keeps_file_order():
 
 
 def test_parse_metrics_show_names_numbers_and_reports_problems():
-    shown = {"": {"data": {
-        "metrics/eval.json": {"data": {"finetuned": {"ek100_mir": {"mAP_avg": 0.25, "n": 3}}, "ok": True}},
-        "metrics/zs.json": {"data": {"zeroshot": {"note": "text", "nDCG": 1}}},
-        "metrics/missing.json": {"error": {"type": "FileNotFoundError", "msg": "not written yet"}},
-    }}}  # fmt: skip
+    shown = {
+        "": {
+            "data": {
+                "metrics/eval.json": {"data": {"finetuned": {"ek100_mir": {"mAP_avg": 0.25, "n": 3}}, "ok": True}},
+                "metrics/zs.json": {"data": {"zeroshot": {"note": "text", "nDCG": 1}}},
+                "metrics/missing.json": {"error": {"type": "FileNotFoundError", "msg": "not written yet"}},
+            }
+        }
+    }
     metrics, problems = parse_metrics_show(shown)
     assert metrics == {"finetuned.ek100_mir.mAP_avg": 0.25, "finetuned.ek100_mir.n": 3.0, "zeroshot.nDCG": 1.0}
     assert problems == ["metrics/missing.json: not written yet"]
@@ -196,9 +205,14 @@ def add_remotes(project: Path, tmp_path: Path) -> Path:
 
 def retrain_candidate(score: float, **kwargs):
     return retrain(
-        overrides={CANDIDATE_PARAM: score}, targets=[CANDIDATE_STAGE], metric=CANDIDATE_METRIC,
-        model_path=CANDIDATE_MODEL, model_name=MODEL_NAME, retries=0, **kwargs,
-    )  # fmt: skip
+        overrides={CANDIDATE_PARAM: score},
+        targets=[CANDIDATE_STAGE],
+        metric=CANDIDATE_METRIC,
+        model_path=CANDIDATE_MODEL,
+        model_name=MODEL_NAME,
+        retries=0,
+        **kwargs,
+    )
 
 
 def test_retrain_promotes_only_better_models(project, tmp_path):
@@ -235,8 +249,10 @@ def test_retrain_promotes_only_better_models(project, tmp_path):
     assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
     refs = git(project, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     assert {ref.rsplit("/", 1)[1] for ref in refs if not ref.startswith("refs/exps/exec/")} == {
-        "first", "worse", "better"
-    }  # fmt: skip
+        "first",
+        "worse",
+        "better",
+    }
     assert champion.tags["dvc.experiment.commit"] in git(project, "for-each-ref", "--format=%(objectname)", "refs/exps")
 
     with pytest.raises(CommandError, match="absent"):  # a failed experiment leaves the champion alone

@@ -30,13 +30,15 @@ def frame(rows: list[tuple[str, int, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["narration_id", "verb_class", "all_noun_classes"])
 
 
-TOY_VIDEOS = frame([
-    ("a", 0, "[2]"),
-    ("b", 0, "[2, 5]"),
-    ("c", 1, "[5, 5]"),  # a repeated class counts once
-    ("d", 3, "[1, 2, 3, 4, 5]"),
-    ("e", 0, "[2]"),  # same signature as "a"
-])  # fmt: skip
+TOY_VIDEOS = frame(
+    [
+        ("a", 0, "[2]"),
+        ("b", 0, "[2, 5]"),
+        ("c", 1, "[5, 5]"),  # a repeated class counts once
+        ("d", 3, "[1, 2, 3, 4, 5]"),
+        ("e", 0, "[2]"),  # same signature as "a"
+    ]
+)
 TOY_SENTENCES = pd.DataFrame({"narration_id": ["b", "c", "a", "d"], "narration": ["x", "x", "x", "x"]})
 
 

@@ -36,8 +36,17 @@ def pipeline(tmp_path_factory):
 def test_every_stage_runs_and_reports(pipeline):
     project, _, log = pipeline
     stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert {"sample", "frames@egoclip", "frames@ego4d_clips", "soft_labels", "image_clip", "pretrain", "finetune",
-            "export", "evaluate"} <= set(stages)  # fmt: skip
+    assert {
+        "sample",
+        "frames@egoclip",
+        "frames@ego4d_clips",
+        "soft_labels",
+        "image_clip",
+        "pretrain",
+        "finetune",
+        "export",
+        "evaluate",
+    } <= set(stages)
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     for row in ("zero_shot", "finetuned", "random"):
         assert 0 < metrics[row]["ek100_mir"]["mAP_avg"] <= 1
@@ -77,8 +86,12 @@ def test_runs_carry_the_lineage_of_dvc_lock(pipeline, monkeypatch):
 def test_params_that_do_not_fit_fail_before_any_work(pipeline, tmp_path):
     project, env, _ = pipeline
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pretrain"] = {**params["pretrain"], "num_frames": 3, "out": str(tmp_path / "p"),
-                          "checkpoints": str(tmp_path / "c")}  # fmt: skip
+    params["pretrain"] = {
+        **params["pretrain"],
+        "num_frames": 3,
+        "out": str(tmp_path / "p"),
+        "checkpoints": str(tmp_path / "c"),
+    }
     params["finetune"] = {**params["finetune"], "init": str(tmp_path / "missing.pt")}
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
@@ -97,8 +110,18 @@ def test_finetune_runs_on_two_processes_with_torchrun(pipeline, tmp_path):
     params["finetune"]["train"] = {**params["finetune"]["train"], "batch_size": 2}
     params["tracking"] = {**params["tracking"], "enabled": False}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run(project, env, "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "stages.finetune",
-        "--params", str(tmp_path / "params.yaml"))  # fmt: skip
+    run(
+        project,
+        env,
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "stages.finetune",
+        "--params",
+        str(tmp_path / "params.yaml"),
+    )
     history = (tmp_path / "out" / "history.csv").read_text().splitlines()
     assert history[0].startswith("step,") and len(history) > 1
     assert (tmp_path / "out" / "model.pt").is_file()

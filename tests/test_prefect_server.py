@@ -106,8 +106,9 @@ def start(tmp_path):
 
     def start(name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
         with open(tmp_path / f"{name}.log", "w") as log:
-            process = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         started.append(process)
         return process
 

@@ -31,9 +31,22 @@ def shards(tmp_path_factory):
     for i in range(24):
         jpegs = [encode_jpeg(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), 90) for _ in range(2)]
         frames.append({"clip_id": f"c{i}", "view": 0, "frame_indices": [0, 1], "jpeg": jpegs})
-        manifest.append({"clip_id": f"c{i}", "source": "x.mp4", "line": i + 2, "start": 0.0, "end": 1.0,
-                         "text": WORDS[i % len(WORDS)], "frame_indices": [[0, 1]], "height": 32, "width": 32,
-                         "status": "ok", "error": "", "shard": "shard-00000.arrow"})  # fmt: skip
+        manifest.append(
+            {
+                "clip_id": f"c{i}",
+                "source": "x.mp4",
+                "line": i + 2,
+                "start": 0.0,
+                "end": 1.0,
+                "text": WORDS[i % len(WORDS)],
+                "frame_indices": [[0, 1]],
+                "height": 32,
+                "width": 32,
+                "status": "ok",
+                "error": "",
+                "shard": "shard-00000.arrow",
+            }
+        )
     write_shard(root / "shards" / "shard-00000.arrow", frames)
     write_manifest(root / "manifest.parquet", manifest)
     return FrameShards(root)

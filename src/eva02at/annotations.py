@@ -15,10 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EK100_COLUMNS = (
-    "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
-    "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
-    "noun_class", "all_nouns", "all_noun_classes",
-)  # fmt: skip
+    "narration_id",
+    "participant_id",
+    "video_id",
+    "narration_timestamp",
+    "start_timestamp",
+    "stop_timestamp",
+    "start_frame",
+    "stop_frame",
+    "narration",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "all_nouns",
+    "all_noun_classes",
+)
 EGOCLIP_COLUMNS = ("video_uid", "clip_start", "clip_end", "clip_text")
 
 

@@ -223,15 +223,35 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 
 
 def _ok_row(clip: Segment, indices: list[list[int]], size: int, shard: str) -> dict:
-    return {**_base_row(clip), "frame_indices": indices, "height": size, "width": size, "status": "ok",
-            "error": "", "shard": shard}  # fmt: skip
+    return {
+        **_base_row(clip),
+        "frame_indices": indices,
+        "height": size,
+        "width": size,
+        "status": "ok",
+        "error": "",
+        "shard": shard,
+    }
 
 
 def _error_row(clip: Segment, reason: str) -> dict:
-    return {**_base_row(clip), "frame_indices": [], "height": 0, "width": 0, "status": "error",
-            "error": reason, "shard": ""}  # fmt: skip
+    return {
+        **_base_row(clip),
+        "frame_indices": [],
+        "height": 0,
+        "width": 0,
+        "status": "error",
+        "error": reason,
+        "shard": "",
+    }
 
 
 def _base_row(clip: Segment) -> dict:
-    return {"clip_id": clip.clip_id, "source": clip.video, "line": clip.line, "start": clip.start,
-            "end": clip.end, "text": clip.text}  # fmt: skip
+    return {
+        "clip_id": clip.clip_id,
+        "source": clip.video,
+        "line": clip.line,
+        "start": clip.start,
+        "end": clip.end,
+        "text": clip.text,
+    }

@@ -18,9 +18,18 @@ from eva02at.synthetic.layout import Shot, VideoJob, plan_spans
 
 ROOT = "charades-ego"
 COLUMNS = (
-    "id", "subject", "scene", "quality", "relevance", "verified", "script", "objects", "descriptions",
-    "actions", "length",
-)  # fmt: skip
+    "id",
+    "subject",
+    "scene",
+    "quality",
+    "relevance",
+    "verified",
+    "script",
+    "objects",
+    "descriptions",
+    "actions",
+    "length",
+)
 ID_LETTERS = string.ascii_uppercase + string.digits
 
 

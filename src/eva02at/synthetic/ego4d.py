@@ -17,9 +17,17 @@ from eva02at.synthetic.layout import Shot, VideoJob, chunk_sizes, plan_spans
 
 ROOT = "ego4d"
 EGOCLIP_COLUMNS = (
-    "video_uid", "video_dur", "narration_source", "narration_ind", "narration_time",
-    "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun",
-)  # fmt: skip
+    "video_uid",
+    "video_dur",
+    "narration_source",
+    "narration_ind",
+    "narration_time",
+    "clip_start",
+    "clip_end",
+    "clip_text",
+    "tag_verb",
+    "tag_noun",
+)
 CHOICES = 5
 INTER, INTRA = 1, 2  # EgoVLP's question types: choices from five videos, or from one
 

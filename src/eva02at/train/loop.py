@@ -129,8 +129,13 @@ def train(
             bar.update(1)
             if step % config.log_every == 0 or step == stop:
                 elapsed = time.perf_counter() - window_start
-                row = {"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0],
-                       "clips_per_s": window_steps * global_batch / max(elapsed, 1e-9)}  # fmt: skip
+                row = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": value,
+                    "lr": scheduler.get_last_lr()[0],
+                    "clips_per_s": window_steps * global_batch / max(elapsed, 1e-9),
+                }
                 history.append(row)
                 bar.set_postfix(loss=f"{value:.4f}", clips_s=f"{row['clips_per_s']:.1f}")
                 if on_log is not None and dist.rank == 0:
