@@ -2,7 +2,8 @@
 
 Outputs of a training stage ``<name>``: ``<out>/model.pt`` (final weights, in the model's checkpoint format),
 ``<out>/history.csv`` (loss, lr and throughput per logged step, a DVC plot); the resumable training state
-lives in ``<checkpoints>/checkpoint.pt``, which DVC keeps between runs so an interrupted run continues.
+lives in ``<checkpoints>/checkpoint.pt``, outside the stage's DVC outputs (which DVC removes before a stage
+runs), so that an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from eva02at.train.tasks import Task
 from stages.common import lineage_tags
 
 log = logging.getLogger(__name__)
+EXECUTION_ONLY = ("workers", "log_every", "checkpoint_every", "stop_after_steps")  # train keys results ignore
 
 
 @dataclass
 class Outputs:
     out: str  # final model and history
-    checkpoints: str  # resumable state (kept by DVC between runs)
+    checkpoints: str  # resumable state, not a DVC output: it must survive DVC's clean-up before a rerun
 
 
 @dataclass
@@ -78,7 +80,7 @@ def run_training(
     lead = dist.rank == 0
     tags = lineage_tags(run.stage) if lead else {}
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
-    fingerprint = broadcast(hashlib.sha256(json.dumps([params, deps], sort_keys=True).encode()).hexdigest())
+    fingerprint = broadcast(run_fingerprint(params, deps))
     out = Path(outputs.out)
     tracker = Tracker(tracking.experiment, run.stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags)
     with tracker:
@@ -110,6 +112,13 @@ def run_training(
                 result.history[-1]["loss"] if result.history else float("nan"),
             )
     cleanup()
+
+
+def run_fingerprint(params: dict, deps: dict[str, str]) -> str:
+    """A digest of what defines a run's result: its params and inputs, not how it is executed (loader workers,
+    logging and checkpoint intervals, an early stop), so that a run stopped early resumes."""
+    train = {k: v for k, v in params["train"].items() if k not in EXECUTION_ONLY}
+    return hashlib.sha256(json.dumps([{**params, "train": train}, deps], sort_keys=True).encode()).hexdigest()
 
 
 def resolved(run: Run, **sections) -> dict:

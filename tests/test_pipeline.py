@@ -7,10 +7,13 @@ import json
 import shutil
 import subprocess
 
+import open_clip
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
+from eva02at.models import load_checkpoint_file
 from eva02at.tracking import find_runs
 from tests.project_fixtures import empty_mlflow_store, git, make_tiny_project, quiet_env
 
@@ -125,3 +128,49 @@ def test_finetune_runs_on_two_processes_with_torchrun(pipeline, tmp_path):
     history = (tmp_path / "out" / "history.csv").read_text().splitlines()
     assert history[0].startswith("step,") and len(history) > 1
     assert (tmp_path / "out" / "model.pt").is_file()
+
+
+def test_a_stage_stopped_midway_resumes_to_the_same_weights(pipeline, tmp_path):
+    project, env, _ = pipeline
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pretrain"] = {**params["pretrain"], "out": str(tmp_path / "out"), "checkpoints": str(tmp_path / "ckpt")}
+    params["tracking"] = {**params["tracking"], "enabled": False}
+    stopped = {**params, "pretrain": {**params["pretrain"], "train": {**params["pretrain"]["train"]}}}
+    stopped["pretrain"]["train"]["stop_after_steps"] = 1
+    (tmp_path / "stopped.yaml").write_text(yaml.safe_dump(stopped))
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(params))
+    run(project, env, "python", "-m", "stages.pretrain", "--params", str(tmp_path / "stopped.yaml"))
+    assert load_checkpoint_file(tmp_path / "ckpt" / "checkpoint.pt")["extra"]["step"] == 1
+    resumed = run(project, env, "python", "-m", "stages.pretrain", "--params", str(tmp_path / "full.yaml"))
+    assert "resuming from" in resumed.stderr and "at optimizer step 1" in resumed.stderr
+    uninterrupted = load_checkpoint_file(project / "models" / "pretrain" / "model.pt")["state_dict"]
+    after_resume = load_checkpoint_file(tmp_path / "out" / "model.pt")["state_dict"]
+    assert uninterrupted.keys() == after_resume.keys()
+    assert all(torch.equal(uninterrupted[k], after_resume[k]) for k in uninterrupted)
+
+
+def test_image_clip_imports_real_weights_strictly(pipeline, tmp_path):
+    project, env, _ = pipeline
+    torch.manual_seed(1)
+    weights = open_clip.create_model("EVA02-Tiny-test", pretrained=None).state_dict()
+    torch.save(weights, tmp_path / "open_clip_pytorch_model.bin")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["image_clip"] = {
+        **params["image_clip"],
+        "weights": str(tmp_path / "open_clip_pytorch_model.bin"),
+        "out": str(tmp_path / "out"),
+        "checkpoints": str(tmp_path / "ckpt"),
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    imported = run(project, env, "python", "-m", "stages.image_clip", "--params", str(tmp_path / "params.yaml"))
+    assert "imported EVA02-Tiny-test: InfoNCE on" in imported.stderr
+    saved = load_checkpoint_file(tmp_path / "out" / "model.pt")["state_dict"]
+    assert saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in weights)
+
+    torch.save({k: v for k, v in weights.items() if not k.startswith("text.")}, tmp_path / "partial.bin")
+    params["image_clip"]["weights"] = str(tmp_path / "partial.bin")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    partial = run(
+        project, env, "python", "-m", "stages.image_clip", "--params", str(tmp_path / "params.yaml"), check=False
+    )
+    assert partial.returncode == 1 and "partial.bin" in partial.stderr and "missing" in partial.stderr

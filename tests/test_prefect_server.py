@@ -22,32 +22,16 @@ import psutil
 import pytest
 import yaml
 
+from eva02at.models import load_video_clip
 from eva02at.tracking import aliased_version, get_run
-from tests.project_fixtures import (
-    CANDIDATE_METRIC,
-    CANDIDATE_MODEL,
-    CANDIDATE_PARAM,
-    CANDIDATE_STAGE,
-    ROOT,
-    candidate_model_bytes,
-    empty_mlflow_store,
-    make_tiny_project,
-    md5,
-    quiet_env,
-)
+from tests.project_fixtures import ROOT, empty_mlflow_store, make_tiny_project, md5, quiet_env
 
 pytestmark = pytest.mark.slow
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
-MODEL_NAME = "tiny-candidate"
-TINY_RUN = {  # deployment parameters for the tiny project: the stand-in stage decides and provides the model
-    "overrides": {CANDIDATE_PARAM: 0.7},
-    "targets": [CANDIDATE_STAGE],
-    "metric": CANDIDATE_METRIC,
-    "model_path": CANDIDATE_MODEL,
-    "model_name": MODEL_NAME,
-    "retries": 0,
-}
+MODEL_NAME = "eva02at-ek100-mir"
+METRIC = "finetuned.ek100_mir.mAP_avg"
+TINY_RUN = {"overrides": {"finetune.optim.lr": 1.0e-4}, "retries": 0}  # the whole tiny pipeline, default metric
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, whatever the env says
 
@@ -123,7 +107,7 @@ def logs(directory: Path) -> str:
 
 def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tmp_path, start, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    project = make_tiny_project(tmp_path / "project")
+    project = make_tiny_project(tmp_path / "project", with_candidate=False)
     port = free_port()
     base = f"http://127.0.0.1:{port}/api"
     env = quiet_env(tmp_path / "prefect-home") | {
@@ -147,7 +131,7 @@ def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tmp_path, sta
     assert done.returncode == 0, done.stdout + done.stderr
     deployment = api(base, "GET", "/deployments/name/retrain/nightly")
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
-    assert deployment["parameters"]["metric"] == CANDIDATE_METRIC
+    assert deployment["parameters"]["metric"] == METRIC
     assert deployment["global_concurrency_limit"]["limit"] == 1
 
     run_id = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
@@ -156,16 +140,20 @@ def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tmp_path, sta
         flow_run = api(base, "GET", f"/flow_runs/{run_id}")
         return flow_run if flow_run["state_type"] in TERMINAL else None
 
-    final = wait_for(finished, 240, "flow run")
+    final = wait_for(finished, 900, "flow run")
     assert final["state_type"] == "COMPLETED", logs(tmp_path)
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     champion = aliased_version(MODEL_NAME, "champion", uri)
     assert champion is not None and champion.version == 1, logs(tmp_path)
-    assert champion.tags["model.md5"] == md5(candidate_model_bytes(0.7))
     assert champion.tags["prefect.flow_run"] == run_id
     run = get_run(champion.run_id, uri)
     assert run.tags["retrain.decision"] == "registered"
+    assert 0 < run.metrics[METRIC] <= 1 and run.params["overrides.finetune.optim.lr"] == "0.0001"
+    # the registered file is the experiment's fine-tuned model: its md5 is the one dvc.lock recorded
+    (registered,) = (project / "mlruns").rglob("model/model.pt")
+    assert champion.tags["model.md5"] == md5(registered.read_bytes())
+    assert load_video_clip(registered).num_frames == 8
     assert run.tags["retrain.pulled"] == (
         "git pull skipped: the branch tracks no remote branch; dvc pull skipped: no default DVC remote"
     )

@@ -12,6 +12,7 @@ Every load is strict: a key or shape that does not fit is a ``CheckpointError`` 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def create_image_clip(model_name: str, weights: str | os.PathLike | None = None)
 
     ``weights`` is a state-dict file (see module doc) or this project's image-CLIP checkpoint of that model.
     """
-    clip = open_clip.create_model(model_name, pretrained=None)
+    clip = _random_open_clip(model_name, quiet=weights is not None)
     if weights is not None:
         load_state_dict_strict(clip, read_image_weights(weights, model_name), weights)
     return clip
@@ -177,7 +178,25 @@ def _create_open_clip(model_name: str, saved_cfg: dict, source: Any) -> nn.Modul
         raise CheckpointError(
             f"{source}: open_clip's config of {model_name} differs from the checkpoint's at {differences}"
         )
-    return open_clip.create_model(model_name, pretrained=None)
+    return _random_open_clip(model_name, quiet=True)
+
+
+class _NoPretrainedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _random_open_clip(model_name: str, quiet: bool) -> nn.Module:
+    """open_clip's model with random weights (never a download). ``quiet`` drops open_clip's warning that no
+    pretrained weights were loaded, which only misleads when weights are loaded right after."""
+    if not quiet:
+        return open_clip.create_model(model_name, pretrained=None)
+    root, hush = logging.getLogger(), _NoPretrainedWarning()
+    root.addFilter(hush)
+    try:
+        return open_clip.create_model(model_name, pretrained=None)
+    finally:
+        root.removeFilter(hush)
 
 
 def _differences(saved: Any, current: Any, where: str = "") -> list[str]:
