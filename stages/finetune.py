@@ -19,10 +19,9 @@ from eva02at.train.data import ClipPairs
 from eva02at.train.distributed import setup
 from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
-from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
-from stages.training import Outputs, Run, check_frames, resolved, run_training
+from stages.training import check_frames, pair_sampler, run_training
 
 
 @dataclass
@@ -61,27 +60,9 @@ def main() -> None:
     table = RelevancyTable.load(params.relevancy)
     dataset = ClipPairs(FrameShards(params.frames), list(table.video_ids), captions(params.sentences, table))
     dist = setup()
-    sampler = RelevantPairSampler(
-        table,
-        params.train.batch_size,
-        seed=params.train.seed,
-        threshold=params.relevance_threshold,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
-    run = Run("finetune", params.train, params.optim)
-    config = resolved(
-        run,
-        init=params.init,
-        frames=params.frames,
-        relevancy=params.relevancy,
-        num_frames=params.num_frames,
-        loss=params.loss,
-        loss_params=params.losses.get(params.loss, {}),
-        relevance_threshold=params.relevance_threshold,
-    )
+    sampler = pair_sampler(table, params, dist, threshold=params.relevance_threshold)
     task = VideoTextTask(model, loss, relevancy=table)
-    run_training(run, task, sampler, dataset, Outputs(params.out, params.checkpoints), dist, config, args.params)
+    run_training("finetune", params, task, sampler, dataset, dist, args.params)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from eva02at.train.data import ClipPairs, OwnCaptions, collate
 from eva02at.train.distributed import setup
 from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
-from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import ImageTextTask
 from stages.common import stage_main, stage_params
-from stages.training import Outputs, Run, check_frames, resolved, run_training
+from stages.training import check_frames, pair_sampler, run_training, write_history
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +52,12 @@ def main() -> None:
     if params.weights:
         check_imported(task, ClipPairs(shards, clips, texts, single_frame=True))
         save_image_clip(model, params.model, Path(params.out) / "model.pt")
+        write_history(Path(params.out), [])  # nothing trained: the training-curve plot shows no image_clip line
         return
     dist = setup()
-    sampler = RelevantPairSampler(
-        OwnCaptions(len(clips)),
-        params.train.batch_size,
-        seed=params.train.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
-    run = Run("image_clip", params.train, params.optim)
-    config = resolved(run, model=params.model, frames=params.frames, temperature=params.temperature)
-    run_training(
-        run,
-        task,
-        sampler,
-        ClipPairs(shards, clips, texts, single_frame=True),
-        Outputs(params.out, params.checkpoints),
-        dist,
-        config,
-        args.params,
-    )
+    sampler = pair_sampler(OwnCaptions(len(clips)), params, dist)
+    dataset = ClipPairs(shards, clips, texts, single_frame=True)
+    run_training("image_clip", params, task, sampler, dataset, dist, args.params)
 
 
 @torch.no_grad()

@@ -17,10 +17,9 @@ from eva02at.train.data import ClipPairs, OwnCaptions
 from eva02at.train.distributed import setup
 from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
-from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
-from stages.training import Outputs, Run, check_frames, resolved, run_training
+from stages.training import check_frames, pair_sampler, run_training
 
 
 @dataclass
@@ -46,33 +45,9 @@ def main() -> None:
     clips = shards.clip_ids
     texts = shards.texts(clips)
     dist = setup()
-    sampler = RelevantPairSampler(
-        OwnCaptions(len(clips)),
-        params.train.batch_size,
-        seed=params.train.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
+    sampler = pair_sampler(OwnCaptions(len(clips)), params, dist)
     task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))
-    run = Run("pretrain", params.train, params.optim)
-    config = resolved(
-        run,
-        init=params.init,
-        frames=params.frames,
-        num_frames=params.num_frames,
-        embed_dim=params.embed_dim,
-        temperature=params.temperature,
-    )
-    run_training(
-        run,
-        task,
-        sampler,
-        ClipPairs(shards, clips, texts),
-        Outputs(params.out, params.checkpoints),
-        dist,
-        config,
-        args.params,
-    )
+    run_training("pretrain", params, task, sampler, ClipPairs(shards, clips, texts), dist, args.params)
 
 
 if __name__ == "__main__":

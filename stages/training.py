@@ -13,33 +13,20 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from eva02at.atomic import write_text
 from eva02at.shards import MANIFEST, manifest_metadata
 from eva02at.tracking import Tracker, read_settings
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
-from eva02at.train.loop import TrainConfig, train
-from eva02at.train.optim import OptimConfig
+from eva02at.train.loop import train
+from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import Task
 from stages.common import lineage_tags
 
 log = logging.getLogger(__name__)
 EXECUTION_ONLY = ("workers", "log_every", "checkpoint_every", "stop_after_steps")  # train keys results ignore
-
-
-@dataclass
-class Outputs:
-    out: str  # final model and history
-    checkpoints: str  # resumable state, not a DVC output: it must survive DVC's clean-up before a rerun
-
-
-@dataclass
-class Run:
-    stage: str
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 def shard_spec(directory: str | Path) -> dict:
@@ -65,33 +52,41 @@ def check_frames(directory: str | Path, num_frames: int, image_size: int) -> Non
         )
 
 
-def run_training(
-    run: Run,
-    task: Task,
-    sampler,
-    dataset,
-    outputs: Outputs,
-    dist: DistInfo,
-    params: dict,
-    params_file: str = "params.yaml",
-) -> None:
-    """Train, track and write the stage's outputs; rank 0 alone tracks and writes."""
+def pair_sampler(source, params, dist: DistInfo, threshold: float = 0.1) -> RelevantPairSampler:
+    """The seeded, resumable batch sampler of a training stage, sharded over this process's rank."""
+    return RelevantPairSampler(
+        source,
+        params.train.batch_size,
+        seed=params.train.seed,
+        threshold=threshold,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+
+
+def run_training(stage: str, params, task: Task, sampler, dataset, dist: DistInfo, params_file: str) -> None:
+    """Train, track and write the stage's outputs; rank 0 alone tracks and writes.
+
+    ``params`` is the stage's params dataclass: ``train``, ``optim``, ``out`` and ``checkpoints`` fields and
+    whatever else defines the run (all of it but the output paths is logged and fingerprinted).
+    """
+    config = {k: v for k, v in asdict(params).items() if k not in ("out", "checkpoints")}
     tracking = read_settings(params_file)
     lead = dist.rank == 0
-    tags = lineage_tags(run.stage) if lead else {}
+    tags = lineage_tags(stage) if lead else {}
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
-    fingerprint = broadcast(run_fingerprint(params, deps))
-    out = Path(outputs.out)
-    tracker = Tracker(tracking.experiment, run.stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags)
+    fingerprint = broadcast(run_fingerprint(config, deps))
+    out = Path(params.out)
+    tracker = Tracker(tracking.experiment, stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags)
     with tracker:
-        tracker.log_params(params)
+        tracker.log_params(config)
         result = train(
             task,
             sampler,
             dataset,
-            run.train,
-            run.optim,
-            Path(outputs.checkpoints) / "checkpoint.pt",
+            params.train,
+            params.optim,
+            Path(params.checkpoints) / "checkpoint.pt",
             dist,
             fingerprint,
             on_log=lambda row: tracker.log_metrics(
@@ -100,14 +95,14 @@ def run_training(
         )
         if lead:
             task.save(out / "model.pt", {"train_steps": result.steps})
-            write_text(out / "history.csv", _csv(result.history))
-            write_text(out / "config.json", json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
+            write_history(out, result.history)
+            write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
             tracker.log_artifact(out / "model.pt", "checkpoint")
             tracker.log_artifact(out / "history.csv")
             tracker.log_artifact(out / "config.json")
             log.info(
                 "%s: %d optimizer steps, final loss %.4f",
-                run.stage,
+                stage,
                 result.steps,
                 result.history[-1]["loss"] if result.history else float("nan"),
             )
@@ -121,14 +116,10 @@ def run_fingerprint(params: dict, deps: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps([{**params, "train": train}, deps], sort_keys=True).encode()).hexdigest()
 
 
-def resolved(run: Run, **sections) -> dict:
-    """The run's full configuration as plain data (logged to MLflow, part of the resume fingerprint)."""
-    return {"train": asdict(run.train), "optim": asdict(run.optim), **sections}
-
-
-def _csv(rows: list[dict]) -> str:
+def write_history(out: Path, rows: list[dict]) -> None:
+    """``<out>/history.csv``: one row per logged optimizer step (only the header when nothing was trained)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["step", "epoch", "loss", "lr", "clips_per_s"])
     writer.writeheader()
     writer.writerows(rows)
-    return buffer.getvalue()
+    write_text(out / "history.csv", buffer.getvalue())
