@@ -15,13 +15,15 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from eva02at.atomic import write_text
 from eva02at.shards import MANIFEST, manifest_metadata
 from eva02at.tracking import Tracker, read_settings
+from eva02at.train.data import ClipPairs
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
 from eva02at.train.loop import train
-from eva02at.train.sampling import RelevantPairSampler
+from eva02at.train.sampling import CandidateSource, RelevantPairSampler
 from eva02at.train.tasks import Task
 from stages.common import lineage_tags
 
@@ -52,7 +54,7 @@ def check_frames(directory: str | Path, num_frames: int, image_size: int) -> Non
         )
 
 
-def pair_sampler(source, params, dist: DistInfo, threshold: float = 0.1) -> RelevantPairSampler:
+def pair_sampler(source: CandidateSource, params: Any, dist: DistInfo, threshold: float = 0.1) -> RelevantPairSampler:
     """The seeded, resumable batch sampler of a training stage, sharded over this process's rank."""
     return RelevantPairSampler(
         source,
@@ -64,7 +66,15 @@ def pair_sampler(source, params, dist: DistInfo, threshold: float = 0.1) -> Rele
     )
 
 
-def run_training(stage: str, params, task: Task, sampler, dataset, dist: DistInfo, params_file: str) -> None:
+def run_training(
+    stage: str,
+    params: Any,
+    task: Task,
+    sampler: RelevantPairSampler,
+    dataset: ClipPairs,
+    dist: DistInfo,
+    params_file: str,
+) -> None:
     """Train, track and write the stage's outputs; rank 0 alone tracks and writes.
 
     ``params`` is the stage's params dataclass: ``train``, ``optim``, ``out`` and ``checkpoints`` fields and

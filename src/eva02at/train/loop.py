@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eva02at.models import load_checkpoint_file
-from eva02at.train.data import EpochBatches, collate
+from eva02at.train.data import ClipPairs, EpochBatches, collate
 from eva02at.train.distributed import DistInfo
 from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
+from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ class TrainResult:
 
 def train(
     task: Task,
-    sampler,
-    dataset,
+    sampler: RelevantPairSampler,
+    dataset: ClipPairs,
     config: TrainConfig,
     optim: OptimConfig,
     checkpoint: Path,
