@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +43,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def api(base: str, method: str, path: str, body: Any = None) -> Any:
+def api(base: str, method: str, path: str, body: Any = None, attempts: int = 5) -> Any:
+    """One call of the server's REST API; like Prefect's own client, a busy server's 429/502/503 is retried."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         base + path, data=data, method=method, headers={"Content-Type": "application/json"}
     )
-    with NO_PROXY.open(request, timeout=15) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(attempts):
+        try:
+            with NO_PROXY.open(request, timeout=15) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            if err.code not in (429, 502, 503) or attempt == attempts - 1:
+                raise
+            time.sleep(2**attempt)
 
 
 def wait_for(check: Callable[[], Any], seconds: float, what: str) -> Any:
