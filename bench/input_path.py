@@ -34,8 +34,8 @@ from torchvision.io import decode_jpeg
 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.annotations import cut_videos, read_video_list
-from eva02at.extract import FrameSpec, extract, resize_crop
-from eva02at.shards import FrameShards
+from eva02at.extract import extract, resize_crop
+from eva02at.shards import FrameShards, FrameSpec
 from eva02at.train.data import ClipPairs, EpochBatches, collate, normalize
 from eva02at.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from eva02at.config import from_dict
+from eva02at.errors import PipelineError
 
 T = TypeVar("T")
 
@@ -50,7 +51,7 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         try:
             func()
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
+        except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as err:
             logging.getLogger(func.__module__).error("%s", err)
             sys.exit(1)
 

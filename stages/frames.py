@@ -12,7 +12,8 @@ from pathlib import Path
 
 from eva02at import annotations
 from eva02at.config import from_dict
-from eva02at.extract import FrameSpec, extract
+from eva02at.extract import extract
+from eva02at.shards import FrameSpec
 from eva02at.video import VideoDecodeError, video_info
 from stages.common import stage_main, stage_params
 

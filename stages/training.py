@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eva02at.atomic import write_text
-from eva02at.shards import MANIFEST, manifest_metadata
+from eva02at.shards import read_frame_spec
 from eva02at.tracking import Tracker, read_settings
 from eva02at.train.data import ClipPairs
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
@@ -31,25 +31,17 @@ log = logging.getLogger(__name__)
 EXECUTION_ONLY = ("workers", "log_every", "checkpoint_every", "stop_after_steps")  # train keys results ignore
 
 
-def shard_spec(directory: str | Path) -> dict:
-    """The frame spec a collection was decoded with (frames per view, size), from its manifest."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no frame shards; run the frames stage for this collection first")
-    return json.loads(manifest_metadata(path)["spec"])
-
-
 def check_frames(directory: str | Path, num_frames: int, image_size: int) -> None:
     """Fail before any work when the decoded frames do not fit the model (frame count, image size)."""
-    spec = shard_spec(directory)
-    if spec["num_frames"] != num_frames and num_frames != 1:
+    spec = read_frame_spec(directory)
+    if spec.num_frames != num_frames and num_frames != 1:
         raise ValueError(
-            f"{directory} holds {spec['num_frames']} frames per clip but the model takes {num_frames}: "
+            f"{directory} holds {spec.num_frames} frames per clip but the model takes {num_frames}: "
             "decode the collection with the model's frame count (frames.collections.*.num_frames)"
         )
-    if spec["size"] != image_size:
+    if spec.size != image_size:
         raise ValueError(
-            f"{directory} holds {spec['size']} px frames but the model takes {image_size} px: "
+            f"{directory} holds {spec.size} px frames but the model takes {image_size} px: "
             "set frames.size to the model's image size"
         )
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from eva02at.annotations import Segment, cut_videos, read_ek100, read_video_list
-from eva02at.extract import FrameSpec, TooManyFailures, encode_jpeg, extract, resize_crop
-from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, decode_jpegs
+from eva02at.extract import TooManyFailures, encode_jpeg, extract, resize_crop
+from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, decode_jpegs
 from eva02at.video import read_frames, video_info
 
 CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from eva02at import compare as tables
+from eva02at.errors import PipelineError
 from eva02at.tracking import find_runs, read_settings
 
 DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search clips."
@@ -90,6 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"eva02at {args.command}: {err}", file=sys.stderr)
         return 1

@@ -7,10 +7,12 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from eva02at.errors import PipelineError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A params section does not fit the dataclass it configures."""
 
 

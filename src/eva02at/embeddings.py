@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from eva02at.atomic import atomic_path
 from eva02at.models import VideoCLIP
-from eva02at.shards import MANIFEST, FrameShards, decode_jpegs, manifest_metadata
+from eva02at.shards import FrameShards, decode_jpegs, read_frame_spec
 from eva02at.train.data import normalize
 
 FORMAT = "eva02at-embeddings-v1"
@@ -163,16 +163,16 @@ def model_for_frames(model: VideoCLIP, frames: str | os.PathLike) -> VideoCLIP:
     A copy, because interpolating down and back up does not restore the original embedding. The frame
     size must already be the model's: resizing decoded JPEGs would evaluate on pixels training never saw.
     """
-    spec = json.loads(manifest_metadata(Path(frames) / MANIFEST)["spec"])
-    if spec["size"] != model.image_size:
+    spec = read_frame_spec(frames)
+    if spec.size != model.image_size:
         raise ValueError(
-            f"{frames} holds {spec['size']} px frames but the model takes {model.image_size} px: "
+            f"{frames} holds {spec.size} px frames but the model takes {model.image_size} px: "
             "decode the collection at the model's image size (frames.size)"
         )
-    if spec["num_frames"] == model.num_frames:
+    if spec.num_frames == model.num_frames:
         return model
     adapted = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})  # share the large BPE tables
-    adapted.set_num_frames(spec["num_frames"])
+    adapted.set_num_frames(spec.num_frames)
     return adapted
 
 

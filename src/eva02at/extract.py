@@ -25,22 +25,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from eva02at.annotations import RowError, Segment
-from eva02at.shards import MANIFEST, SHARDS, manifest_metadata, read_manifest, write_manifest, write_shard
+from eva02at.errors import PipelineError
+from eva02at.shards import (
+    MANIFEST,
+    SHARDS,
+    FrameSpec,
+    manifest_metadata,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
 from eva02at.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices
 
 log = logging.getLogger(__name__)
 PARTS = "parts"
-
-
-@dataclass(frozen=True)
-class FrameSpec:
-    """How clips become frames: T frames per view, ``views`` jittered views (0: one view at the midpoints)."""
-
-    num_frames: int
-    views: int = 0
-    size: int = 224  # short side resized to this, then centre-cropped to a square
-    jpeg_quality: int = 90
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Summary:
         )
 
 
-class TooManyFailures(RuntimeError):
+class TooManyFailures(PipelineError):
     """More clips failed than the configured threshold allows."""
 
 
@@ -94,7 +92,7 @@ def extract(
     rows += [
         _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason) for e in row_errors
     ]
-    write_manifest(out_dir / MANIFEST, rows, {"spec": json.dumps(asdict(spec))})
+    write_manifest(out_dir / MANIFEST, rows, spec.metadata())
     failed = [r for r in rows if r["status"] != "ok"]
     summary = Summary(len(rows), len(rows) - len(failed), len(failed), kept, len(todo))
     log.info("%s: %s", out_dir, summary)

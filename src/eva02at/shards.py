@@ -8,9 +8,10 @@ clip, a table people inspect, with the status and error of every clip so that no
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from eva02at.atomic import atomic_path
+from eva02at.errors import MissingInput
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -46,6 +48,43 @@ MANIFEST_SCHEMA = pa.schema(
 )
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"
+SPEC_KEY = "spec"  # manifest metadata key of the collection's FrameSpec (JSON)
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """How clips become frames: T frames per view, ``views`` jittered views (0: one view at the midpoints).
+
+    Stored frames are ``height x width`` pixels: the short side resized to ``size`` and the picture
+    centre-cropped to ``aspect`` (long side / short side; 1.0 is the model's square).
+    """
+
+    num_frames: int
+    views: int = 0
+    size: int = 224
+    jpeg_quality: int = 90
+    seed: int = 0
+    aspect: float = 1.0
+
+    @property
+    def height(self) -> int:
+        return self.size
+
+    @property
+    def width(self) -> int:
+        return round(self.size * self.aspect)
+
+    def metadata(self) -> dict[str, str]:
+        """The manifest metadata entry that records this spec."""
+        return {SPEC_KEY: json.dumps(asdict(self), sort_keys=True)}
+
+
+def read_frame_spec(directory: str | os.PathLike) -> FrameSpec:
+    """The spec a decoded collection (``<directory>/manifest.parquet``) was written with."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise MissingInput(f"{path}: no frame shards; run the frames stage for this collection first")
+    return FrameSpec(**json.loads(manifest_metadata(path)[SPEC_KEY]))
 
 
 def write_shard(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eva02at.errors import PipelineError
 
-class VideoDecodeError(RuntimeError):
+
+class VideoDecodeError(PipelineError):
     """A video could not be opened or decoded; carries the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -24,6 +24,7 @@ from torch import nn
 
 from eva02at.atomic import atomic_path
 from eva02at.config import ConfigError
+from eva02at.errors import PipelineError
 from eva02at.models.config import VideoCLIPConfig
 from eva02at.models.video_clip import VideoCLIP
 
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 _SHOWN_KEYS = 10  # keys named per kind of mismatch in an error message
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PipelineError):
     """A weights or checkpoint file is missing, unreadable, of the wrong kind, or does not fit the model."""
 
 

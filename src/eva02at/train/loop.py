@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from eva02at.errors import PipelineError
 from eva02at.models import load_checkpoint_file
 from eva02at.train.data import ClipPairs, EpochBatches, collate
 from eva02at.train.distributed import DistInfo
@@ -47,7 +48,7 @@ class TrainConfig:
     stop_after_steps: int = 0  # stop early without changing the schedule (0: train every epoch)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(PipelineError):
     """The loss became NaN or infinite; names the step and the batch."""
 
 
