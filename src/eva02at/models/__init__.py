@@ -6,6 +6,7 @@ Importing this package registers the tiny EVA02-CLIP configurations (``TINY_MODE
 from eva02at.models.config import VideoCLIPConfig
 from eva02at.models.tiny import CONFIGS_DIR, TINY_MODELS
 from eva02at.models.video_clip import VideoCLIP, from_open_clip
+from eva02at.models.weight_decay import no_weight_decay
 from eva02at.models.weights import (
     IMAGE_FORMAT,
     VIDEO_FORMAT,
@@ -33,6 +34,7 @@ __all__ = [
     "load_image_clip",
     "load_state_dict_strict",
     "load_video_clip",
+    "no_weight_decay",
     "save_image_clip",
     "save_video_clip",
 ]

@@ -24,6 +24,7 @@ from torch import nn
 
 from eva02at.models.config import VideoCLIPConfig
 from eva02at.models.video_tower import VideoTower
+from eva02at.models.weight_decay import only_parameters, prefixed, text_no_weight_decay
 
 # How open_clip's state dict maps onto VideoCLIP's: prefixes renamed, these dropped, and these new.
 KEY_PREFIXES = {"visual.trunk.": "video.trunk.", "text.": "text."}
@@ -109,6 +110,12 @@ class VideoCLIP(nn.Module):
         """Change T, interpolating the temporal embedding (4 -> 16 before fine-tuning); rebuild optimizers."""
         self.video.set_num_frames(num_frames)
         self.config = dataclasses.replace(self.config, num_frames=num_frames)
+
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the embeddings kept from weight decay (timm's interface; biases, norms and gains are
+        1-d and left out by shape): the video tower's and the text tower's, each from the tower's own list."""
+        names = prefixed("video", self.video.no_weight_decay()) | prefixed("text", text_no_weight_decay(self.text))
+        return only_parameters(self, names)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward, in both towers (memory for compute)."""

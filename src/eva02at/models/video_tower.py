@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from eva02at.models.st_rope import spatio_temporal_rope
+from eva02at.models.weight_decay import prefixed
 
 
 def interpolate_temporal(embed: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -80,6 +81,10 @@ class VideoTower(nn.Module):
     @property
     def width(self) -> int:
         return self.trunk.embed_dim
+
+    def no_weight_decay(self) -> set[str]:
+        """Embeddings kept from weight decay (timm's interface): the temporal one and the trunk's own list."""
+        return {"temporal_embed"} | prefixed("trunk", self.trunk.no_weight_decay())
 
     def set_num_frames(self, num_frames: int) -> None:
         """Interpolate the temporal embedding to a new frame count (a new Parameter: rebuild optimizers)."""

@@ -11,7 +11,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
+
+from eva02at.models import no_weight_decay
 
 
 @dataclass
@@ -28,15 +31,13 @@ class OptimConfig:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norms, embeddings and other 1-d or scalar tensors are not decayed."""
-    no_decay_names = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim < 2 or name.endswith(".bias") or any(n in name for n in no_decay_names)
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW groups the timm / open_clip way: weight matrices are decayed; biases, norm weights, gains and the
+    logit scale (1-d or scalar) and the embeddings named by ``eva02at.models.no_weight_decay`` are not.
+
+    timm's grouping reads the names as shell patterns; parameter names hold no wildcard, so each matches
+    exactly one parameter (never a substring of another's name). Frozen parameters are left out.
+    """
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay(model))
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
