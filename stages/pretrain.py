@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eva02at.losses import get_loss
-from eva02at.models import from_open_clip, load_image_clip
+from eva02at.models import DEFAULT_TEMPORAL_POSITIONS, from_open_clip, load_image_clip
 from eva02at.shards import FrameShards
 from eva02at.train.data import ClipPairs, OwnCaptions
 from eva02at.train.distributed import setup
@@ -30,6 +30,7 @@ class PretrainParams:
     checkpoints: str
     num_frames: int = 4
     embed_dim: int = 256
+    temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS  # clip_time | index: temporal RoPE's time (VideoCLIPConfig)
     temperature: float = 0.05
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -39,7 +40,9 @@ class PretrainParams:
 def main() -> None:
     params, args = stage_params("pretrain", PretrainParams, __doc__)
     torch.manual_seed(params.train.seed)  # the initialisation of the new projection heads
-    model = from_open_clip(load_image_clip(params.init), params.num_frames, params.embed_dim)
+    model = from_open_clip(
+        load_image_clip(params.init), params.num_frames, params.embed_dim, temporal_positions=params.temporal_positions
+    )
     check_frames(params.frames, params.num_frames, model.image_size)
     shards = FrameShards(params.frames)
     clips = shards.clip_ids

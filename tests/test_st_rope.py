@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import timm
@@ -10,7 +11,7 @@ import torch
 from timm.layers import apply_rot_embed_cat
 
 import eva02at.models  # noqa: F401  (registers the tiny trunks)
-from eva02at.models.st_rope import spatio_temporal_rope
+from eva02at.models.st_rope import frame_positions, spatio_temporal_rope
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +24,12 @@ def base_trunk():
     return timm.create_model("eva02_base_patch16_clip_224").eval()
 
 
-def reference_angles(num_frames: int, grid: int, head_dim: int, ref_grid: int = 16) -> torch.Tensor:
-    """theta[t, h, w, k] for channel pair k, written from the method's formula in float64, loop by loop."""
+def reference_angles(times: Sequence[float], grid: int, head_dim: int, ref_grid: int = 16) -> torch.Tensor:
+    """theta[i, h, w, k] for channel pair k of a frame at temporal position times[i], written from the
+    method's formula in float64, loop by loop."""
     quarter = head_dim // 4
-    theta = torch.zeros(num_frames, grid, grid, head_dim // 2, dtype=torch.float64)
-    for t in range(num_frames):
+    theta = torch.zeros(len(times), grid, grid, head_dim // 2, dtype=torch.float64)
+    for i, t in enumerate(times):
         for h in range(grid):
             for w in range(grid):
                 p_h, p_w = h * ref_grid / grid, w * ref_grid / grid
@@ -37,7 +39,7 @@ def reference_angles(num_frames: int, grid: int, head_dim: int, ref_grid: int = 
                         spatial = p_h * 10000.0 ** (-k / quarter)
                     else:
                         spatial = p_w * 10000.0 ** (-(k - quarter) / quarter)
-                    theta[t, h, w, k] = temporal + spatial
+                    theta[i, h, w, k] = temporal + spatial
     return theta
 
 
@@ -68,10 +70,34 @@ def test_table_matches_the_formula(trunk_name, request):
     grid = trunk.patch_embed.grid_size[0]
     head_dim = trunk.blocks[0].attn.head_dim
     num_frames = 16
-    theta = reference_angles(num_frames, grid, head_dim).flatten(0, 2)  # (T*N, d/2)
-    expected = torch.cat([theta.sin().repeat_interleave(2, -1), theta.cos().repeat_interleave(2, -1)], -1)
     table = spatio_temporal_rope(trunk.rope.get_embed(), num_frames)
-    torch.testing.assert_close(table.double(), expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(table.double(), reference_table(range(num_frames), grid, head_dim), atol=2e-5, rtol=0)
+
+
+def reference_table(times: Sequence[float], grid: int, head_dim: int) -> torch.Tensor:
+    """The ``[sin | cos]`` table (T*N, 2d) of interleaved pairs for frames at ``times``, float64."""
+    theta = reference_angles(times, grid, head_dim).flatten(0, 2)  # (T*N, d/2)
+    return torch.cat([theta.sin().repeat_interleave(2, -1), theta.cos().repeat_interleave(2, -1)], -1)
+
+
+@pytest.mark.parametrize("num_frames", [1, 4, 16])
+def test_positions_at_the_reference_frame_count_are_the_frame_indices(num_frames, micro_trunk):
+    indices = torch.arange(num_frames, dtype=torch.float32)
+    assert torch.equal(frame_positions(num_frames), indices)
+    assert torch.equal(frame_positions(num_frames, reference_frames=num_frames), indices)
+    spatial = micro_trunk.rope.get_embed()
+    index_table = spatio_temporal_rope(spatial, num_frames)
+    assert torch.equal(spatio_temporal_rope(spatial, num_frames, reference_frames=num_frames), index_table)
+
+
+@pytest.mark.parametrize(("num_frames", "reference_frames"), [(16, 4), (8, 4), (1, 4), (2, 16)])
+def test_clip_time_positions_keep_each_frames_time(num_frames, reference_frames):
+    """Frame t of T covers the clip's segment [t/T, (t+1)/T]; its midpoint is the midpoint of its position
+    on the reference scale, where frame s covers [s/T_ref, (s+1)/T_ref]."""
+    positions = frame_positions(num_frames, reference_frames).double()
+    segment_starts = torch.arange(num_frames, dtype=torch.float64) / num_frames
+    midpoints = segment_starts + 0.5 / num_frames
+    torch.testing.assert_close((positions + 0.5) / reference_frames, midpoints, atol=1e-7, rtol=0)
 
 
 @pytest.mark.parametrize("rotate_half", [False, True])
@@ -110,7 +136,7 @@ def test_attention_rotates_patch_q_k_only():
         xd = x.double()
         q, k, v = (linear64(xd, proj) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         q, k, v = (t.view(2, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, d)
-        theta = reference_angles(num_frames, grid, head_dim).flatten(0, 2)  # (T*N, d/2)
+        theta = reference_angles(range(num_frames), grid, head_dim).flatten(0, 2)  # (T*N, d/2)
         q = torch.cat([q[:, :, :1], rotate_pairs(q[:, :, 1:], theta)], dim=2)
         k = torch.cat([k[:, :, :1], rotate_pairs(k[:, :, 1:], theta)], dim=2)
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim), dim=-1)

@@ -9,9 +9,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from eva02at.models import VideoCLIP, from_open_clip
+from eva02at.config import ConfigError
+from eva02at.models import VideoCLIP, VideoCLIPConfig, from_open_clip
+from eva02at.models.st_rope import spatio_temporal_rope
 from eva02at.models.video_clip import DROPPED_KEYS, NEW_KEYS, video_key
 from eva02at.models.video_tower import VideoTower
+from tests.test_st_rope import reference_table
 
 CAPTIONS = ["#C C cuts the onion", "#C C opens the fridge", "#C C washes a plate", "#C C stirs the pot"]
 
@@ -150,6 +153,68 @@ def test_set_num_frames_interpolates_linearly(tiny_clip):
     assert model.video.temporal_embed.requires_grad
     with torch.no_grad():
         assert model.encode_video(random_frames(model, 1)).shape == (1, 256)
+
+
+def rope_inputs(model: VideoCLIP) -> tuple[torch.Tensor, int, int]:
+    """The trunk's 2D table, grid side and head dim."""
+    trunk = model.video.trunk
+    return trunk.rope.get_embed(), trunk.patch_embed.grid_size[0], trunk.blocks[0].attn.head_dim
+
+
+@pytest.mark.parametrize("convention", ["clip_time", "index"])
+def test_both_conventions_are_the_index_table_at_the_pretraining_frame_count(tiny_clip, convention):
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_positions=convention)
+    assert model.config.temporal_positions == convention and model.config.reference_frames == 4
+    spatial, _, _ = rope_inputs(model)
+    table = model.video.rope()
+    assert torch.equal(table, spatio_temporal_rope(spatial, 4))
+    assert torch.equal(table[: spatial.shape[0]], spatial)  # frame 0: the trunk's 2D table, bit for bit
+
+
+def test_clip_time_keeps_the_pretraining_time_scale_after_set_num_frames(tiny_clip):
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_positions="clip_time")
+    reference = model.video.rope()
+    spatial, grid, head_dim = rope_inputs(model)
+    n = spatial.shape[0]
+    model.set_num_frames(16)
+    assert model.config.reference_frames == 4 and model.config.num_frames == 16
+    # frame t of 16 is at clip time (t + 0.5)/16; the 4-frame clip has that time at frame (t + 0.5)*4/16 - 0.5
+    times = [(t + 0.5) / 16 * 4 - 0.5 for t in range(16)]
+    torch.testing.assert_close(model.video.rope().double(), reference_table(times, grid, head_dim), atol=2e-5, rtol=0)
+    model.set_num_frames(12)
+    # frames 1, 4, 7, 10 of 12 sit at the clip times of frames 0..3 of 4: their angles are the reference's
+    table = model.video.rope().view(12, n, -1)
+    torch.testing.assert_close(table[[1, 4, 7, 10]], reference.view(4, n, -1), atol=1e-6, rtol=0)
+
+
+def test_index_positions_count_frames_after_set_num_frames(tiny_clip):
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_positions="index")
+    spatial, grid, head_dim = rope_inputs(model)
+    model.set_num_frames(16)
+    assert model.config.reference_frames == 4 and model.config.temporal_positions == "index"
+    table = model.video.rope()
+    assert torch.equal(table, spatio_temporal_rope(spatial, 16))
+    torch.testing.assert_close(table.double(), reference_table(range(16), grid, head_dim), atol=2e-5, rtol=0)
+
+
+def test_clip_time_rope_and_temporal_embedding_agree_about_time(tiny_clip):
+    """A temporal embedding linear in the frame position stays linear in RoPE's clip-time positions."""
+    model = from_open_clip(tiny_clip, num_frames=4)
+    direction = torch.randn(model.video.width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.video.temporal_embed.copy_(torch.arange(4.0)[:, None] * direction)  # frame s -> s * direction
+    model.set_num_frames(16)
+    positions = (torch.arange(16) + 0.5) * 4 / 16 - 0.5  # RoPE's t' (float64 reference in test_st_rope)
+    inside = (positions >= 0) & (positions <= 3)  # interpolation repeats the end values outside
+    expected = positions[inside, None] * direction  # (frames inside, D)
+    torch.testing.assert_close(model.video.temporal_embed.detach()[inside], expected, atol=1e-5, rtol=0)
+
+
+def test_unknown_temporal_positions_are_a_config_error(tiny_clip):
+    with pytest.raises(ConfigError, match="temporal_positions is 'seconds'"):
+        from_open_clip(tiny_clip, num_frames=4, temporal_positions="seconds")
+    with pytest.raises(ConfigError, match="reference_frames must be >= 1"):
+        VideoCLIPConfig("EVA02-Tiny-test", reference_frames=0)
 
 
 def test_grad_checkpointing_gives_the_same_gradients(tiny_clip):

@@ -66,14 +66,37 @@ def test_video_checkpoint_round_trip(model, tmp_path):
     assert_same_outputs(model, load_video_clip(data).eval())  # resuming: one read, model and extra
 
 
-def test_round_trip_after_changing_the_frame_count(model, tmp_path):
-    sixteen = from_open_clip(open_clip.create_model(NAME), num_frames=4)
+@pytest.mark.parametrize("convention", ["clip_time", "index"])
+def test_round_trip_after_changing_the_frame_count(model, tmp_path, convention):
+    sixteen = from_open_clip(open_clip.create_model(NAME), num_frames=4, temporal_positions=convention)
     sixteen.load_state_dict(model.state_dict())
     sixteen.set_num_frames(16)
     save_video_clip(sixteen, tmp_path / "v16.pt")
     loaded = load_video_clip(tmp_path / "v16.pt")
     assert loaded.num_frames == 16
+    assert loaded.config == sixteen.config
+    assert (loaded.config.temporal_positions, loaded.config.reference_frames) == (convention, 4)
     assert torch.equal(loaded.video.temporal_embed, sixteen.video.temporal_embed)
+    assert torch.equal(loaded.video.rope(), sixteen.video.rope())
+
+
+def test_checkpoint_from_before_temporal_positions_counts_frame_indices(model, tmp_path):
+    """A config without the fields loads as the frame-index model it was, at any frame count."""
+    index = from_open_clip(open_clip.create_model(NAME), num_frames=4, temporal_positions="index")
+    index.load_state_dict(model.state_dict())
+    index.set_num_frames(16)
+    path = tmp_path / "old.pt"
+    save_video_clip(index, path)
+    data = torch.load(path, weights_only=True)
+    del data["config"]["temporal_positions"], data["config"]["reference_frames"]
+    torch.save(data, path)
+    loaded = load_video_clip(path).eval()
+    assert loaded.config.temporal_positions == "index"
+    assert torch.equal(loaded.video.rope(), index.video.rope())
+    assert_same_outputs(index.eval(), loaded)
+    index.set_num_frames(8)  # still frame indices after another change
+    loaded.set_num_frames(8)
+    assert torch.equal(loaded.video.rope(), index.video.rope())
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 Importing this package registers the tiny EVA02-CLIP configurations (``TINY_MODELS``) with open_clip and timm.
 """
 
-from eva02at.models.config import VideoCLIPConfig
+from eva02at.models.config import DEFAULT_TEMPORAL_POSITIONS, TEMPORAL_POSITIONS, VideoCLIPConfig
 from eva02at.models.tiny import CONFIGS_DIR, TINY_MODELS
 from eva02at.models.video_clip import VideoCLIP, from_open_clip
 from eva02at.models.weight_decay import no_weight_decay
@@ -22,7 +22,9 @@ from eva02at.models.weights import (
 
 __all__ = [
     "CONFIGS_DIR",
+    "DEFAULT_TEMPORAL_POSITIONS",
     "IMAGE_FORMAT",
+    "TEMPORAL_POSITIONS",
     "TINY_MODELS",
     "VIDEO_FORMAT",
     "CheckpointError",

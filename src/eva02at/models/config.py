@@ -10,6 +10,13 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from eva02at.config import ConfigError, from_dict
 
+TEMPORAL_POSITIONS = ("clip_time", "index")
+# New models place frames in clip time: after 4 -> 16 frames temporal RoPE then rotates by angles within the
+# range it was pretrained on (frame indices would reach 15 where pretraining saw at most 3) and agrees with the
+# interpolated temporal embedding about when each frame is, as EVA02's spatial RoPE measures positions on its
+# pretraining 16-grid whatever the image size. At the pretraining frame count both conventions are one table.
+DEFAULT_TEMPORAL_POSITIONS = "clip_time"
+
 
 @dataclass
 class VideoCLIPConfig:
@@ -22,6 +29,12 @@ class VideoCLIPConfig:
         image_mean, image_std: per-channel normalisation of 0-1 RGB pixels, from open_clip's preprocess cfg.
         open_clip_cfg: open_clip's model config of ``model_name`` when the model was built; a checkpoint is
             only rebuilt when the installed open_clip (plus eva02at's tiny configs) still defines the same.
+        temporal_positions: what temporal RoPE counts time in. ``clip_time`` (new models): frame ``t`` of T at
+            ``t' = (t + 0.5) * reference_frames / T - 0.5``, its clip time on the scale of the clips the model
+            was pretrained on, where the interpolated temporal embedding places it too; ``index``: ``t``,
+            whatever T. Checkpoints written before this field existed load as ``index``, their behaviour.
+        reference_frames: T_ref of ``clip_time``, the frame count the model was built (and pretrained) with;
+            ``num_frames`` when not given; ``set_num_frames`` keeps it.
     """
 
     model_name: str
@@ -30,15 +43,29 @@ class VideoCLIPConfig:
     image_mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
     image_std: tuple[float, float, float] = OPENAI_DATASET_STD
     open_clip_cfg: dict[str, Any] = field(default_factory=dict)
+    temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS
+    reference_frames: int | None = None
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.embed_dim < 1:
-            raise ConfigError(f"num_frames, embed_dim must be >= 1, got {self.num_frames}, {self.embed_dim}")
+        if self.reference_frames is None:
+            self.reference_frames = self.num_frames
+        if min(self.num_frames, self.embed_dim, self.reference_frames) < 1:
+            raise ConfigError(
+                f"num_frames, embed_dim, reference_frames must be >= 1, "
+                f"got {self.num_frames}, {self.embed_dim}, {self.reference_frames}"
+            )
+        if self.temporal_positions not in TEMPORAL_POSITIONS:
+            raise ConfigError(f"temporal_positions is {self.temporal_positions!r}, use one of {TEMPORAL_POSITIONS}")
         for name in ("image_mean", "image_std"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 3:
                 raise ConfigError(f"{name} needs 3 values (RGB), got {value}")
             setattr(self, name, value)
+
+    @property
+    def rope_reference_frames(self) -> int | None:
+        """The T_ref temporal RoPE places frames by (``st_rope.frame_positions``); None for frame indices."""
+        return self.reference_frames if self.temporal_positions == "clip_time" else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples, numbers, strings) for checkpoints and logs."""
@@ -46,5 +73,7 @@ class VideoCLIPConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "model") -> VideoCLIPConfig:
-        """Strict inverse of ``to_dict``: unknown or missing keys are a ``ConfigError`` naming ``where``."""
-        return from_dict(cls, values, where)
+        """Strict inverse of ``to_dict``: unknown or missing keys are a ``ConfigError`` naming ``where``.
+
+        A config saved before ``temporal_positions`` existed counted frame indices, and loads so."""
+        return from_dict(cls, {"temporal_positions": "index", **values}, where)

@@ -22,7 +22,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from eva02at.models.config import VideoCLIPConfig
+from eva02at.models.config import DEFAULT_TEMPORAL_POSITIONS, VideoCLIPConfig
 from eva02at.models.video_tower import VideoTower
 from eva02at.models.weight_decay import only_parameters, prefixed, text_no_weight_decay
 
@@ -53,7 +53,7 @@ class VideoCLIP(nn.Module):
         super().__init__()
         _check_key_map(clip)
         self.config = config
-        self.video = VideoTower(clip.visual.trunk, config.num_frames)
+        self.video = VideoTower(clip.visual.trunk, config.num_frames, config.rope_reference_frames)
         self.text = clip.text
         self.video_proj = nn.Linear(self.video.width, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.output_dim, config.embed_dim, bias=False)
@@ -107,7 +107,9 @@ class VideoCLIP(nn.Module):
         return self.encode_video(frames), self.encode_text(tokens)
 
     def set_num_frames(self, num_frames: int) -> None:
-        """Change T, interpolating the temporal embedding (4 -> 16 before fine-tuning); rebuild optimizers."""
+        """Change T, interpolating the temporal embedding (4 -> 16 before fine-tuning); rebuild optimizers.
+
+        The reference frame count stays, so with ``clip_time`` positions RoPE keeps the pretraining time scale."""
         self.video.set_num_frames(num_frames)
         self.config = dataclasses.replace(self.config, num_frames=num_frames)
 
@@ -123,15 +125,23 @@ class VideoCLIP(nn.Module):
         self.text.set_grad_checkpointing(enable)
 
 
-def from_open_clip(model: nn.Module, num_frames: int, embed_dim: int = 256, model_name: str | None = None) -> VideoCLIP:
+def from_open_clip(
+    model: nn.Module,
+    num_frames: int,
+    embed_dim: int = 256,
+    model_name: str | None = None,
+    temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS,
+) -> VideoCLIP:
     """Inflate an open_clip EVA02-CLIP model into a ``VideoCLIP`` (the model itself is left untouched).
 
     Args:
         model: e.g. ``open_clip.create_model('EVA02-B-16')`` with its weights loaded.
-        num_frames: T; the new temporal embedding starts at zero.
+        num_frames: T; the new temporal embedding starts at zero. Also the reference frame count T_ref of
+            ``clip_time`` positions: the frame count the model is pretrained with.
         embed_dim: width of the new joint space.
         model_name: open_clip name of ``model``'s config; found among open_clip's registered configs when
             omitted (an error when none or several match).
+        temporal_positions: ``clip_time`` or ``index``, see ``VideoCLIPConfig``.
     """
     _check_key_map(model)
     model_name = model_name or infer_model_name(model)
@@ -146,6 +156,7 @@ def from_open_clip(model: nn.Module, num_frames: int, embed_dim: int = 256, mode
         image_mean=preprocess["mean"],
         image_std=preprocess["std"],
         open_clip_cfg=open_clip_cfg,
+        temporal_positions=temporal_positions,
     )
     return VideoCLIP(config, copy.deepcopy(model))
 

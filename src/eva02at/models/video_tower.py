@@ -6,7 +6,8 @@ What EVA02-AT adds to the image trunk, and all that this module does by hand:
 - position: the image's learnable spatial embedding repeated over T, plus a new temporal embedding ``(T, D)``
   repeated over H*W and initialised to zero, so T = 1 reproduces the image model;
 - spatial-temporal RoPE (``st_rope``) passed into timm's blocks through their ``rope`` argument, the seam
-  timm's ``Eva`` itself uses for its 2D RoPE.
+  timm's ``Eva`` itself uses for its 2D RoPE; its temporal positions are frame indices or, with a reference
+  frame count, clip times on that count's scale (``st_rope.frame_positions``).
 Everything else (patch conv, blocks, SDPA attention, final norm, CLS pooling) is timm's own modules.
 """
 
@@ -60,10 +61,11 @@ class VideoTower(nn.Module):
     """EVA02 trunk over ``(B, T, 3, H, W)`` frames; returns pooled features ``(B, D)`` (no projection).
 
     Adopts ``trunk`` (does not copy it) and removes its classifier head, which in open_clip's EVA02-CLIP is
-    the image projection: the video-language model puts its own head on top.
+    the image projection: the video-language model puts its own head on top. ``reference_frames`` is the T_ref
+    whose clip-time scale temporal RoPE measures frame positions on; None counts frame indices.
     """
 
-    def __init__(self, trunk: Eva, num_frames: int) -> None:
+    def __init__(self, trunk: Eva, num_frames: int, reference_frames: int | None = None) -> None:
         super().__init__()
         check_trunk(trunk)
         trunk.reset_classifier(0)
@@ -72,6 +74,7 @@ class VideoTower(nn.Module):
             block.attn.fused_attn = True
         self.trunk = trunk
         self.temporal_embed = nn.Parameter(torch.zeros(num_frames, trunk.embed_dim))
+        self.reference_frames = reference_frames
         self.grad_checkpointing = False
 
     @property
@@ -98,7 +101,9 @@ class VideoTower(nn.Module):
     def rope(self) -> torch.Tensor:
         """The spatial-temporal RoPE table ``(T*N, 2d)`` for the trunk's grid and the current frame count."""
         rope = self.trunk.rope
-        return spatio_temporal_rope(rope.get_embed(), self.num_frames, rope.temperature, rope.rotate_half)
+        return spatio_temporal_rope(
+            rope.get_embed(), self.num_frames, rope.temperature, rope.rotate_half, self.reference_frames
+        )
 
     def embed_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` -> tokens ``(B, 1 + T*N, D)`` with position embeddings added."""
