@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from eva02at.config import PositiveFloat, PositiveInt
 from eva02at.losses import get_loss
 from eva02at.models import from_open_clip, load_image_clip
 from eva02at.shards import FrameShards
@@ -28,9 +29,9 @@ class PretrainParams:
     frames: str  # decoded EgoClip-format corpus
     out: str
     checkpoints: str
-    num_frames: int = 4
-    embed_dim: int = 256
-    temperature: float = 0.05
+    num_frames: PositiveInt = 4
+    embed_dim: PositiveInt = 256
+    temperature: PositiveFloat = 0.05
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
