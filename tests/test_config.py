@@ -7,6 +7,9 @@ import copy
 import datetime
 import importlib
 import logging
+import os
+import pickle
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -205,3 +208,56 @@ def test_an_unreadable_params_file_is_one_line_naming_it(tmp_path, text, message
     with pytest.raises(ConfigError) as err:
         read_params(path)
     assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value)
+
+
+LOCKED_PARAMS = """\
+tricky:
+  float_exponent: 1.0e6
+  bare_exponent: 1e-4
+  yes_word: yes
+  off_word: off
+  octal: 0o17
+  leading_zero: 017
+  null_tilde: ~
+  quoted_date: '2024-01-01'  # unquoted, a date: DVC refuses it, as from_dict does
+  sexagesimal: 12:30
+  nested: {list: [1, 2.5, 'x', true, null]}
+"""
+DUMP_STAGE = """\
+import pickle
+from stages.common import load_params
+
+with open("used.pkl", "wb") as out:
+    pickle.dump(load_params("tricky"), out)
+"""
+
+
+def typed(value: Any) -> Any:
+    """``value`` with the type of every leaf made explicit: 1, 1.0 and True are then different."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+@pytest.mark.slow
+def test_the_params_dvc_records_are_the_params_the_stage_used(tmp_path):
+    (tmp_path / "params.yaml").write_text(LOCKED_PARAMS)
+    (tmp_path / "dump.py").write_text(DUMP_STAGE)
+    (tmp_path / "dvc.yaml").write_text(
+        f"stages:\n  dump:\n    cmd: {sys.executable} dump.py\n    deps: [dump.py]\n"
+        "    params: [tricky]\n    outs: [used.pkl]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "DVC_NO_ANALYTICS": "1"}
+    for command in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "repro", "-q"],
+    ):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    locked = read_params(tmp_path / "dvc.lock")["stages"]["dump"]["params"]["params.yaml"]["tricky"]
+    used = pickle.loads((tmp_path / "used.pkl").read_bytes())
+    assert typed(locked) == typed(used)
+    assert used["float_exponent"] == 1.0e6 and used["yes_word"] == "yes" and used["quoted_date"] == "2024-01-01"
