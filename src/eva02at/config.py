@@ -80,7 +80,7 @@ def from_dict(cls: type[T], values: Any, where: str = "") -> T:
         return _section_model(cls).model_validate_json(json.dumps({"section": values})).section  # type: ignore[attr-defined]
     except ValidationError as err:
         problems = [_describe(error, cls, where) for error in err.errors()]
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError("; ".join(problems)) from err
 
 
 @functools.cache
@@ -90,7 +90,8 @@ def _section_model(cls: type) -> type[BaseModel]:
 
 
 def _refuse_non_json(value: Any, path: str) -> None:
-    """YAML also has timestamps (``2024-01-01``): no param is one, and a quoted string is what was meant."""
+    """YAML also has timestamps (``2024-01-01``): no param is one (DVC refuses them too); a quoted string is what
+    was meant. Keys must be strings, as they are in JSON."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
