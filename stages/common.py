@@ -1,4 +1,4 @@
-"""What every stage shares: its section of ``params.yaml`` and a clean exit on bad input."""
+"""What every stage shares: its section of ``params.yaml``, checked, and a clean exit on expected failures."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
-from eva02at.config import from_dict
+from eva02at.config import ConfigError, from_dict, read_params
 from eva02at.errors import PipelineError
 
 T = TypeVar("T")
@@ -22,11 +20,11 @@ PARAMS_FILE = Path("params.yaml")
 CODE_AND_CONFIG = ("src", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
-def load_params(section: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """The ``section`` of ``params.yaml``; a missing section is an error naming the file."""
-    params = yaml.safe_load(Path(path).read_text()) or {}
+def load_params(section: str, path: str | Path = PARAMS_FILE) -> Any:
+    """The ``section`` of ``params.yaml``, read as DVC reads it; a missing section is an error naming the file."""
+    params = read_params(path)
     if section not in params:
-        raise SystemExit(f"{path}: no '{section}' section")
+        raise ConfigError(f"{path}: no '{section}' section")
     return params[section]
 
 
@@ -34,24 +32,28 @@ def stage_params(
     section: str, cls: type[T], description: str | None, positional: tuple[str, ...] = ()
 ) -> tuple[T, argparse.Namespace]:
     """Parse the stage's command line (``--params`` and ``positional`` arguments) and build ``cls`` from the
-    params file's ``section``; unknown or missing keys are errors naming the key."""
+    params file's ``section``, validated against it before any work (a ConfigError naming the key path)."""
     parser = argparse.ArgumentParser(description=description)
     for name in positional:
         parser.add_argument(name)
     parser.add_argument("--params", default=str(PARAMS_FILE), help=f"params file with a '{section}' section")
     args = parser.parse_args()
-    return from_dict(cls, load_params(section, args.params), section), args
+    return from_dict(cls, load_params(section, args.params), f"{args.params}: {section}"), args
 
 
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:
-    """Run a stage entry point with logging set up; expected failures exit non-zero with one clear line."""
+    """Run a stage entry point with logging set up.
+
+    An expected failure (a ``PipelineError``) exits with status 1 and its one-line message; anything else
+    (CUDA out of memory, an NCCL or shape error, a bug) propagates with its full traceback.
+    """
 
     @functools.wraps(func)
     def wrapper() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         try:
             func()
-        except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as err:
+        except PipelineError as err:
             logging.getLogger(func.__module__).error("%s", err)
             sys.exit(1)
 

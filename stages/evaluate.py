@@ -12,10 +12,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
+from pydantic import Field
 
 from eva02at.atomic import write_text
+from eva02at.config import NonNegativeInt, PositiveInt
 from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
 from eva02at.evaluation import (
     BENCHMARKS,
@@ -59,29 +62,33 @@ class CharadesParams:
 
 @dataclass
 class RandomParams:
-    seed: int = 0
-    draws: int = 5
+    seed: NonNegativeInt = 0
+    draws: PositiveInt = 5
 
 
 @dataclass
 class GridParams:
     model: str = "finetuned"  # whose results the retrieval grid shows
-    queries: int = 4
-    top: int = 5
+    queries: PositiveInt = 4
+    top: PositiveInt = 5
 
 
 @dataclass
 class EvaluateParams:
     exports: str
-    models: list  # export stage model names, e.g. [zero_shot, finetuned]
+    models: Annotated[list[str], Field(min_length=1)]  # export stage model names, e.g. [zero_shot, finetuned]
     ek100_mir: Ek100Params
     egomcq: EgoMcqParams
     charades_ego: CharadesParams
-    histories: dict = field(default_factory=dict)  # training stage -> history.csv
+    histories: dict[str, str] = field(default_factory=dict)  # training stage -> history.csv
     metrics: str = "metrics/eval.json"
     plots: str = "plots"
     random: RandomParams = field(default_factory=RandomParams)
     grid: GridParams = field(default_factory=GridParams)
+
+    def __post_init__(self) -> None:
+        if self.grid.model not in self.models:
+            raise ValueError(f"grid.model {self.grid.model!r} is not one of models {self.models}")
 
 
 def load_benchmarks(params: EvaluateParams) -> Benchmarks:
@@ -139,8 +146,6 @@ def draw_plots(params: EvaluateParams, results: dict, benchmarks: Benchmarks) ->
 @stage_main
 def main() -> None:
     params, args = stage_params("evaluate", EvaluateParams, __doc__)
-    if params.grid.model not in params.models:
-        raise ValueError(f"evaluate.grid.model {params.grid.model!r} is not one of evaluate.models {params.models}")
     tracking = read_settings(args.params)
     benchmarks = load_benchmarks(params)
     with Tracker(tracking.experiment, "evaluate", tracking.uri, tracking.enabled, lineage_tags("evaluate")) as tracker:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from eva02at.atomic import atomic_path
-from eva02at.config import from_dict
+from eva02at.config import NonNegativeInt, PositiveInt
 from eva02at.embeddings import TEXT, VIDEO, export_path, export_texts, export_videos, file_sha256, resolve_device
 from eva02at.evaluation import read_texts
 from eva02at.models import load_video_clip
@@ -25,18 +28,22 @@ log = logging.getLogger(__name__)
 class ExportCollection:
     frames: str  # the frames stage's folder of the collection
     texts: str | None = None  # file of the query texts; None for uncaptioned collections
-    text_format: str | None = None  # ek100_sentences | egomcq_queries | charades_classes
+    text_format: Literal["ek100_sentences", "egomcq_queries", "charades_classes"] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.texts is None) != (self.text_format is None):
+            raise ValueError("give both texts and text_format, or neither")
 
 
 @dataclass
 class ExportParams:
     out: str
-    models: dict  # name (zero_shot, finetuned) -> video checkpoint
-    collections: dict  # name -> ExportCollection fields
-    batch_size: int = 32
-    text_batch_size: int = 256
-    workers: int = 1  # frame-decoding loader processes
-    device: str = "auto"  # auto: cuda when available
+    models: dict[str, str]  # name (zero_shot, finetuned) -> video checkpoint
+    collections: dict[str, ExportCollection]
+    batch_size: PositiveInt = 32
+    text_batch_size: PositiveInt = 256
+    workers: NonNegativeInt = 1  # frame-decoding loader processes
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"  # auto: cuda when available
 
 
 def export_model(
@@ -78,16 +85,9 @@ def export_model(
 @stage_main
 def main() -> None:
     params, _ = stage_params("export", ExportParams, __doc__)
-    collections = {
-        name: from_dict(ExportCollection, values, f"export.collections.{name}")
-        for name, values in params.collections.items()
-    }
-    for name, spec in collections.items():
-        if (spec.texts is None) != (spec.text_format is None):
-            raise ValueError(f"export.collections.{name}: give both texts and text_format, or neither")
     with atomic_path(params.out, directory=True) as out:
         for name, checkpoint in params.models.items():
-            export_model(name, checkpoint, collections, params, out)
+            export_model(name, checkpoint, params.collections, params, out)
 
 
 if __name__ == "__main__":

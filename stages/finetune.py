@@ -8,9 +8,12 @@ pairs every training video with a caption drawn among the relevant ones, and tra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pandas as pd
 
+from eva02at.config import Fraction, NonNegativeFloat, PositiveInt
+from eva02at.errors import BadInput
 from eva02at.labels import RelevancyTable
 from eva02at.losses import get_loss
 from eva02at.models import load_video_clip
@@ -25,6 +28,15 @@ from stages.training import check_frames, pair_sampler, run_training
 
 
 @dataclass
+class LossParams:
+    """Keyword arguments of each fine-tuning loss (see eva02at.losses); one left out keeps the loss's default."""
+
+    sms: dict[Literal["margin", "threshold", "lam"], NonNegativeFloat] = field(default_factory=dict)
+    adaptive_mi_mm: dict[Literal["margin"], NonNegativeFloat] = field(default_factory=dict)
+    mi_mm: dict[Literal["margin"], NonNegativeFloat] = field(default_factory=dict)
+
+
+@dataclass
 class FinetuneParams:
     init: str  # video checkpoint (the pretrain stage's model.pt)
     frames: str  # decoded EK100 train split
@@ -32,10 +44,10 @@ class FinetuneParams:
     relevancy: str  # the soft_labels stage's table of the train split
     out: str
     checkpoints: str
-    num_frames: int = 16
-    loss: str = "sms"
-    losses: dict = field(default_factory=dict)  # per-loss parameters, e.g. {sms: {margin: 0.6}}
-    relevance_threshold: float = 0.1  # captions drawn among those with R above this
+    num_frames: PositiveInt = 16
+    loss: Literal["sms", "adaptive_mi_mm", "mi_mm"] = "sms"
+    losses: LossParams = field(default_factory=LossParams)  # e.g. {sms: {margin: 0.6}}
+    relevance_threshold: Fraction = 0.1  # captions drawn among those with R above this
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -45,14 +57,14 @@ def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:
     text = pd.read_csv(sentences_csv).set_index("narration_id")["narration"]
     missing = [s for s in table.sentence_ids if s not in text.index]
     if missing:
-        raise ValueError(f"{sentences_csv}: no sentence for narration_id(s) {missing[:5]} of the relevancy table")
+        raise BadInput(f"{sentences_csv}: no sentence for narration_id(s) {missing[:5]} of the relevancy table")
     return text.loc[list(table.sentence_ids)].astype(str).tolist()
 
 
 @stage_main
 def main() -> None:
     params, args = stage_params("finetune", FinetuneParams, __doc__)
-    loss = get_loss(params.loss, **params.losses.get(params.loss, {}))
+    loss = get_loss(params.loss, **getattr(params.losses, params.loss))
     model = load_video_clip(params.init)
     if model.num_frames != params.num_frames:
         model.set_num_frames(params.num_frames)  # linear interpolation of the temporal embedding

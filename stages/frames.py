@@ -9,9 +9,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from eva02at import annotations
-from eva02at.config import from_dict
+from eva02at.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 from eva02at.extract import extract
 from eva02at.shards import FrameSpec
 from eva02at.video import VideoDecodeError, video_info
@@ -28,25 +31,25 @@ READERS = {
 
 @dataclass
 class Collection:
-    format: str  # ek100 | egoclip | egomcq | charades | videolist
+    format: Literal["ek100", "egoclip", "egomcq", "charades", "videolist"]
     annotations: str  # the annotation file (for videolist: a CSV with a ``file`` column)
     videos: str  # the folder the annotation's video paths are relative to
-    num_frames: int
-    views: int = 0  # 0: one view at the segment midpoints (evaluation); K: K jittered views (training)
+    num_frames: PositiveInt
+    views: NonNegativeInt = 0  # 0: one view at the segment midpoints (evaluation); K: K jittered views (training)
     pattern: str | None = None  # video path from annotation fields; the format's layout by default
-    clip_seconds: float = 2.0  # videolist only: window length
+    clip_seconds: PositiveFloat = 2.0  # videolist only: window length
 
 
 @dataclass
 class FramesParams:
     out: str
-    size: int
-    jpeg_quality: int
-    seed: int
-    workers: int
-    clips_per_shard: int
-    max_failure_fraction: float
-    collections: dict
+    size: PositiveInt
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)]
+    seed: NonNegativeInt
+    workers: PositiveInt
+    clips_per_shard: PositiveInt
+    max_failure_fraction: Fraction
+    collections: dict[str, Collection]
 
 
 def segments_of(name: str, collection: Collection):
@@ -60,8 +63,6 @@ def segments_of(name: str, collection: Collection):
                 log.warning("%s: %s", name, err)
                 durations[file] = math.nan
         return annotations.cut_videos(durations, collection.clip_seconds), []
-    if collection.format not in READERS:
-        raise ValueError(f"frames.collections.{name}.format: unknown format {collection.format!r}")
     reader, layout = READERS[collection.format]
     return reader(collection.annotations, collection.pattern or layout)
 
@@ -70,8 +71,8 @@ def segments_of(name: str, collection: Collection):
 def main() -> None:
     params, args = stage_params("frames", FramesParams, __doc__, positional=("collection",))
     if args.collection not in params.collections:
-        raise ValueError(f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}")
-    collection = from_dict(Collection, params.collections[args.collection], f"frames.collections.{args.collection}")
+        raise ConfigError(f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}")
+    collection = params.collections[args.collection]
     segments, row_errors = segments_of(args.collection, collection)
     spec = FrameSpec(collection.num_frames, collection.views, params.size, params.jpeg_quality, params.seed)
     extract(

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
+from eva02at.config import PositiveFloat
 from eva02at.losses import get_loss
 from eva02at.models import create_image_clip, save_image_clip
 from eva02at.shards import FrameShards
 from eva02at.train.data import ClipPairs, OwnCaptions, collate
 from eva02at.train.distributed import setup
-from eva02at.train.loop import TrainConfig
+from eva02at.train.loop import NonFiniteLoss, TrainConfig
 from eva02at.train.optim import OptimConfig
 from eva02at.train.tasks import ImageTextTask
 from stages.common import stage_main, stage_params
@@ -34,7 +35,7 @@ class ImageClipParams:
     out: str
     checkpoints: str
     weights: str | None = None  # EVA02-CLIP image-text weights file; when set, imported instead of trained
-    temperature: float = 0.05
+    temperature: PositiveFloat = 0.05
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -67,7 +68,7 @@ def check_imported(task: ImageTextTask, dataset: ClipPairs, count: int = 16) -> 
     task.model.eval()
     loss = task.loss(task.model, batch, torch.device("cpu"))
     if not torch.isfinite(loss):
-        raise ValueError(f"imported weights give a non-finite loss ({loss.item()}) on the sample frames")
+        raise NonFiniteLoss(f"imported weights give a non-finite loss ({loss.item()}) on the sample frames")
     log.info("imported %s: InfoNCE on %d sample pairs = %.4f", task.model_name, len(batch["texts"]), loss)
 
 

@@ -7,9 +7,11 @@ temporal embedding) and trains it with symmetric InfoNCE at a fixed temperature 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
+from eva02at.config import PositiveFloat, PositiveInt
 from eva02at.losses import get_loss
 from eva02at.models import DEFAULT_TEMPORAL_POSITIONS, from_open_clip, load_image_clip
 from eva02at.shards import FrameShards
@@ -28,10 +30,10 @@ class PretrainParams:
     frames: str  # decoded EgoClip-format corpus
     out: str
     checkpoints: str
-    num_frames: int = 4
-    embed_dim: int = 256
-    temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS  # clip_time | index: temporal RoPE's time (VideoCLIPConfig)
-    temperature: float = 0.05
+    num_frames: PositiveInt = 4
+    embed_dim: PositiveInt = 256
+    temporal_positions: Literal["clip_time", "index"] = DEFAULT_TEMPORAL_POSITIONS  # temporal RoPE's time (README, Model)
+    temperature: PositiveFloat = 0.05
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eva02at.atomic import write_text
-from eva02at.config import from_dict
 from eva02at.labels import build_relevancy
 from stages.common import stage_main, stage_params
 
@@ -24,7 +23,7 @@ class Split:
 @dataclass
 class SoftLabelParams:
     out: str
-    splits: dict
+    splits: dict[str, Split]
 
 
 @stage_main
@@ -32,8 +31,7 @@ def main() -> None:
     params, _ = stage_params("soft_labels", SoftLabelParams, __doc__)
     out = Path(params.out)
     summaries = {}
-    for name, values in params.splits.items():
-        split = from_dict(Split, values, f"soft_labels.splits.{name}")
+    for name, split in params.splits.items():
         summaries[name] = build_relevancy(split.videos, split.sentences, out / f"{name}.npz")
         log.info("%s: %s", name, summaries[name])
     write_text(out / "summary.json", json.dumps(summaries, indent=2) + "\n")

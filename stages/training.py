@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eva02at.atomic import write_text
+from eva02at.config import ConfigError
 from eva02at.shards import read_frame_spec
 from eva02at.tracking import Tracker, read_settings
 from eva02at.train.data import ClipPairs
@@ -35,12 +36,12 @@ def check_frames(directory: str | Path, num_frames: int, image_size: int) -> Non
     """Fail before any work when the decoded frames do not fit the model (frame count, image size)."""
     spec = read_frame_spec(directory)
     if spec.num_frames != num_frames and num_frames != 1:
-        raise ValueError(
+        raise ConfigError(
             f"{directory} holds {spec.num_frames} frames per clip but the model takes {num_frames}: "
             "decode the collection with the model's frame count (frames.collections.*.num_frames)"
         )
     if spec.size != image_size:
-        raise ValueError(
+        raise ConfigError(
             f"{directory} holds {spec.size} px frames but the model takes {image_size} px: "
             "set frames.size to the model's image size"
         )

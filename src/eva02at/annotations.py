@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from eva02at.errors import BadInput
+
 EK100_COLUMNS = (
     "narration_id",
     "participant_id",
@@ -158,7 +160,7 @@ def read_video_list(csv_path: str | os.PathLike) -> list[str]:
     files = []
     for line, row, problem in _rows(csv_path, ("file",)):
         if problem:
-            raise ValueError(f"{csv_path}:{line}: {problem}")
+            raise BadInput(f"{csv_path}:{line}: {problem}")
         files.append(row["file"])
     return files
 
@@ -198,7 +200,7 @@ def _rows(csv_path: str | os.PathLike, required: tuple[str, ...]):
         reader = csv.DictReader(handle, dialect=dialect)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}")
+            raise BadInput(f"{csv_path}: missing column(s) {missing}")
         for row in reader:
             line = reader.line_num
             empty = [c for c in required if row.get(c) in (None, "")]

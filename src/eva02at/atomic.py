@@ -1,15 +1,19 @@
 """Atomic outputs: a crash never leaves a half-written file that looks finished.
 
 Everything is written to a hidden temporary sibling first and moved into place with ``os.replace``,
-which is atomic on POSIX file systems when source and target share a directory.
+which is atomic on POSIX file systems when source and target share a directory. What this adds to
+``tempfile``: the sibling is created with the permissions a plain ``open``/``mkdir`` gives (the process
+umask, not ``mkstemp``'s 0600 or ``mkdtemp``'s 0700), so that a team sharing a machine can read the
+outputs; and the data is flushed to disk (``fsync``) before the rename and the rename itself after it,
+so that a power loss cannot leave a finished name on empty or partial contents.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,18 +23,18 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
     """Yield a temporary path beside ``target``; move it onto ``target`` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
+    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(8)}"
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        tmp.mkdir(mode=0o777)  # less the umask, as for any new folder
     else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # less the umask, as for any new file
     try:
         yield tmp
+        _sync_tree(tmp)
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+        _fsync(target.parent)  # makes the rename itself durable
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -43,3 +47,24 @@ def write_text(target: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush one file's or folder's contents (a folder's: its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(path: str | os.PathLike) -> None:
+    """fsync a file, or every file and folder below a folder (symbolic links are not followed)."""
+    if not Path(path).is_dir():
+        _fsync(path)
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _fsync(os.path.join(folder, name))
+        _fsync(folder)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from eva02at import compare as tables
+from eva02at.config import ConfigError
 from eva02at.errors import PipelineError
 from eva02at.tracking import find_runs, read_settings
 
@@ -41,7 +42,7 @@ def compare(args: argparse.Namespace) -> int:
     settings = read_settings(args.params_file)
     experiment = args.experiment or settings.experiment
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     runs = tables.select(find_runs(experiment, settings.uri), args.stage)
     runs = tables.sort_runs(runs, args.sort, args.ascending)[: args.limit]
     if not runs:
@@ -91,6 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except PipelineError as err:  # expected: one line; anything else keeps its traceback
         print(f"eva02at {args.command}: {err}", file=sys.stderr)
         return 1

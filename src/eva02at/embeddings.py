@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from eva02at.atomic import atomic_path
+from eva02at.config import ConfigError
+from eva02at.errors import BadInput, MissingInput
 from eva02at.models import VideoCLIP
 from eva02at.shards import FrameShards, decode_jpegs, read_frame_spec
 from eva02at.train.data import normalize
@@ -64,7 +66,7 @@ class Embeddings:
         index = {item: row for row, item in enumerate(self.ids)}
         missing = [item for item in ids if item not in index]
         if missing:
-            raise ValueError(
+            raise BadInput(
                 f"{self.path}: {len(missing)} id(s) needed by {what} are not in this export "
                 f"(e.g. {missing[:3]}); a clip that failed to decode is listed in the frames manifest"
             )
@@ -117,10 +119,10 @@ def write_embeddings(path: str | os.PathLike, columns: dict[str, list], vectors:
 def read_info(path: str | os.PathLike) -> ExportInfo:
     """The export's info from the file footer alone (no column is read)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no embeddings; run the export stage first")
+        raise MissingInput(f"{path}: no embeddings; run the export stage first")
     meta = pq.read_schema(path).metadata or {}
     if _INFO_KEY not in meta:
-        raise ValueError(f"{path}: not an eva02at embeddings file (no '{_INFO_KEY.decode()}' metadata)")
+        raise BadInput(f"{path}: not an eva02at embeddings file (no '{_INFO_KEY.decode()}' metadata)")
     return ExportInfo(**json.loads(meta[_INFO_KEY]))
 
 
@@ -128,11 +130,11 @@ def read_embeddings(path: str | os.PathLike, kind: str | None = None) -> Embeddi
     """Read an export, checking its kind (when given) and its columns."""
     info = read_info(path)
     if kind is not None and info.kind != kind:
-        raise ValueError(f"{path}: holds {info.kind} embeddings, expected {kind}")
+        raise BadInput(f"{path}: holds {info.kind} embeddings, expected {kind}")
     table = pq.read_table(path)
     column = table.schema.field("embedding").type if "embedding" in table.schema.names else None
     if not isinstance(column, pa.FixedSizeListType) or table.schema != schema(info.kind, column.list_size):
-        raise ValueError(f"{path}: columns {table.schema.names} do not match a {info.kind} export")
+        raise BadInput(f"{path}: columns {table.schema.names} do not match a {info.kind} export")
     flat = table["embedding"].combine_chunks().flatten().to_numpy()
     vectors = flat.reshape(len(table), column.list_size)  # (N, D)
     return Embeddings(Path(path), table[_ID_COLUMN[info.kind]].to_pylist(), vectors, table, info)
@@ -165,7 +167,7 @@ def model_for_frames(model: VideoCLIP, frames: str | os.PathLike) -> VideoCLIP:
     """
     spec = read_frame_spec(frames)
     if spec.size != model.image_size:
-        raise ValueError(
+        raise ConfigError(
             f"{frames} holds {spec.size} px frames but the model takes {model.image_size} px: "
             "decode the collection at the model's image size (frames.size)"
         )
@@ -273,7 +275,7 @@ def export_texts(
     """Embed the query texts of a collection (sentence ids must be unique) and write them; returns the count."""
     duplicated = sorted(item for item, count in Counter(ids).items() if count > 1)
     if duplicated or len(ids) != len(texts):
-        raise ValueError(f"{collection}: sentence ids must be unique and one per text; repeated: {duplicated[:5]}")
+        raise BadInput(f"{collection}: sentence ids must be unique and one per text; repeated: {duplicated[:5]}")
     vectors = encode_texts(model, texts, batch_size, device)
     info = ExportInfo(
         TEXT,

@@ -14,3 +14,7 @@ class PipelineError(Exception):
 
 class MissingInput(PipelineError, FileNotFoundError):
     """An input file or folder a step needs is not there; the message names it and what produces it."""
+
+
+class BadInput(PipelineError, ValueError):
+    """An input file is there but malformed or not what the step expects; the message names the file and row."""

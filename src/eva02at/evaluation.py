@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eva02at.config import ConfigError
 from eva02at.embeddings import Embeddings
+from eva02at.errors import BadInput
 from eva02at.labels import RelevancyTable
 from eva02at.metrics import INTER_VIDEO, INTRA_VIDEO, charades_map, egomcq_accuracy, ek100_mir
 
@@ -59,7 +61,7 @@ def read_sentences(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("narration_id", "narration") if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}")
+        raise BadInput(f"{path}: missing column(s) {missing}")
     return frame["narration_id"].tolist(), frame["narration"].tolist()
 
 
@@ -72,11 +74,9 @@ def read_mcq(path: str | os.PathLike) -> McqQuestions:
             answer, kind = keys.index(str(question["answer"])), int(question["types"])
             text = question["query"]["clip_text"]
         except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(
-                f"{path}: question {qid}: needs query.clip_text, choices, answer, types ({err!r})"
-            ) from err
+            raise BadInput(f"{path}: question {qid}: needs query.clip_text, choices, answer, types ({err!r})") from err
         if kind not in (INTER_VIDEO, INTRA_VIDEO):
-            raise ValueError(f"{path}: question {qid}: types {kind} is neither {INTER_VIDEO} nor {INTRA_VIDEO}")
+            raise BadInput(f"{path}: question {qid}: types {kind} is neither {INTER_VIDEO} nor {INTRA_VIDEO}")
         ids.append(qid)
         texts.append(text)
         choices.append([f"{qid}_{key}" for key in keys])
@@ -93,7 +93,7 @@ def read_class_names(path: str | os.PathLike) -> tuple[list[str], list[str]]:
             continue
         class_id, _, name = text.strip().partition(" ")
         if not name:
-            raise ValueError(f"{path}:{line}: expected '<class id> <class name>', got {text!r}")
+            raise BadInput(f"{path}:{line}: expected '<class id> <class name>', got {text!r}")
         ids.append(class_id)
         names.append(name.strip())
     return ids, names
@@ -104,14 +104,14 @@ def read_charades_labels(path: str | os.PathLike, class_ids: Sequence[str]) -> C
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("id", "actions") if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}")
+        raise BadInput(f"{path}: missing column(s) {missing}")
     column = {class_id: k for k, class_id in enumerate(class_ids)}
     labels = np.zeros((len(frame), len(class_ids)), dtype=np.uint8)
     for row, actions in enumerate(frame["actions"]):
         for action in filter(None, (a.strip() for a in actions.split(";"))):
             class_id = action.split()[0]
             if class_id not in column:
-                raise ValueError(f"{path}: line {row + 2}: action class {class_id!r} is not in the class list")
+                raise BadInput(f"{path}: line {row + 2}: action class {class_id!r} is not in the class list")
             labels[row, column[class_id]] = 1
     return CharadesLabels(frame["id"].tolist(), list(class_ids), labels)
 
@@ -132,7 +132,7 @@ TEXT_FORMATS: dict[str, Callable[[str], tuple[list[str], list[str]]]] = {
 def read_texts(text_format: str, path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(sentence ids, texts) a collection's text export holds, read with the named format."""
     if text_format not in TEXT_FORMATS:
-        raise ValueError(f"{path}: unknown text format {text_format!r}; known: {sorted(TEXT_FORMATS)}")
+        raise ConfigError(f"{path}: unknown text format {text_format!r}; known: {sorted(TEXT_FORMATS)}")
     return TEXT_FORMATS[text_format](os.fspath(path))
 
 
@@ -147,7 +147,7 @@ def mcq_scores(videos: Embeddings, texts: Embeddings, questions: McqQuestions) -
     """``[questions, choices]`` similarity of each query text to each of its choice clips."""
     sizes = {len(c) for c in questions.choices}
     if len(sizes) != 1:
-        raise ValueError(f"EgoMCQ questions have different numbers of choices: {sorted(sizes)}")
+        raise BadInput(f"EgoMCQ questions have different numbers of choices: {sorted(sizes)}")
     query = texts.select(questions.ids, "EgoMCQ queries")  # (Q, D)
     clips = videos.select([c for choice in questions.choices for c in choice], "EgoMCQ choices")
     clips = clips.reshape(len(questions.ids), sizes.pop(), -1)  # (Q, C, D)
@@ -166,7 +166,7 @@ def evaluate_model(embeddings: dict[str, tuple[Embeddings, Embeddings]], benchma
         raise ValueError(f"no embeddings for benchmark(s) {missing}")
     for videos, texts in embeddings.values():
         if videos.info.checkpoint_sha256 != texts.info.checkpoint_sha256:
-            raise ValueError(
+            raise BadInput(
                 f"{videos.path} ({videos.info.checkpoint}) and {texts.path} ({texts.info.checkpoint}) were "
                 "exported with different checkpoints: their similarities mean nothing"
             )

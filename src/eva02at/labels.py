@@ -21,6 +21,7 @@ import pandas as pd
 
 from eva02at.annotations import parse_class_list
 from eva02at.atomic import atomic_path
+from eva02at.errors import BadInput
 
 FORMAT = "eva02at-relevancy-v1"
 _ARRAYS = ("video_sig", "sentence_sig", "codes", "values", "video_ids", "sentence_ids")
@@ -69,7 +70,7 @@ class RelevancyTable:
         _require_columns(videos, ("narration_id", "verb_class", "all_noun_classes"), videos_name)
         _require_columns(sentences, ("narration_id",), sentences_name)
         if len(videos) == 0:
-            raise ValueError(f"{videos_name}: no video rows")
+            raise BadInput(f"{videos_name}: no video rows")
         video_ids = videos["narration_id"].astype(str).to_numpy()
         sentence_ids = sentences["narration_id"].astype(str).to_numpy()
         video_sig, sig_verbs, sig_nouns = _video_signatures(videos, video_ids, videos_name)
@@ -144,14 +145,14 @@ class RelevancyTable:
         with np.load(path, allow_pickle=False) as data:
             missing = [name for name in ("format", *_ARRAYS) if name not in data.files]
             if missing:
-                raise ValueError(f"{path}: not a relevancy table, missing array(s) {missing}")
+                raise BadInput(f"{path}: not a relevancy table, missing array(s) {missing}")
             if str(data["format"]) != FORMAT:
-                raise ValueError(f"{path}: format {str(data['format'])!r}, expected {FORMAT!r}")
+                raise BadInput(f"{path}: format {str(data['format'])!r}, expected {FORMAT!r}")
             arrays = {name: data[name] for name in _ARRAYS}
         try:
             return cls(**arrays)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise BadInput(f"{path}: {err}") from err
 
 
 def ek100_relevancy(videos: pd.DataFrame, sentences: pd.DataFrame) -> np.ndarray:
@@ -177,7 +178,7 @@ def build_relevancy(
 def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{name}: missing column(s) {missing}")
+        raise BadInput(f"{name}: missing column(s) {missing}")
 
 
 def _video_signatures(videos: pd.DataFrame, ids: np.ndarray, name: str):
@@ -185,7 +186,7 @@ def _video_signatures(videos: pd.DataFrame, ids: np.ndarray, name: str):
     duplicated = pd.Index(ids).duplicated()
     if duplicated.any():
         first = int(np.flatnonzero(duplicated)[0])
-        raise ValueError(f"{name} line {first + 2}: narration_id {ids[first]!r} appears more than once")
+        raise BadInput(f"{name} line {first + 2}: narration_id {ids[first]!r} appears more than once")
     ids_of_signature: dict[tuple[int, tuple[int, ...]], int] = {}
     row_sig = np.empty(len(videos), dtype=np.int64)
     verbs = videos["verb_class"].to_numpy()
@@ -196,7 +197,7 @@ def _video_signatures(videos: pd.DataFrame, ids: np.ndarray, name: str):
                 raise ValueError(f"all_noun_classes {nouns!r} must list non-negative classes")
             key = (int(verb), classes)
         except (ValueError, SyntaxError, TypeError) as err:
-            raise ValueError(f"{name} line {row + 2} (narration_id {ids[row]!r}): {err}") from err
+            raise BadInput(f"{name} line {row + 2} (narration_id {ids[row]!r}): {err}") from err
         row_sig[row] = ids_of_signature.setdefault(key, len(ids_of_signature))
     sig_verbs = np.array([verb for verb, _ in ids_of_signature], dtype=np.int64)
     sig_nouns = [nouns for _, nouns in ids_of_signature]
@@ -209,7 +210,7 @@ def _sentence_video_rows(video_ids, sentence_ids, sentences_name: str, videos_na
     if (rows < 0).any():
         missing = np.flatnonzero(rows < 0)
         shown = ", ".join(f"line {j + 2}: {sentence_ids[j]!r}" for j in missing[:5])
-        raise ValueError(
+        raise BadInput(
             f"{sentences_name}: {len(missing)} sentence(s) have a narration_id with no row in "
             f"{videos_name}, so their classes are unknown ({shown})"
         )

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from eva02at.config import ConfigError
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -86,12 +88,12 @@ def get_loss(name: str, **params: float) -> LossFn:
     here, when the configuration is read, not at the first training step.
     """
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+        raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
     fn = LOSSES[name]
     tunable = [p for p in inspect.signature(fn).parameters if p not in ("video", "text", "relevance")]
     unknown = sorted(set(params) - set(tunable))
     if unknown:
-        raise ValueError(f"loss {name!r}: unknown parameter(s) {unknown}; it takes {tunable}")
+        raise ConfigError(f"loss {name!r}: unknown parameter(s) {unknown}; it takes {tunable}")
     uses_relevance = "relevance" in inspect.signature(fn).parameters
 
     def loss(video: torch.Tensor, text: torch.Tensor, relevance: torch.Tensor | None = None) -> torch.Tensor:

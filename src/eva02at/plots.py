@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eva02at.atomic import atomic_path
+from eva02at.errors import BadInput
 from eva02at.shards import FrameShards, decode_jpegs
 
 DPI = 100
@@ -54,7 +55,7 @@ def training_curves(histories: dict[str, pd.DataFrame], path: str | os.PathLike)
     for name, history in histories.items():
         missing = [c for c in ("step", "loss", "lr") if c not in history.columns]
         if missing:
-            raise ValueError(f"training history of {name}: missing column(s) {missing}")
+            raise BadInput(f"training history of {name}: missing column(s) {missing}")
         loss_ax.plot(history["step"], history["loss"], label=name)
         lr_ax.plot(history["step"], history["lr"], label=name)
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")

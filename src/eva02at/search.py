@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eva02at.config import ConfigError
 from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, encode_texts, file_sha256, read_embeddings, read_info
+from eva02at.errors import MissingInput
 from eva02at.models import load_video_clip
 from eva02at.plots import Tile, clip_strip, contact_sheet
 from eva02at.shards import FrameShards
@@ -34,9 +36,9 @@ class Hit:
 def check_checkpoint(info: ExportInfo, checkpoint: str | os.PathLike, embeddings_path: str | os.PathLike) -> None:
     """Refuse a checkpoint other than the one that made the embeddings (compared by content hash)."""
     if not Path(checkpoint).is_file():
-        raise ValueError(f"{checkpoint}: no such checkpoint")
+        raise MissingInput(f"{checkpoint}: no such checkpoint")
     if file_sha256(checkpoint) != info.checkpoint_sha256:
-        raise ValueError(
+        raise ConfigError(
             f"{embeddings_path} was exported with {info.checkpoint} (sha256 {info.checkpoint_sha256[:12]}), "
             f"not with {checkpoint}: export the clips with this checkpoint, or search with that one"
         )
@@ -56,11 +58,11 @@ def rank_clips(query: np.ndarray, videos: Embeddings, top: int) -> list[Hit]:
 def search(query: str, checkpoint: str | os.PathLike, embeddings_path: str | os.PathLike, top: int = 5) -> list[Hit]:
     """The ``top`` clips of a video export that best match ``query``, encoded with ``checkpoint``."""
     if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
+        raise ConfigError(f"--top must be at least 1, got {top}")
     if not query.strip():
-        raise ValueError("the query is empty")
+        raise ConfigError("the query is empty")
     if not Path(embeddings_path).is_file():
-        raise ValueError(f"{embeddings_path}: no such embeddings file; the export stage writes exports/<model>/")
+        raise MissingInput(f"{embeddings_path}: no such embeddings file; the export stage writes exports/<model>/")
     videos = read_embeddings(embeddings_path, kind=VIDEO)
     check_checkpoint(videos.info, checkpoint, embeddings_path)
     model = load_video_clip(checkpoint)

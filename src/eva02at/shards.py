@@ -132,7 +132,7 @@ class FrameShards:
         self.directory = Path(directory)
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: no manifest; run the frames stage for this collection")
+            raise MissingInput(f"{manifest_path}: no manifest; run the frames stage for this collection")
         self.manifest = read_manifest(manifest_path)
         ok = self.manifest.filter(pa.compute.equal(self.manifest["status"], "ok"))
         self.shard_names = sorted(set(ok["shard"].to_pylist()))

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from eva02at.config import from_dict
+from eva02at.config import from_dict, read_params
+from eva02at.errors import MissingInput
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -36,9 +35,10 @@ class TrackingSettings:
 
 
 def read_settings(params_file: str | Path = "params.yaml") -> TrackingSettings:
-    """The tracking settings of a params file; defaults for what it leaves out, or when there is no file."""
+    """The tracking settings of a params file (read as the stages read it); defaults for what it leaves out,
+    or when there is no file."""
     path = Path(params_file)
-    section = (yaml.safe_load(path.read_text()) or {}).get("tracking") if path.is_file() else None
+    section = read_params(path).get("tracking") if path.is_file() else None
     return from_dict(TrackingSettings, section or {}, f"{path}: tracking")
 
 
@@ -163,7 +163,7 @@ def find_runs(experiment: str, uri: str | None = None) -> list[RunRecord]:
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri(uri)}")
+        raise MissingInput(f"no MLflow experiment {experiment!r} at {tracking_uri(uri)}")
     runs: list[RunRecord] = []
     token = None
     while True:

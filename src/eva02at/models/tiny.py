@@ -17,6 +17,8 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from timm.models import build_model_with_cfg, register_model
 from timm.models.eva import Eva, checkpoint_filter_fn
 
+from eva02at.config import ConfigError
+
 CONFIGS_DIR = Path(__file__).parent / "configs"
 TINY_MODELS = ("EVA02-Tiny-16", "EVA02-Tiny-test")  # open_clip names of the configs in CONFIGS_DIR
 
@@ -54,7 +56,7 @@ default_cfgs = {
 
 def _create(variant: str, pretrained: bool, model_args: dict[str, Any], kwargs: dict[str, Any]) -> Eva:
     if pretrained:
-        raise ValueError(f"{variant}: tiny EVA02 trunks have no pretrained weights")
+        raise ConfigError(f"{variant}: tiny EVA02 trunks have no pretrained weights")
     args = dict(_EVA02_CLIP, **model_args, global_pool=kwargs.pop("global_pool", "token"))
     return build_model_with_cfg(
         Eva, variant, pretrained=False, pretrained_filter_fn=checkpoint_filter_fn, **dict(args, **kwargs)

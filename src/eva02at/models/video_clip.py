@@ -22,6 +22,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer
 from torch import nn
 
+from eva02at.config import ConfigError
 from eva02at.models.config import DEFAULT_TEMPORAL_POSITIONS, VideoCLIPConfig
 from eva02at.models.video_tower import VideoTower
 from eva02at.models.weight_decay import only_parameters, prefixed, text_no_weight_decay
@@ -147,7 +148,7 @@ def from_open_clip(
     model_name = model_name or infer_model_name(model)
     open_clip_cfg = open_clip.get_model_config(model_name)
     if open_clip_cfg is None:
-        raise ValueError(f"open_clip knows no model config named {model_name!r}")
+        raise ConfigError(f"open_clip knows no model config named {model_name!r}")
     preprocess = model.visual.preprocess_cfg
     config = VideoCLIPConfig(
         model_name=model_name,

@@ -115,7 +115,7 @@ def save_image_clip(model: nn.Module, model_name: str, path: str | os.PathLike, 
     ``extra`` carries the caller's state (e.g. optimizer and loop state), as in ``save_video_clip``."""
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
-        raise ValueError(f"open_clip knows no model config named {model_name!r}")
+        raise ConfigError(f"open_clip knows no model config named {model_name!r}")
     data = {
         "format": IMAGE_FORMAT,
         "version": FORMAT_VERSION,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eva02at.annotations import parse_class_list
+from eva02at.config import ConfigError
+from eva02at.errors import BadInput, MissingInput
 
 TEST_CSV = "EPIC_100_retrieval_test.csv"
 TRAIN_SENTENCE_CSV = "EPIC_100_retrieval_train_sentence.csv"
@@ -63,14 +65,14 @@ def class_subset(folder: str | os.PathLike, verbs: int, nouns: int) -> ClassSubs
     top_nouns = sorted(noun_counts, key=lambda c: (-noun_counts[c], c))[:nouns]
     for kind, wanted, found in (("verb", verbs, top_verbs), ("noun", nouns, top_nouns)):
         if len(found) < wanted:
-            raise ValueError(f"{folder / TEST_CSV}: only {len(found)} {kind} classes, {wanted} requested")
+            raise ConfigError(f"{folder / TEST_CSV}: only {len(found)} {kind} classes, {wanted} requested")
     for keys, found, path in (
         (verb_keys, top_verbs, VERB_CLASSES_CSV),
         (noun_keys, top_nouns, NOUN_CLASSES_CSV),
     ):
         unknown = [c for c in found if c not in keys]
         if unknown:
-            raise ValueError(f"{folder / path}: class id(s) {unknown} of {TEST_CSV} are not listed")
+            raise BadInput(f"{folder / path}: class id(s) {unknown} of {TEST_CSV} are not listed")
     return ClassSubset({c: verb_keys[c] for c in top_verbs}, {c: noun_keys[c] for c in top_nouns})
 
 
@@ -137,9 +139,9 @@ def _caption(path: Path, line: int, row: dict[str, str], nouns: str, classes: st
         noun_list = _string_list(nouns)
         class_list = parse_class_list(classes)
     except (ValueError, SyntaxError) as err:
-        raise ValueError(f"{path}:{line}: {err}") from err
+        raise BadInput(f"{path}:{line}: {err}") from err
     if not class_list or len(noun_list) != len(class_list):
-        raise ValueError(f"{path}:{line}: nouns {nouns!r} do not match noun classes {classes!r}")
+        raise BadInput(f"{path}:{line}: nouns {nouns!r} do not match noun classes {classes!r}")
     verb_class = _int(row["verb_class"], path, line)
     return Caption(row["narration"], row["verb"], verb_class, tuple(noun_list), tuple(class_list))
 
@@ -160,17 +162,17 @@ def _int(value: str, path: Path, line: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{path}:{line}: {value!r} is not a class id") from None
+        raise BadInput(f"{path}:{line}: {value!r} is not a class id") from None
 
 
 def _read(path: Path, columns: tuple[str, ...]):
     """Yield (line, row) of a CSV file, after checking that ``columns`` exist."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
+        raise MissingInput(f"{path}: annotation file not found")
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}")
+            raise BadInput(f"{path}: missing column(s) {missing}")
         for row in reader:
             yield reader.line_num, row

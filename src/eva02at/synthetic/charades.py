@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eva02at.config import ConfigError
 from eva02at.synthetic.captions import Caption, ClassSubset, class_name, present_tense
 from eva02at.synthetic.config import SampleConfig
 from eva02at.synthetic.layout import Shot, VideoJob, plan_spans
@@ -51,7 +52,7 @@ def action_classes(captions: list[Caption], subset: ClassSubset, count: int) -> 
     """The ``count`` most frequent (verb class, main noun class) pairs of ``captions``."""
     pairs = Counter((c.verb_class, c.noun_classes[0]) for c in captions)
     if len(pairs) < count:
-        raise ValueError(f"sample.charades_classes: only {len(pairs)} verb-noun pairs exist, {count} requested")
+        raise ConfigError(f"sample.charades_classes: only {len(pairs)} verb-noun pairs exist, {count} requested")
     top = sorted(pairs, key=lambda p: (-pairs[p], p))[:count]
     return [ActionClass(v, n, class_name(subset.verbs[v]), class_name(subset.nouns[n])) for v, n in top]
 

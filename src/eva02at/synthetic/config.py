@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from eva02at.config import NonNegativeFloat, NonNegativeInt, PositiveInt
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -12,29 +14,29 @@ class SampleConfig:
     Ranges are ``[low, high]`` pairs; seconds are drawn uniformly, counts as integers inclusive.
     """
 
-    seed: int = 0
+    seed: NonNegativeInt = 0
     source: str = "data/sample/ek100"  # real EPIC-KITCHENS-100 annotations the captions come from
     out: str = "data/synthetic"
-    verb_classes: int = 8  # the most frequent verb classes of the real test split
-    noun_classes: int = 12  # the most frequent noun classes of the real test split
-    width: int = 128
-    height: int = 72
-    fps: int = 10
-    segment_seconds: list[float] = field(default_factory=lambda: [1.5, 2.5])
-    clip_seconds: list[float] = field(default_factory=lambda: [1.0, 2.0])  # EgoClip / EgoMCQ clips
-    gap_seconds: list[float] = field(default_factory=lambda: [0.1, 0.6])
-    segments_per_video: list[int] = field(default_factory=lambda: [6, 12])
-    ek100_train_participants: int = 4
-    ek100_test_participants: int = 2
-    ek100_train_segments: int = 400
-    ek100_test_segments: int = 150
-    egoclip_clips: int = 800
-    egomcq_videos: int = 10
-    egomcq_questions: int = 50
-    charades_videos: int = 40
-    charades_classes: int = 20
-    charades_actions: list[int] = field(default_factory=lambda: [2, 4])
-    workers: int = 2  # processes that render and encode videos
+    verb_classes: PositiveInt = 8  # the most frequent verb classes of the real test split
+    noun_classes: PositiveInt = 12  # the most frequent noun classes of the real test split
+    width: PositiveInt = 128
+    height: PositiveInt = 72
+    fps: PositiveInt = 10
+    segment_seconds: list[NonNegativeFloat] = field(default_factory=lambda: [1.5, 2.5])
+    clip_seconds: list[NonNegativeFloat] = field(default_factory=lambda: [1.0, 2.0])  # EgoClip / EgoMCQ clips
+    gap_seconds: list[NonNegativeFloat] = field(default_factory=lambda: [0.1, 0.6])
+    segments_per_video: list[NonNegativeInt] = field(default_factory=lambda: [6, 12])
+    ek100_train_participants: PositiveInt = 4
+    ek100_test_participants: PositiveInt = 2
+    ek100_train_segments: PositiveInt = 400
+    ek100_test_segments: PositiveInt = 150
+    egoclip_clips: PositiveInt = 800
+    egomcq_videos: PositiveInt = 10
+    egomcq_questions: PositiveInt = 50
+    charades_videos: PositiveInt = 40
+    charades_classes: PositiveInt = 20
+    charades_actions: list[NonNegativeInt] = field(default_factory=lambda: [2, 4])
+    workers: PositiveInt = 2  # processes that render and encode videos
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,5 +57,3 @@ class SampleConfig:
             raise ValueError("sample: EgoMCQ needs >= 5 videos of up to >= 5 clips (5 choices per question)")
         if self.charades_actions[1] > self.charades_classes:
             raise ValueError("sample.charades_actions: more actions per video than Charades classes")
-        if min(self.ek100_train_participants, self.ek100_test_participants, self.workers) < 1:
-            raise ValueError("sample: participants and workers must be >= 1")

@@ -11,6 +11,7 @@ import uuid
 
 import numpy as np
 
+from eva02at.config import ConfigError
 from eva02at.synthetic.captions import Caption, third_person
 from eva02at.synthetic.config import SampleConfig
 from eva02at.synthetic.layout import Shot, VideoJob, chunk_sizes, plan_spans
@@ -66,7 +67,7 @@ def plan_egomcq(
     by_text = {third_person(c.narration): c for c in captions}  # distinct clip texts, not just narrations
     texts = sorted(by_text)
     if len(texts) < CHOICES:
-        raise ValueError(f"EgoMCQ needs >= {CHOICES} distinct narrations, the class subset has {len(texts)}")
+        raise ConfigError(f"EgoMCQ needs >= {CHOICES} distinct narrations, the class subset has {len(texts)}")
     jobs, videos = [], []
     for _ in range(cfg.egomcq_videos):
         count = int(rng.integers(max(CHOICES, cfg.segments_per_video[0]), cfg.segments_per_video[1] + 1))
@@ -99,7 +100,7 @@ def _inter_choices(rng: np.random.Generator, videos: list[list[dict]]) -> list[d
         choices.append(others[int(rng.integers(len(others)))])
         if len(choices) == CHOICES:
             return choices
-    raise ValueError("EgoMCQ: too few videos for an inter-video question")
+    raise ConfigError("EgoMCQ: too few videos for an inter-video question")
 
 
 def _intra_choices(rng: np.random.Generator, videos: list[list[dict]]) -> list[dict]:

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eva02at.atomic import atomic_path
+from eva02at.errors import BadInput
 from eva02at.synthetic import charades, ego4d, ek100
 from eva02at.synthetic.captions import Caption, ClassSubset, class_subset, test_captions, train_captions
 from eva02at.synthetic.config import SampleConfig
@@ -32,7 +33,7 @@ def generate_sample(cfg: SampleConfig, progress: bool = True) -> dict[str, int]:
     renderer = Renderer(subset.verbs, list(subset.nouns), (cfg.width, cfg.height), cfg.fps, cfg.seed)
     train_pool, test_pool = train_captions(source, subset), test_captions(source, subset)
     if not train_pool or not test_pool:
-        raise ValueError(f"{source}: no train or no test row falls inside the class subset")
+        raise BadInput(f"{source}: no train or no test row falls inside the class subset")
     with atomic_path(cfg.out, directory=True) as root:
         jobs, counts = _write_tables(root, cfg, subset, train_pool, test_pool)
         _render(root, jobs, renderer, cfg.workers, progress)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from eva02at.errors import BadInput
 from eva02at.shards import FrameShards, decode_jpegs
 
 
@@ -34,7 +35,7 @@ class ClipPairs(Dataset):
         self.single_frame = single_frame
         missing = [c for c in self.clip_ids if c not in shards]
         if missing:
-            raise ValueError(
+            raise BadInput(
                 f"{len(missing)} clip(s) are not in the frame shards of {shards.directory} "
                 f"(e.g. {missing[:3]}); see its manifest.parquet for their decode errors"
             )

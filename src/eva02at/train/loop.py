@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.errors import PipelineError
 from eva02at.models import load_checkpoint_file
 from eva02at.train.data import ClipPairs, EpochBatches, collate
@@ -35,17 +37,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1
-    batch_size: int = 8  # per process; the global batch is batch_size * processes * accum_steps
-    accum_steps: int = 1
-    seed: int = 0
-    workers: int = 2  # data loader processes per training process
-    checkpoint_every: int = 100  # optimizer steps
-    log_every: int = 10
-    precision: str = "auto"  # auto (bf16 autocast on GPU, float32 on CPU) | fp32 | bf16
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 8  # per process; the global batch is batch_size * processes * accum_steps
+    accum_steps: PositiveInt = 1
+    seed: NonNegativeInt = 0
+    workers: NonNegativeInt = 2  # data loader processes per training process
+    checkpoint_every: PositiveInt = 100  # optimizer steps
+    log_every: PositiveInt = 10
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, float32 on CPU
     grad_checkpointing: bool = False
     compile: bool = False
-    stop_after_steps: int = 0  # stop early without changing the schedule (0: train every epoch)
+    stop_after_steps: NonNegativeInt = 0  # stop early without changing the schedule (0: train every epoch)
 
 
 class NonFiniteLoss(PipelineError):
@@ -81,7 +83,9 @@ def train(
     optimizer = build_optimizer(model, optim)
     steps_per_epoch = sampler.steps_per_epoch // config.accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"an epoch has {sampler.steps_per_epoch} batches, fewer than accum_steps={config.accum_steps}")
+        raise ConfigError(
+            f"an epoch has {sampler.steps_per_epoch} batches, fewer than accum_steps={config.accum_steps}"
+        )
     total_steps = config.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, total_steps, steps_per_epoch, optim)
     state = _resume(checkpoint, fingerprint, task, optimizer, scheduler)

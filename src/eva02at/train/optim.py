@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from eva02at.config import NonNegativeFloat, PositiveFloat
 from eva02at.models import no_weight_decay
+
+Beta = Annotated[float, Field(ge=0, lt=1)]  # Adam's moment decay rates
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-5
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "constant"  # constant | cosine
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-6
-    final_lr: float = 1e-6
-    grad_clip: float = 0.0  # 0 disables clipping
+    lr: PositiveFloat = 3e-5
+    weight_decay: NonNegativeFloat = 0.01
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: NonNegativeFloat = 0.0
+    warmup_lr: NonNegativeFloat = 1e-6
+    final_lr: NonNegativeFloat = 1e-6
+    grad_clip: NonNegativeFloat = 0.0  # 0 disables clipping
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

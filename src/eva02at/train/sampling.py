@@ -19,6 +19,9 @@ from typing import Protocol
 import numpy as np
 import torch.utils.data
 
+from eva02at.config import ConfigError
+from eva02at.errors import BadInput
+
 
 class CandidateSource(Protocol):
     """What the sampler needs from the relevancy table (:class:`eva02at.labels.RelevancyTable` fits)."""
@@ -58,7 +61,7 @@ class RelevantPairSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         self.num_videos = table.shape[0]
         self.steps_per_epoch = self.num_videos // (batch_size * world_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.num_videos} videos cannot fill one global batch of {batch_size} x {world_size} ranks"
             )
         self.epoch, self.start_step = 0, 0
@@ -108,7 +111,7 @@ class RelevantPairSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         if len(options) == 0:
             ids = getattr(self.table, "video_ids", None)
             name = f"video {video}" + (f" (narration_id {ids[video]})" if ids is not None else "")
-            raise ValueError(
+            raise BadInput(
                 f"{name} has no caption with relevance above {self.threshold}; "
                 "every video should at least match its own narration (R = 1)"
             )

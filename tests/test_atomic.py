@@ -1,0 +1,88 @@
+"""Atomic outputs: readable by others as a plain write would be, on disk before the name appears."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from eva02at.atomic import atomic_path, write_text
+
+
+@pytest.fixture
+def set_umask():
+    """os.umask for a test; the process umask is restored after it."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_files_and_folders_get_the_modes_a_plain_write_gives(tmp_path, set_umask, mask):
+    set_umask(mask)
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    write_text(tmp_path / "out" / "atomic.txt", "x")
+    with atomic_path(tmp_path / "atomic_dir", directory=True) as tmp:
+        (tmp / "inner.txt").write_text("x")
+
+    assert mode(tmp_path / "out" / "atomic.txt") == mode(tmp_path / "plain.txt") == 0o666 & ~mask
+    assert mode(tmp_path / "atomic_dir") == mode(tmp_path / "plain_dir") == 0o777 & ~mask
+    assert mode(tmp_path / "out") == 0o777 & ~mask  # a parent folder created on the way
+
+
+def record_calls(monkeypatch) -> list[tuple[str, str]]:
+    """Patch os.fsync and os.replace to log (call, path) in order, then do the real call."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        calls.append(("replace", os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_a_file_is_flushed_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    calls = record_calls(monkeypatch)
+    write_text(tmp_path / "a.txt", "hello")
+
+    assert [call for call, _ in calls] == ["fsync", "replace", "fsync"]
+    assert Path(calls[0][1]).name.startswith(".a.txt.tmp-")  # the temporary file's contents, still unnamed
+    assert calls[1][1] == str(tmp_path / "a.txt")
+    assert calls[2][1] == str(tmp_path)  # the folder entry that names it
+    assert (tmp_path / "a.txt").read_text() == "hello"
+
+
+def test_every_file_of_a_folder_is_flushed_before_the_rename(tmp_path, monkeypatch):
+    calls = record_calls(monkeypatch)
+    with atomic_path(tmp_path / "out", directory=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "a.bin").write_bytes(b"a")
+        (tmp / "sub" / "b.bin").write_bytes(b"b")
+
+    renamed = calls.index(("replace", str(tmp_path / "out")))
+    flushed_before = {Path(path).relative_to(tmp_path).parts[1:] for _, path in calls[:renamed]}
+    assert flushed_before == {(), ("a.bin",), ("sub",), ("sub", "b.bin")}  # the folder, its files and subfolder
+    assert calls[renamed + 1 :] == [("fsync", str(tmp_path))]
+
+
+def test_a_failed_block_leaves_the_previous_output_and_no_temporary(tmp_path):
+    write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert (tmp_path / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
