@@ -32,7 +32,7 @@ class PretrainParams:
     checkpoints: str
     num_frames: PositiveInt = 4
     embed_dim: PositiveInt = 256
-    temporal_positions: Literal["clip_time", "index"] = DEFAULT_TEMPORAL_POSITIONS  # temporal RoPE's time (README, Model)
+    temporal_positions: Literal["clip_time", "index"] = DEFAULT_TEMPORAL_POSITIONS  # README, Model
     temperature: PositiveFloat = 0.05
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -163,7 +163,9 @@ def test_every_problem_of_a_section_is_reported_in_one_line():
 def test_a_checkpoints_model_config_still_round_trips():
     config = VideoCLIPConfig("EVA02-Tiny-test", num_frames=8, open_clip_cfg={"embed_dim": 64, "vision_cfg": {}})
     assert VideoCLIPConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match=r"^ckpt: config: num_frames, embed_dim must be >= 1, got 0, 256$"):
+    with pytest.raises(
+        ConfigError, match=r"^ckpt: config: num_frames, embed_dim, reference_frames must be >= 1, got 0, 256, 8$"
+    ):
         VideoCLIPConfig.from_dict({**config.to_dict(), "num_frames": 0}, "ckpt: config")
 
 
