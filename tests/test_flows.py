@@ -7,15 +7,17 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from dvc.repo import Repo
 from prefect.testing.utilities import prefect_test_harness
 
 from eva02at.tracking import aliased_version, find_runs
 from flows.common import CommandError, order_stages, parse_metrics_show
-from flows.reproduce import outcome, reproduce
+from flows.reproduce import reproduce, reproduce_single
 from flows.retrain import decide, retrain
 from tests.project_fixtures import (
     CANDIDATE_METRIC,
@@ -105,15 +107,41 @@ def test_parse_metrics_show_names_numbers_and_reports_problems():
     assert parse_metrics_show({}) == ({}, [])
 
 
-def test_outcome_reads_dvc_output():
-    assert outcome("frames@egoclip", "Running stage 'frames@egoclip':\n> python -m stages.frames egoclip") == "ran"
-    assert outcome("soft_labels", "Stage 'soft_labels' is cached - skipping run, checking out outputs") == "restored"
-    assert outcome("sample", "Stage 'sample' didn't change, skipping\nData and pipelines are up to date.") == (
-        "unchanged"
-    )
-    assert outcome("data/raw.dvc", "'data/raw.dvc' didn't change, skipping") == "unchanged"
-    assert outcome("data/raw.dvc", "Verifying data sources in stage: 'data/raw.dvc'") == "updated"
-    assert outcome("sample", "Running stage 'soft_labels':") == "updated"  # another stage's message
+COPY_STAGE = """\
+stages:
+  copy:
+    cmd: {python} -c "import shutil; shutil.copy('in.txt', 'out.txt')"
+    deps: [in.txt]
+    outs: [out.txt]
+"""
+
+
+def test_reproduce_single_says_what_dvc_did(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(COPY_STAGE.format(python=sys.executable))
+    (tmp_path / "in.txt").write_text("a")
+    (tmp_path / "raw.txt").write_text("raw")
+    with Repo.init(no_scm=True) as repo:
+        repo.add("raw.txt")
+
+    def repro(target: str) -> str:
+        def bring_up_to_date() -> None:
+            with Repo(".") as repo:
+                repo.reproduce(target, single_item=True)
+
+        return reproduce_single(target, bring_up_to_date)
+
+    assert repro("copy") == "ran" and (tmp_path / "out.txt").read_text() == "a"
+    assert repro("copy") == "unchanged"
+    (tmp_path / "in.txt").write_text("b")
+    assert repro("copy") == "ran" and (tmp_path / "out.txt").read_text() == "b"
+    (tmp_path / "in.txt").write_text("a")  # inputs the run cache has seen
+    assert repro("copy") == "restored" and (tmp_path / "out.txt").read_text() == "a"
+    (tmp_path / "out.txt").unlink()  # an output lost: checked out again as dvc.lock records it
+    assert repro("copy") == "restored" and (tmp_path / "out.txt").read_text() == "a"
+    (tmp_path / "raw.txt").write_text("edited")
+    assert repro("raw.txt.dvc") == "updated"
+    assert repro("raw.txt.dvc") == "unchanged"
 
 
 def test_decide(tmp_path):
