@@ -1,4 +1,7 @@
-"""The flows under Prefect's test harness, on a tiny copy of the project with real DVC, git and MLflow."""
+"""The flows under Prefect's test harness, on a tiny copy of the project with real DVC, git and MLflow.
+
+The tests that start the harness's server and run DVC on the tiny project are marked slow; the pieces
+the flows are built from (stage order, metrics, decisions, what DVC did with a stage) are not."""
 
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ def harness(tmp_path_factory):
         for key, value in env.items():
             patch.setenv(key, value)
         store = pool.submit(empty_mlflow_store)
-        with prefect_test_harness(server_startup_timeout=120):
+        with prefect_test_harness(server_startup_timeout=600):  # Prefect counts only its polling sleeps
             yield store.result()
 
 
@@ -160,6 +163,7 @@ def test_decide(tmp_path):
 # --- reproduce -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reproduce_runs_then_skips_or_restores(project):
     first = reproduce(targets=["soft_labels"], retries=0)
     assert [(s["stage"], s["outcome"]) for s in first["stages"]] == [("sample", "ran"), ("soft_labels", "ran")]
@@ -197,6 +201,7 @@ Path("done.txt").write_text("ok")
 """
 
 
+@pytest.mark.slow
 def test_reproduce_retries_a_failed_stage_and_reports_failure(project, tmp_path):
     counter = tmp_path / "attempts.txt"
     (project / "flaky").mkdir()
@@ -243,6 +248,7 @@ def retrain_candidate(score: float, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_retrain_promotes_only_better_models(project, tmp_path):
     other = add_remotes(project, tmp_path)
     (other / "NOTES.md").write_text("pushed by another machine\n")
