@@ -2,7 +2,8 @@
 
 DVC decides what happens to a stage: unchanged deps and params skip it, inputs it has seen before restore
 its outputs from the run cache, and anything else runs it. The flow adds retries with back-off, a record
-of what each stage did, and the final metrics, all logged to MLflow as one run named ``reproduce``.
+of what each stage did (from DVC's state before and after, through its Python API, not from its log
+text), and the final metrics, all logged to MLflow as one run named ``reproduce``.
 
 Locally, from the project root: ``python -m flows.reproduce [STAGE ...]``.
 """
@@ -11,8 +12,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from dvc.repo import Repo
+from dvc.stage.cache import RunCacheNotFoundError
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -22,30 +27,50 @@ from eva02at.tracking import Tracker, read_settings
 from flows.common import dvc, read_metrics, run, stage_order
 from stages.common import git_commit
 
-# What DVC prints for each outcome of `dvc repro --single-item <stage>` (data sources, the stages of .dvc
-# files, say "'<file>.dvc' didn't change" without "Stage").
-OUTCOMES = {
-    "ran": "Running stage '{}'",
-    "restored": "Stage '{}' is cached - skipping run",
-    "unchanged": "'{}' didn't change, skipping",
-}
+OUTCOMES = ("ran", "restored", "unchanged", "updated")
 
 
-def outcome(stage: str, output: str) -> str:
-    """What DVC did with ``stage``, read from its output: ran, restored (from the run cache), unchanged, or
-    updated (a data source verified or an import synced: DVC changed the stage without running a command)."""
-    for name, message in OUTCOMES.items():
-        if message.format(stage) in output:
-            return name
-    return "updated"
+def _state(target: str) -> tuple[bool, bool, set[Path]]:
+    """Whether DVC finds ``target`` changed, whether it has a command, and the entries of DVC's run cache."""
+    with Repo(".") as repo, repo.lock:
+        (stage,) = repo.stage.collect(target)
+        return stage.changed(), bool(stage.cmd), set(Path(repo.stage_cache.cache_dir).glob("*/*/*"))
+
+
+def _restorable(target: str) -> bool:
+    """Whether DVC's run cache can give back ``target``'s outputs as dvc.lock records them; never true for a
+    stage DVC does not cache (persistent outputs, no outputs, always changed)."""
+    with Repo(".") as repo, repo.lock:
+        (stage,) = repo.stage.collect(target)
+        try:
+            repo.stage_cache.restore(stage, dry=True)
+        except RunCacheNotFoundError:
+            return False
+        return True
+
+
+def reproduce_single(target: str, bring_up_to_date: Callable[[], object]) -> str:
+    """Call ``bring_up_to_date`` (``dvc repro --single-item <target>``) and say what DVC did, from DVC's state
+    before and after: ``unchanged`` (nothing differed from dvc.lock), ``updated`` (a data source or import,
+    verified or synced without a command), ``ran``, or ``restored`` (its outputs came from the run cache:
+    DVC adds a run cache entry after every run of a stage it can cache, and none appeared)."""
+    changed, has_command, entries = _state(target)
+    bring_up_to_date()
+    if not changed:
+        return "unchanged"
+    if not has_command:
+        return "updated"
+    if _state(target)[2] - entries or not _restorable(target):
+        return "ran"
+    return "restored"
 
 
 @task(cache_policy=NO_CACHE)
 def repro_stage(stage: str) -> dict[str, Any]:
     """Bring one stage up to date; the stages before it in the order have been brought up to date already."""
     started = time.perf_counter()
-    output = run(dvc("repro", "--single-item", stage))
-    return {"stage": stage, "outcome": outcome(stage, output), "seconds": round(time.perf_counter() - started, 1)}
+    outcome = reproduce_single(stage, lambda: run(dvc("repro", "--single-item", stage)))
+    return {"stage": stage, "outcome": outcome, "seconds": round(time.perf_counter() - started, 1)}
 
 
 @task(cache_policy=NO_CACHE)
@@ -56,7 +81,7 @@ def track_summary(summary: dict[str, Any]) -> str | None:
     with Tracker(settings.experiment, "reproduce", settings.uri, enabled=settings.enabled, tags=tags) as tracker:
         by_outcome = {
             f"stages.{name}": ",".join(s["stage"] for s in summary["stages"] if s["outcome"] == name)
-            for name in [*OUTCOMES, "updated", "failed"]
+            for name in [*OUTCOMES, "failed"]
         }
         tracker.log_params({"targets": ",".join(summary["targets"]) or "all", **by_outcome})
         tracker.log_metrics(summary["metrics"])

@@ -1,10 +1,12 @@
-"""Shared fixtures: paths to the embedded sample."""
+"""Shared fixtures: paths to the embedded sample, and the tiny pipeline reproduced once per session."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tests.project_fixtures import reproduced_tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -18,3 +20,11 @@ def ego4d_dir() -> Path:
 @pytest.fixture(scope="session")
 def ek100_dir() -> Path:
     return SAMPLE / "ek100"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> tuple[Path, dict[str, str], str]:
+    """(project, env, output) of the tiny project after one ``dvc repro`` of the whole pipeline, run once
+    for every test that needs it (tests/test_pipeline.py, tests/test_prefect_server.py). Tests read it or
+    copy it, and write their own outputs elsewhere."""
+    return reproduced_tiny_project(tmp_path_factory.mktemp("pipeline"))

@@ -154,6 +154,17 @@ def make_tiny_project(dest: Path, with_candidate: bool = True) -> Path:
     return project
 
 
+def reproduced_tiny_project(dest: Path) -> tuple[Path, dict[str, str], str]:
+    """A tiny project (no stand-in stage) with an empty MLflow store after one ``dvc repro`` of the whole
+    pipeline; returns the project, the environment the pipeline ran in and its output."""
+    project = make_tiny_project(dest, with_candidate=False)
+    shutil.copy(empty_mlflow_store(), project / "mlflow.db")
+    env = quiet_env(project / ".prefect")
+    done = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"dvc repro failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return project, env, done.stdout + done.stderr
+
+
 @functools.cache
 def empty_mlflow_store() -> Path:
     """An MLflow SQLite store with its tables and nothing else, built once per test session (MLflow takes

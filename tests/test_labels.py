@@ -162,3 +162,7 @@ def test_build_relevancy_from_csv(tmp_path):
     expected = loop_relevancy(TOY_VIDEOS, TOY_SENTENCES)
     assert summary["nonzero"] == int((expected != 0).sum()) and summary["ones"] == int((expected == 1).sum())
     np.testing.assert_array_equal(RelevancyTable.load(tmp_path / "out" / "r.npz").dense(), expected)
+    # the same inputs give the same bytes and the same summary (no build time in the tracked outputs)
+    again = build_relevancy(tmp_path / "videos.csv", tmp_path / "sentences.csv", tmp_path / "again" / "r.npz")
+    assert again == summary
+    assert (tmp_path / "again" / "r.npz").read_bytes() == (tmp_path / "out" / "r.npz").read_bytes()

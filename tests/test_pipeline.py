@@ -1,10 +1,10 @@
-"""The whole DVC pipeline on a tiny copy of the project: every stage runs, a second ``dvc repro`` runs
-nothing, MLflow runs carry the lineage that ``dvc.lock`` records, and bad params fail before any work."""
+"""The whole DVC pipeline on a tiny copy of the project (run once per session, tests/conftest.py): every
+stage runs, a second ``dvc repro`` runs nothing, MLflow runs carry the lineage that ``dvc.lock`` records,
+and bad params fail before any work."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import open_clip
@@ -15,7 +15,7 @@ import yaml
 
 from eva02at.models import load_checkpoint_file
 from eva02at.tracking import find_runs
-from tests.project_fixtures import empty_mlflow_store, git, make_tiny_project, quiet_env
+from tests.project_fixtures import git
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,8 @@ def run(project, env, *command, check=True):
     return result
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    project = make_tiny_project(tmp_path_factory.mktemp("pipeline"), with_candidate=False)
-    shutil.copy(empty_mlflow_store(), project / "mlflow.db")
-    env = quiet_env(project / ".prefect")
-    first = run(project, env, "dvc", "repro")
-    return project, env, first.stdout + first.stderr
-
-
-def test_every_stage_runs_and_reports(pipeline):
-    project, _, log = pipeline
+def test_every_stage_runs_and_reports(tiny_pipeline):
+    project, _, log = tiny_pipeline
     stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert {
         "sample",
@@ -63,20 +54,20 @@ def test_every_stage_runs_and_reports(pipeline):
     assert "failed clip corrupted_0001 (corrupted.mp4)" in log
 
 
-def test_second_repro_runs_nothing(pipeline):
-    project, env, _ = pipeline
+def test_second_repro_runs_nothing(tiny_pipeline):
+    project, env, _ = tiny_pipeline
     again = run(project, env, "dvc", "repro")
     assert "Running stage" not in again.stdout, again.stdout
     assert "Data and pipelines are up to date" in run(project, env, "dvc", "status").stdout
 
 
-def test_runs_carry_the_lineage_of_dvc_lock(pipeline, monkeypatch):
-    project, _, _ = pipeline
+def test_runs_carry_the_lineage_of_dvc_lock(tiny_pipeline, monkeypatch):
+    project, _, _ = tiny_pipeline
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow exports it when an earlier test tracked
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     head = git(project, "rev-parse", "HEAD").strip()
     runs = {run.tags.get("dvc.stage"): run for run in find_runs("eva02at", f"sqlite:///{project / 'mlflow.db'}")}
-    for stage in ("image_clip", "pretrain", "finetune", "evaluate"):
+    for stage in ("sample", "soft_labels", "image_clip", "pretrain", "finetune", "evaluate"):
         tags = runs[stage].tags
         assert tags["git.commit"] == head
         recorded = {dep["path"]: dep["md5"] for dep in lock[stage]["deps"]}
@@ -86,8 +77,8 @@ def test_runs_carry_the_lineage_of_dvc_lock(pipeline, monkeypatch):
     assert "finetuned.ek100_mir.mAP_avg" in runs["evaluate"].metrics
 
 
-def test_params_that_do_not_fit_fail_before_any_work(pipeline, tmp_path):
-    project, env, _ = pipeline
+def test_params_that_do_not_fit_fail_before_any_work(tiny_pipeline, tmp_path):
+    project, env, _ = tiny_pipeline
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["pretrain"] = {
         **params["pretrain"],
@@ -106,8 +97,8 @@ def test_params_that_do_not_fit_fail_before_any_work(pipeline, tmp_path):
     assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
 
 
-def test_finetune_runs_on_two_processes_with_torchrun(pipeline, tmp_path):
-    project, env, _ = pipeline
+def test_finetune_runs_on_two_processes_with_torchrun(tiny_pipeline, tmp_path):
+    project, env, _ = tiny_pipeline
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["finetune"] = {**params["finetune"], "out": str(tmp_path / "out"), "checkpoints": str(tmp_path / "ckpt")}
     params["finetune"]["train"] = {**params["finetune"]["train"], "batch_size": 2}
@@ -130,8 +121,8 @@ def test_finetune_runs_on_two_processes_with_torchrun(pipeline, tmp_path):
     assert (tmp_path / "out" / "model.pt").is_file()
 
 
-def test_a_stage_stopped_midway_resumes_to_the_same_weights(pipeline, tmp_path):
-    project, env, _ = pipeline
+def test_a_stage_stopped_midway_resumes_to_the_same_weights(tiny_pipeline, tmp_path):
+    project, env, _ = tiny_pipeline
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["pretrain"] = {**params["pretrain"], "out": str(tmp_path / "out"), "checkpoints": str(tmp_path / "ckpt")}
     params["tracking"] = {**params["tracking"], "enabled": False}
@@ -149,8 +140,8 @@ def test_a_stage_stopped_midway_resumes_to_the_same_weights(pipeline, tmp_path):
     assert all(torch.equal(uninterrupted[k], after_resume[k]) for k in uninterrupted)
 
 
-def test_image_clip_imports_real_weights_strictly(pipeline, tmp_path):
-    project, env, _ = pipeline
+def test_image_clip_imports_real_weights_strictly(tiny_pipeline, tmp_path):
+    project, env, _ = tiny_pipeline
     torch.manual_seed(1)
     weights = open_clip.create_model("EVA02-Tiny-test", pretrained=None).state_dict()
     torch.save(weights, tmp_path / "open_clip_pytorch_model.bin")

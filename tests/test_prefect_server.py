@@ -1,6 +1,11 @@
 """End to end: a real Prefect server and process worker, on loopback, run the ``nightly`` deployment of
 prefect.yaml (the ``retrain`` flow, its cron schedule included) on a tiny project, and the run registers
-a model in MLflow. Everything the test starts is stopped at the end, also when it fails."""
+a model in MLflow. Everything the test starts is stopped at the end, also when it fails.
+
+The project is a copy of the session's tiny pipeline after its ``dvc repro`` (tests/conftest.py), so the
+experiment reruns only what its params override changes. The test talks to the server with Prefect's own
+client and waits on readiness (health, flow run state), failing early only when a process it waits on
+has exited: a busy machine makes it slower, not red."""
 
 from __future__ import annotations
 
@@ -11,30 +16,34 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import yaml
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import ObjectNotFound
 
 from eva02at.models import load_video_clip
 from eva02at.tracking import aliased_version, get_run
-from tests.project_fixtures import ROOT, empty_mlflow_store, make_tiny_project, md5, quiet_env
+from tests.project_fixtures import ROOT, git, md5, quiet_env
 
 pytestmark = pytest.mark.slow
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 MODEL_NAME = "eva02at-ek100-mir"
 METRIC = "finetuned.ek100_mir.mAP_avg"
-TINY_RUN = {"overrides": {"finetune.optim.lr": 1.0e-4}, "retries": 0}  # the whole tiny pipeline, default metric
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, whatever the env says
+OVERRIDE = ("evaluate.random.draws", 3)  # only `evaluate` reruns; the fine-tuned model is the pipeline's
+TINY_RUN = {"overrides": {OVERRIDE[0]: OVERRIDE[1]}, "retries": 0}
 
 
 def free_port() -> int:
@@ -43,33 +52,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def api(base: str, method: str, path: str, body: Any = None, attempts: int = 5) -> Any:
-    """One call of the server's REST API; like Prefect's own client, a busy server's 429/502/503 is retried."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    for attempt in range(attempts):
-        try:
-            with NO_PROXY.open(request, timeout=15) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            if err.code not in (429, 502, 503) or attempt == attempts - 1:
-                raise
-            time.sleep(2**attempt)
-
-
-def wait_for(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; connection errors count as not yet."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if result := check():
-                return result
-        except OSError:
-            pass
+def wait_until(ready: Callable[[], Any], needed: list[subprocess.Popen], what: str) -> Any:
+    """Poll ``ready`` until it returns something truthy; fail as soon as a process it needs has exited."""
+    while not (result := ready()):
+        exited = [p.args[1] for p in needed if p.poll() is not None]
+        assert not exited, f"{what}: `prefect {' '.join(exited)}` exited"
         time.sleep(1)
-    raise TimeoutError(f"{what} not ready after {seconds} s")
+    return result
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -113,9 +102,17 @@ def logs(directory: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(directory.glob("*.log")))
 
 
-def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tmp_path, start, monkeypatch):
+def reproduced_copy(tiny_pipeline: tuple[Path, dict, str], dest: Path) -> Path:
+    """A copy of the reproduced tiny project, its new dvc.lock committed (a clean checkout, as a worker has)."""
+    shutil.copytree(tiny_pipeline[0], dest, symlinks=True)
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "pipeline reproduced")
+    return dest
+
+
+def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tiny_pipeline, tmp_path, start, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    project = make_tiny_project(tmp_path / "project", with_candidate=False)
+    project = reproduced_copy(tiny_pipeline, tmp_path / "project")
     port = free_port()
     base = f"http://127.0.0.1:{port}/api"
     env = quiet_env(tmp_path / "prefect-home") | {
@@ -123,52 +120,62 @@ def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tmp_path, sta
         "EVA02AT_PROJECT_DIR": str(project),
         "CUDA_VISIBLE_DEVICES": "",  # this worker's GPU: none
     }
-    with ThreadPoolExecutor(1) as pool:  # MLflow builds its tables while the server starts
-        store = pool.submit(empty_mlflow_store)
-        start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path)
-        wait_for(lambda: api(base, "GET", "/health"), 120, "Prefect server")
-        shutil.copy(store.result(), project / "mlflow.db")
+    server = start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path)
+    with SyncPrefectClient(base) as client:
+        wait_until(lambda: client.api_healthcheck() is None, [server], "Prefect server")
 
-    # the worker creates its process pool, with Prefect's default job template, as `work-pool create` would
-    pool_name = yaml.safe_load((ROOT / "prefect.yaml").read_text())["definitions"]["work_pools"]["gpu"]["name"]
-    worker = [PREFECT, "worker", "start", "--pool", pool_name, "--type", "process", "--limit", "1", "--name", "gpu-0"]
-    start("worker", worker, env, project)
-    wait_for(lambda: api(base, "GET", f"/work_pools/{pool_name}"), 60, "work pool")
-    deploy = [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--params", json.dumps(TINY_RUN)]
-    done = subprocess.run(deploy, env=env, cwd=project, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout + done.stderr
-    deployment = api(base, "GET", "/deployments/name/retrain/nightly")
-    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
-    assert deployment["parameters"]["metric"] == METRIC
-    assert deployment["global_concurrency_limit"]["limit"] == 1
+        # the worker creates its process pool, with Prefect's default job template, as `work-pool create` would
+        pools = yaml.safe_load((ROOT / "prefect.yaml").read_text())["definitions"]["work_pools"]
+        pool_name = pools["gpu"]["name"]
+        command = [PREFECT, "worker", "start", "--pool", pool_name, "--type", "process", "--limit", "1"]
+        worker = start("worker", [*command, "--name", "gpu-0"], env, project)
+        wait_until(lambda: _exists(lambda: client.read_work_pool(pool_name)), [server, worker], "work pool")
+        deploy = [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--params", json.dumps(TINY_RUN)]
+        done = subprocess.run(deploy, env=env, cwd=project, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        deployment = client.read_deployment_by_name("retrain/nightly")
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+        assert deployment.parameters["metric"] == METRIC
+        assert deployment.global_concurrency_limit.limit == 1
 
-    run_id = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
+        run_id = client.create_flow_run_from_deployment(deployment.id).id
 
-    def finished() -> dict | None:
-        flow_run = api(base, "GET", f"/flow_runs/{run_id}")
-        return flow_run if flow_run["state_type"] in TERMINAL else None
+        def finished() -> FlowRun | None:
+            flow_run = client.read_flow_run(run_id)
+            return flow_run if flow_run.state and flow_run.state.is_final() else None
 
-    final = wait_for(finished, 900, "flow run")
-    assert final["state_type"] == "COMPLETED", logs(tmp_path)
+        final = wait_until(finished, [server, worker], "flow run")
+        assert final.state.type == StateType.COMPLETED, logs(tmp_path)
+
+        # the cron schedule is live: the server has queued the next nightly runs, at 02:00 UTC
+        queued = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+        )
+        scheduled = wait_until(lambda: client.read_flow_runs(flow_run_filter=queued), [server], "scheduled runs")
+    for flow_run in scheduled:
+        start_time = flow_run.expected_start_time
+        assert (start_time.utcoffset().total_seconds(), start_time.hour, start_time.minute) == (0, 2, 0)
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     champion = aliased_version(MODEL_NAME, "champion", uri)
     assert champion is not None and champion.version == 1, logs(tmp_path)
-    assert champion.tags["prefect.flow_run"] == run_id
+    assert champion.tags["prefect.flow_run"] == str(run_id)
     run = get_run(champion.run_id, uri)
     assert run.tags["retrain.decision"] == "registered"
-    assert 0 < run.metrics[METRIC] <= 1 and run.params["overrides.finetune.optim.lr"] == "0.0001"
-    # the registered file is the experiment's fine-tuned model: its md5 is the one dvc.lock recorded
-    (registered,) = (project / "mlruns").rglob("model/model.pt")
-    assert champion.tags["model.md5"] == md5(registered.read_bytes())
+    assert 0 < run.metrics[METRIC] <= 1 and run.params[f"overrides.{OVERRIDE[0]}"] == str(OVERRIDE[1])
+    # the registered file is the experiment's fine-tuned model, the one in the checkout
+    registered = Path(champion.source.removeprefix("file://")) / "model.pt"
+    fine_tuned = project / "models" / "finetune" / "model.pt"
+    assert champion.tags["model.md5"] == md5(registered.read_bytes()) == md5(fine_tuned.read_bytes())
     assert load_video_clip(registered).num_frames == 8
     assert run.tags["retrain.pulled"] == (
         "git pull skipped: the branch tracks no remote branch; dvc pull skipped: no default DVC remote"
     )
 
-    # the cron schedule is live: the server has queued the next nightly runs, at 02:00 UTC
-    query = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}
-    scheduled = wait_for(lambda: api(base, "POST", "/flow_runs/filter", query), 30, "scheduled runs")
-    for flow_run in scheduled:
-        start_time = datetime.fromisoformat(flow_run["expected_start_time"])
-        assert (start_time.utcoffset().total_seconds(), start_time.hour, start_time.minute) == (0, 2, 0)
+
+def _exists(read: Callable[[], Any]) -> Any:
+    """``read()``, or None while the server answers that the object does not exist yet."""
+    with contextlib.suppress(ObjectNotFound):
+        return read()
+    return None

@@ -6,12 +6,16 @@ import ast
 import csv
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from numpy._core._multiarray_umath import __cpu_dispatch__
 from scipy import stats
 
 from eva02at.annotations import EK100_COLUMNS, parse_timestamp, read_egoclip, read_ek100
@@ -25,6 +29,7 @@ from eva02at.synthetic.motion import MOTIONS, pose_track
 from eva02at.synthetic.scene import Renderer
 
 SOURCE = Path(__file__).resolve().parents[1] / "data" / "sample" / "ek100"
+PROBE = Path(__file__).resolve().parent / "sample_probe.py"
 TINY = {
     "source": str(SOURCE),
     "width": 64,
@@ -87,6 +92,24 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_pa
     changed = [name for name in first if third.get(name) != first[name]]
     assert any(name.endswith(".csv") for name in changed)
     assert any(name.endswith((".mp4", ".MP4")) for name in changed)
+
+
+def _probe(env: dict[str, str], *args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(PROBE), *args], env=os.environ | env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_frames_and_files_are_the_same_bits_without_the_cpus_simd_code():
+    """What another machine would do differently: numpy and FFmpeg choose SIMD kernels by CPU when a process
+    starts. A fresh process with all of them switched off draws and encodes the same bits as this CPU's."""
+    here = _probe({})
+    plain = _probe({"NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__)}, "--plain-ffmpeg")
+    assert plain["numpy_float32_sin"].startswith("baseline") and plain["ffmpeg_flags"] == 0  # really switched off
+    assert plain["frames"] == here["frames"]  # drawing, compared before encoding
+    assert plain["files"] == here["files"]  # colour conversion and encoding
 
 
 def test_failed_run_leaves_previous_output_untouched(sample, tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 Real videos use long groups of pictures (a keyframe every few seconds), which is what makes seeking
 and frame sampling costly; the synthetic files keep that property. One encoder thread makes the
-bytes depend on the frames alone.
+bytes depend on the frames alone, and the RGB to YUV conversion asks FFmpeg's swscale for bit-exact
+output: by default swscale picks SIMD code by CPU, whose rounding differs from machine to machine.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Iterable
 
 import av
 import numpy as np
+from av.video.reformatter import Interpolation
 
 GOP_SECONDS = 10
+TO_YUV = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT  # same bytes on any CPU
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int, crf: int = 20) -> int:
@@ -32,7 +35,8 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int,
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         for frame in itertools.chain([first], frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame = rgb.reformat(format=stream.pix_fmt, interpolation=TO_YUV)  # the encoder's format
             video_frame.pts = count
             container.mux(stream.encode(video_frame))
             count += 1

@@ -2,7 +2,9 @@
 
 Planning (tables) and drawing (videos) share one plan per video, and every random choice comes
 from a stream keyed by the seed and a name, so the sample is byte-identical for a seed however
-many processes render it. The sample appears at ``cfg.out`` only once it is complete.
+many processes render it; pixels come from machine-independent arithmetic (``exact``) and a
+bit-exact colour conversion (``encode``), so the CPU does not change them either. The sample
+appears at ``cfg.out`` only once it is complete.
 """
 
 from __future__ import annotations

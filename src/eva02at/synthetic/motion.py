@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eva02at.synthetic.exact import sin_turns
+
 SLOW = 0.12  # box widths per second: about a quarter of the box over a two-second segment
 FAST = 2.0  # oscillations: back and forth about once a second
 TURN = 0.25  # turns per second
@@ -78,6 +80,7 @@ def camera_shake(rng: np.random.Generator, frames: int, fps: float, amplitude: i
     """Integer (dx, dy) offsets (frames, 2), a smooth wobble of at most ``amplitude`` pixels."""
     seconds = np.arange(frames)[:, None, None] / fps  # (frames, 1, 1)
     freq = rng.uniform(0.4, 2.5, size=(1, 2, 2))  # two sine components for each of x and y
-    phase = rng.uniform(0.0, 2 * np.pi, size=(1, 2, 2))
-    wobble = np.sin(2 * np.pi * freq * seconds + phase).sum(axis=2) / 2  # (frames, 2) in [-1, 1]
+    phase = rng.uniform(0.0, 1.0, size=(1, 2, 2))  # in turns
+    waves = sin_turns(freq * seconds + phase)  # (frames, 2, 2)
+    wobble = (waves[..., 0] + waves[..., 1]) / 2  # (frames, 2) in [-1, 1]
     return np.clip(np.rint(wobble * amplitude), -amplitude, amplitude).astype(int)

@@ -12,14 +12,15 @@ import colorsys
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image
 
+from eva02at.synthetic.exact import sin_cos_turns, sin_turns
 from eva02at.synthetic.layout import Shot, VideoJob, keyed_rng
 from eva02at.synthetic.motion import camera_shake, motion_of, pose_track
 from eva02at.synthetic.shapes import appearances, paint_arms, paint_objects
 
 SHAKE = 2  # pixels of camera wobble; the canvas has this margin on every side
 RADIUS = (0.08, 0.16)  # object radius range, as a fraction of the frame height
+NOISE = 0.026  # sensor noise, uniform in +-NOISE (standard deviation 0.015)
 
 
 class Renderer:
@@ -55,11 +56,11 @@ class Renderer:
             raise ValueError(f"verb class {shot.verb_class} is not in the subset {sorted(self.motions)}")
         still = background[None].copy()  # (1, Hc, Wc, 3)
         for noun in shot.noun_classes[1:]:
-            cx, cy, radius, angle = self._place(rng.uniform(size=(1, 4)))
-            paint_objects(still, self.looks[noun], cx, cy, radius, angle)
+            cx, cy, radius, turns = self._place(rng.uniform(size=(1, 4)))
+            paint_objects(still, self.looks[noun], cx, cy, radius, turns)
         count = shot.stop - shot.start
         canvas = np.repeat(_to_uint8(still), count, axis=0)  # (T, Hc, Wc, 3)
-        cx, cy, radius, angle = self._place(pose_track(rng, self.motions[shot.verb_class], count, self.fps))
+        cx, cy, radius, turns = self._place(pose_track(rng, self.motions[shot.verb_class], count, self.fps))
         arm = 0.05 * self.height
         shoulder_x = cx + 0.3 * self.height
         # Only the box swept by the object and the arm changes from frame to frame: draw in float there.
@@ -73,12 +74,12 @@ class Renderer:
         skin = _colour(keyed_rng(self.seed, "skin", look), (0.02, 0.1), (0.25, 0.55), (0.45, 0.9))
         paint_arms(region, skin, shoulder, reach, arm)
         paint_arms(region, skin, reach, reach, 1.6 * arm)  # the palm: a capsule of length zero
-        paint_objects(region, self.looks[shot.noun_classes[0]], cx - x0, cy - y0, radius, angle)
+        paint_objects(region, self.looks[shot.noun_classes[0]], cx - x0, cy - y0, radius, turns)
         canvas[:, y0:, x0:x1] = _to_uint8(region)
         return canvas
 
     def _place(self, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Canvas centre x, y, radius and angle (each (T,)) from unit-box poses (T, 4).
+        """Canvas centre x, y, radius and rotation in turns (each (T,)) from unit-box poses (T, 4).
 
         Objects stay inside the central square of the frame (even when shaken), so that a centre crop
         keeps them whole.
@@ -90,28 +91,29 @@ class Renderer:
         cx = left + pose[:, 0] * inner
         cy = top + pose[:, 1] * inner
         radius = lo + pose[:, 2] * (hi - lo)
-        return cx, cy, radius, pose[:, 3] * 2 * np.pi
+        return cx, cy, radius, pose[:, 3]
 
     def _background(self, look: str) -> np.ndarray:
-        """A counter texture below a plain wall, fixed by the look key: (H + 2m, W + 2m, 3) float32."""
+        """A counter texture below a plain wall, fixed by the look key: (H + 2m, W + 2m, 3) float64."""
         rng = keyed_rng(self.seed, "look", look)
         height, width = self.height + 2 * SHAKE, self.width + 2 * SHAKE
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
         kind = int(rng.integers(3))
         if kind == 0:  # stripes (wooden boards, tiles in a row)
-            theta, period = rng.uniform(0, np.pi), rng.uniform(5, 14)
-            pattern = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * np.cos(theta) + ys * np.sin(theta)) / period)
+            turns, period = rng.uniform(0, 0.5), rng.uniform(5, 14)  # direction, in turns
+            sin, cos = sin_cos_turns(turns)
+            pattern = 0.5 + 0.5 * sin_turns((xs * cos + ys * sin) / period)
         elif kind == 1:  # checks (tiles)
             tile = int(rng.integers(6, 14))
-            pattern = ((xs // tile + ys // tile) % 2).astype(np.float32)
+            pattern = (xs // tile + ys // tile) % 2
         else:  # blotches (stone)
-            coarse = rng.uniform(size=(max(height // 8, 2), max(width // 8, 2))).astype(np.float32)
-            pattern = np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.BICUBIC))
+            coarse = rng.uniform(size=(max(height // 8, 2), max(width // 8, 2)))
+            pattern = _enlarge(coarse, height, width)
         contrast = rng.uniform(0.1, 0.3)
         surface = _colour(rng, (0, 1), (0.05, 0.35), (0.45, 0.8)) * (1 - contrast * pattern[..., None])
         horizon = int(rng.uniform(0.1, 0.3) * height)
         surface[:horizon] = _colour(rng, (0, 1), (0.0, 0.2), (0.3, 0.9))
-        surface += rng.normal(0.0, 0.015, size=surface.shape).astype(np.float32)
+        surface += rng.uniform(-NOISE, NOISE, size=surface.shape)
         return np.clip(surface, 0.0, 1.0)
 
     def _view(self, canvas: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -125,6 +127,32 @@ def _to_uint8(canvas: np.ndarray) -> np.ndarray:
     canvas = canvas * 255.0
     canvas += 0.5
     return canvas.astype(np.uint8)
+
+
+def _enlarge(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic enlargement (Keys, a = -0.5, pixel centres aligned) of a small grid to (height, width).
+
+    Written out with exact arithmetic in a fixed order, so the blotches are the same bits everywhere.
+    """
+    row_index, row_weight = _cubic_taps(coarse.shape[0], height)
+    col_index, col_weight = _cubic_taps(coarse.shape[1], width)
+    rows = sum(w[:, None] * coarse[i] for i, w in zip(row_index, row_weight, strict=True))  # (height, w_in)
+    return sum(w * rows[:, i] for i, w in zip(col_index, col_weight, strict=True))  # (height, width)
+
+
+def _cubic_taps(size_in: int, size_out: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For each output pixel, its four source pixels (clamped at the edges) and their Keys weights."""
+    position = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5  # (size_out,) in source pixels
+    base = np.floor(position)
+    frac = position - base
+    index = [np.clip(base.astype(np.int64) + k, 0, size_in - 1) for k in (-1, 0, 1, 2)]
+    weight = [_keys(d) for d in (1.0 + frac, frac, 1.0 - frac, 2.0 - frac)]  # distances to the four taps
+    return index, weight
+
+
+def _keys(d: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel (a = -0.5) at distances 0 <= d < 2."""
+    return np.where(d <= 1.0, (1.5 * d - 2.5) * d * d + 1.0, ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0)
 
 
 def _colour(rng: np.random.Generator, hue: tuple, saturation: tuple, value: tuple) -> np.ndarray:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eva02at.synthetic.exact import distance, sin_cos_turns
+
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "hexagon", "bar", "diamond")
 MAX_APPEARANCES = 24  # beyond this, neighbouring hues come too close to tell apart after video coding
 
@@ -45,13 +47,13 @@ def signed_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """
     au, av = np.abs(u), np.abs(v)
     if shape == "disk":
-        return np.hypot(u, v) - 1.0
+        return distance(u, v) - 1.0
     if shape == "square":
         return np.maximum(au, av) - 0.8
     if shape == "triangle":  # pointing along -v (up when not rotated)
         return np.maximum(au * 0.866 + v * 0.5, -v) - 0.55
     if shape == "ring":
-        return np.abs(np.hypot(u, v) - 0.7) - 0.3
+        return np.abs(distance(u, v) - 0.7) - 0.3
     if shape == "cross":
         return np.minimum(np.maximum(au - 0.35, av - 1.0), np.maximum(au - 1.0, av - 0.35))
     if shape == "hexagon":
@@ -69,11 +71,11 @@ def paint_objects(
     cx: np.ndarray,
     cy: np.ndarray,
     radius: np.ndarray,
-    angle: np.ndarray,
+    turns: np.ndarray,
 ) -> None:
     """Draw one object into every frame of ``frames`` (T, H, W, 3), in place.
 
-    ``cx``, ``cy``, ``radius`` (pixels) and ``angle`` (radians) have shape (T,): one pose per frame.
+    ``cx``, ``cy``, ``radius`` (pixels) and the rotation ``turns`` have shape (T,): one pose per frame.
     Only the box the object sweeps over is touched, to keep drawing cheap.
     """
     box = _box(frames.shape[1:3], cx - radius, cx + radius, cy - radius, cy + radius)
@@ -83,7 +85,8 @@ def paint_objects(
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5  # (h, w) pixel centres
     dx = xs[None] - cx[:, None, None]  # (T, h, w)
     dy = ys[None] - cy[:, None, None]
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    sin, cos = sin_cos_turns(turns)
+    sin, cos = sin[:, None, None], cos[:, None, None]  # (T, 1, 1)
     r = radius[:, None, None]
     u, v = (cos * dx + sin * dy) / r, (cos * dy - sin * dx) / r
     alpha = np.clip(0.5 - signed_distance(look.shape, u, v) * r, 0.0, 1.0)
@@ -106,7 +109,7 @@ def paint_arms(frames: np.ndarray, rgb: np.ndarray, start: np.ndarray, end: np.n
     bx, by = end[:, 0, None, None] - ax, end[:, 1, None, None] - ay
     px, py = xs[None] - ax, ys[None] - ay  # (T, h, w)
     t = np.clip((px * bx + py * by) / np.maximum(bx * bx + by * by, 1e-6), 0.0, 1.0)
-    alpha = np.clip(0.5 - (np.hypot(px - t * bx, py - t * by) - width), 0.0, 1.0)
+    alpha = np.clip(0.5 - (distance(px - t * bx, py - t * by) - width), 0.0, 1.0)
     _blend(frames[:, y0:y1, x0:x1], alpha, rgb)
 
 
