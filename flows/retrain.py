@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from eva02at.config import parse_yaml
 from eva02at.tracking import Tracker, aliased_version, get_run, read_settings, register_model
 from flows.common import dvc, query, read_metrics, run
 from stages.common import git_commit
@@ -189,12 +189,12 @@ def judge_and_register(candidate: Candidate, metric: str, model: Path, model_nam
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` arguments as overrides, values read as YAML (``lr=1e-4`` is a number)."""
+    """``KEY=VALUE`` arguments as overrides, values read as YAML 1.2, as DVC reads params (``lr=1e-4`` is a number)."""
     pairs = [arg.partition("=") for arg in args]
     bad = [arg for arg, (_, sep, _) in zip(args, pairs, strict=True) if not sep]
     if bad:
         raise SystemExit(f"overrides must look like KEY=VALUE, got {bad}")
-    return {key: yaml.safe_load(value) for key, _, value in pairs}
+    return {key: parse_yaml(value) for key, _, value in pairs}
 
 
 @flow(name="retrain", log_prints=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from eva02at.config import read_params
 from eva02at.tracking import aliased_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def copy_project(dest: Path) -> Path:
 def shrink_params(project: Path) -> None:
     """Merge ``TINY_PARAMS`` into the copy's params.yaml, section by section."""
     path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text()) or {}
+    params = read_params(path)  # YAML 1.2, as DVC and the stages read it
     for section, values in TINY_PARAMS.items():
         params[section] = {**(params.get(section) or {}), **values}
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -54,13 +54,18 @@ class ConfigError(PipelineError, ValueError):
     """A params section does not fit the dataclass it configures."""
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text as DVC reads it: YAML 1.2 through ruamel.yaml (``1e-4`` is a number, ``yes`` a string)."""
+    return YAML(typ="safe").load(text)
+
+
 def read_params(path: str | Path) -> dict[str, Any]:
-    """A params file as DVC reads it: YAML 1.2 through ruamel.yaml (``1e-4`` is a number, ``yes`` a string)."""
+    """A params file as DVC reads it (``parse_yaml``); a missing or unreadable file is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{path}: no such params file")
     try:
-        data = YAML(typ="safe").load(path.read_text())
+        data = parse_yaml(path.read_text())
     except YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(data, dict | None):
