@@ -313,9 +313,9 @@ def _span(start: object, stop: object, clamp_negative_start: bool = False) -> tu
     clamped: tuple[str, ...] = ()
     text = str(start).strip()
     if clamp_negative_start and text.startswith("-"):
-        if not math.isfinite(-parse_timestamp(text[1:])):
-            raise ValueError(f"bad timestamp {start!r}")
-        text, clamped = "0", (CLAMP_NEGATIVE_START,)
+        if parse_timestamp(text[1:]) > 0:  # a well-formed time below zero
+            clamped = (CLAMP_NEGATIVE_START,)
+        text = "0"
     start_s, stop_s = parse_timestamp(text), parse_timestamp(str(stop))
     if stop_s <= start_s:
         raise ValueError(f"stop {stop!r} is not after start {start!r}")
