@@ -194,14 +194,15 @@ def test_a_truncated_shard_is_named_and_decoded_again(tmp_path, ego4d_dir, caplo
     extract(segments, [], ego4d_dir, tmp_path / "clean", spec, clips_per_shard=4, max_failure_fraction=1)
     out = tmp_path / "resumed"
     extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
-    shard = out / "shards" / "shard-00001.arrow"
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    shard, part = out / "shards" / "shard-00001.arrow", out / "parts" / "shard-00002.parquet"
+    for damaged in (shard, part):
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     with pytest.raises(ShardReadError, match=str(shard)):
         FrameShards(out)
     with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
         summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
-    assert summary.written_shards == 1 and summary.kept_shards == 2
-    assert f"{shard} does not match its manifest part" in caplog.text
+    assert summary.written_shards == 2 and summary.kept_shards == 1
+    assert f"{shard} does not match its manifest part" in caplog.text and f"{part}: cannot read" in caplog.text
     for name in (
         "manifest.parquet",
         "shards/shard-00000.arrow",

@@ -33,6 +33,7 @@ from eva02at.shards import (
     SHARDS,
     FrameSpec,
     ShardFile,
+    ShardReadError,
     manifest_metadata,
     read_manifest,
     write_manifest,
@@ -170,17 +171,19 @@ def is_finished(task: ShardTask) -> bool:
     """Whether an earlier run finished this shard: its part has the stamp, its file the recorded size and hash."""
     if not task.part_path.is_file():
         return False
-    meta = manifest_metadata(task.part_path)
+    try:
+        meta = manifest_metadata(task.part_path)
+    except ShardReadError as err:
+        log.warning("%s; decoding it again", err)
+        return False
     if meta.get("stamp") != task.stamp:
         return False
     recorded = ShardFile(int(meta.get("shard_bytes", -1)), meta.get("shard_sha256", ""))
     found = ShardFile.of(task.shard_path) if task.shard_path.is_file() else None
     if found != recorded:
+        state = "missing" if found is None else f"{found.size} bytes, recorded {recorded.size}"
         log.warning(
-            "%s does not match its manifest part %s (%s); decoding it again",
-            task.shard_path,
-            task.part_path,
-            "missing" if found is None else f"{found.size} bytes, recorded {recorded.size}",
+            "%s does not match its manifest part %s (%s); decoding it again", task.shard_path, task.part_path, state
         )
         return False
     return True

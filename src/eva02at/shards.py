@@ -63,7 +63,7 @@ class ShardReadError(PipelineError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        super().__init__(f"{self.path}: cannot read frame shard: {reason}; rerun the frames stage to rebuild it")
+        super().__init__(f"{self.path}: cannot read ({reason}); rerun the frames stage to rebuild it")
 
 
 @dataclass(frozen=True)
