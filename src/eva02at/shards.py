@@ -221,24 +221,24 @@ class FrameShards:
         return len(self._cell(clip_id, "views"))
 
     def jpegs(self, clip_id: str, view: int = 0) -> list[bytes]:
-        """The JPEG bytes of one view of one clip, in time order."""
-        jpegs = self._cell(clip_id, "jpeg")
-        return [jpegs[p] for p in self._view(clip_id, view)]
+        """The JPEG bytes of one view of one clip, in time order (only that view's frames are copied out)."""
+        stored = self._cell(clip_id, "jpeg").values
+        return [stored[p].as_py() for p in self._view(clip_id, view)]
 
     def frame_indices(self, clip_id: str, view: int = 0) -> list[int]:
-        frames = self._cell(clip_id, "frame_indices")
+        frames = self._cell(clip_id, "frame_indices").as_py()
         return [frames[p] for p in self._view(clip_id, view)]
 
     def _view(self, clip_id: str, view: int) -> list[int]:
-        views = self._cell(clip_id, "views")
+        views = self._cell(clip_id, "views").as_py()
         return views[view % len(views)]
 
-    def _cell(self, clip_id: str, column: str) -> list:
+    def _cell(self, clip_id: str, column: str) -> pa.ListScalar:
         try:
             location = self._locations[clip_id]
         except KeyError:
             raise KeyError(f"{self.directory}: clip {clip_id!r} is not in the shards (see manifest)") from None
-        return self._table(location.shard)[column][location.row].as_py()
+        return self._table(location.shard)[column][location.row]
 
     def _table(self, shard: int) -> pa.Table:
         if shard not in self._tables:
