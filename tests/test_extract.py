@@ -14,25 +14,19 @@ from eva02at.annotations import (
     CLAMP_NEGATIVE_START,
     Segment,
     Source,
-    cut_videos,
     read_segments,
-    read_video_list,
 )
 from eva02at.extract import TooManyFailures, encode_jpeg, extract, plan_shards, resize_crop
 from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, ShardReadError, decode_jpegs, read_shard
-from eva02at.video import index_video, read_frames, scaled_frames, video_info
+from eva02at.video import index_video, read_frames, scaled_frames
 
 CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps
 
 
 def real_clips(ego4d_dir, seconds=2.0):
-    durations = {}
-    for name in read_video_list(ego4d_dir / "clips.csv"):
-        try:
-            durations[name] = video_info(ego4d_dir / name).duration
-        except Exception:
-            durations[name] = float("nan")
-    return cut_videos(durations, seconds)
+    segments, errors = read_segments("videolist", Source(str(ego4d_dir / "clips.csv"), str(ego4d_dir), None, seconds))
+    assert errors == []
+    return segments
 
 
 def test_real_clips_with_damaged_video(tmp_path, ego4d_dir):

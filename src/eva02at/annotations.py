@@ -264,7 +264,7 @@ def read_charades(source: Source) -> tuple[list[Segment], list[RowError]]:
 @register_format("videolist", layout="{file}")
 def read_video_clips(source: Source) -> tuple[list[Segment], list[RowError]]:
     """Uncaptioned clips: the videos of a list (column ``file``) cut into ``clip_seconds`` windows."""
-    from eva02at.video import VideoDecodeError, video_info
+    from eva02at.video import VideoDecodeError, index_video  # the frames stage's own frame count and rate
 
     durations = {}
     for line, row, problem in _rows(source.annotations, ("file",)):
@@ -272,7 +272,8 @@ def read_video_clips(source: Source) -> tuple[list[Segment], list[RowError]]:
             raise ValueError(f"{source.annotations}:{line}: {problem}")
         video = source.pattern.format(**row)
         try:
-            durations[video] = video_info(Path(source.videos) / video).duration
+            index = index_video(Path(source.videos) / video)
+            durations[video] = index.num_frames / index.fps
         except VideoDecodeError as err:
             log.warning("%s: %s", source.annotations, err)
             durations[video] = math.nan
