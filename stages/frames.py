@@ -1,43 +1,39 @@
 """``frames`` stage: decode one collection of clips into JPEG frame shards and a manifest.
 
 Usage: ``python -m stages.frames <collection>``, the collection being a key of ``frames.collections``.
+The decode summary (clips ok, failed and clamped, shards written and kept, seconds) is one MLflow run.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field
 
-from eva02at import annotations
+from eva02at.annotations import FORMATS, Source, read_segments
 from eva02at.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
-from eva02at.extract import extract
+from eva02at.extract import Summary, TooManyFailures, extract
 from eva02at.shards import FrameSpec
-from eva02at.video import VideoDecodeError, video_info
-from stages.common import stage_main, stage_params
-
-log = logging.getLogger(__name__)
-READERS = {
-    "ek100": (annotations.read_ek100, "{participant_id}/{video_id}.MP4"),
-    "egoclip": (annotations.read_egoclip, "{video_uid}.mp4"),
-    "egomcq": (annotations.read_egomcq, "{video_uid}.mp4"),
-    "charades": (annotations.read_charades, "{id}.mp4"),
-}
+from eva02at.tracking import Tracker, read_settings
+from stages.common import lineage_tags, stage_main, stage_params
 
 
 @dataclass
 class Collection:
-    format: Literal["ek100", "egoclip", "egomcq", "charades", "videolist"]
+    format: str  # a registered annotation format (eva02at.annotations.FORMATS): ek100 | egoclip | egomcq | ...
     annotations: str  # the annotation file (for videolist: a CSV with a ``file`` column)
     videos: str  # the folder the annotation's video paths are relative to
     num_frames: PositiveInt
     views: NonNegativeInt = 0  # 0: one view at the segment midpoints (evaluation); K: K jittered views (training)
     pattern: str | None = None  # video path from annotation fields; the format's layout by default
     clip_seconds: PositiveFloat = 2.0  # videolist only: window length
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not a registered annotation format {sorted(FORMATS)}")
 
 
 @dataclass
@@ -50,21 +46,26 @@ class FramesParams:
     clips_per_shard: PositiveInt
     max_failure_fraction: Fraction
     collections: dict[str, Collection]
+    train_aspect: Annotated[float, Field(ge=1)] = 1.0  # training collections: stored box size x round(size * this)
 
 
-def segments_of(name: str, collection: Collection):
-    """The clips a collection asks for, and the annotation rows that could not become clips."""
-    if collection.format == "videolist":
-        durations = {}
-        for file in annotations.read_video_list(collection.annotations):
-            try:
-                durations[file] = video_info(Path(collection.videos) / file).duration
-            except VideoDecodeError as err:
-                log.warning("%s: %s", name, err)
-                durations[file] = math.nan
-        return annotations.cut_videos(durations, collection.clip_seconds), []
-    reader, layout = READERS[collection.format]
-    return reader(collection.annotations, collection.pattern or layout)
+def frame_spec(params: FramesParams, collection: Collection) -> FrameSpec:
+    """Training collections (views > 0) keep room for a random crop; evaluation ones are centre squares."""
+    aspect = params.train_aspect if collection.views > 0 else 1.0
+    return FrameSpec(collection.num_frames, collection.views, params.size, params.jpeg_quality, params.seed, aspect)
+
+
+def summary_metrics(summary: Summary, seconds: float) -> dict[str, float]:
+    metrics = {
+        "clips": summary.clips,
+        "clips_ok": summary.ok,
+        "clips_failed": summary.failed,
+        "clips_clamped": sum(summary.clamped.values()),
+        "shards_written": summary.written_shards,
+        "shards_kept": summary.kept_shards,
+        "seconds": seconds,
+    }
+    return metrics | {f"clamped.{reason}": n for reason, n in summary.clamped.items()}
 
 
 @stage_main
@@ -73,18 +74,29 @@ def main() -> None:
     if args.collection not in params.collections:
         raise ConfigError(f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}")
     collection = params.collections[args.collection]
-    segments, row_errors = segments_of(args.collection, collection)
-    spec = FrameSpec(collection.num_frames, collection.views, params.size, params.jpeg_quality, params.seed)
-    extract(
-        segments,
-        row_errors,
-        collection.videos,
-        Path(params.out) / args.collection,
-        spec,
-        workers=params.workers,
-        clips_per_shard=params.clips_per_shard,
-        max_failure_fraction=params.max_failure_fraction,
-    )
+    spec = frame_spec(params, collection)
+    source = Source(collection.annotations, collection.videos, collection.pattern, collection.clip_seconds)
+    tracking, stage = read_settings(args.params), f"frames@{args.collection}"
+    tags = lineage_tags(stage) if tracking.enabled else {}
+    with Tracker(tracking.experiment, stage, tracking.uri, enabled=tracking.enabled, tags=tags) as tracker:
+        tracker.log_params({"collection": asdict(collection), "spec": asdict(spec), "workers": params.workers})
+        started = time.perf_counter()
+        segments, row_errors = read_segments(collection.format, source)
+        try:
+            summary = extract(
+                segments,
+                row_errors,
+                collection.videos,
+                Path(params.out) / args.collection,
+                spec,
+                workers=params.workers,
+                clips_per_shard=params.clips_per_shard,
+                max_failure_fraction=params.max_failure_fraction,
+            )
+        except TooManyFailures as err:
+            tracker.log_metrics(summary_metrics(err.summary, time.perf_counter() - started))
+            raise
+        tracker.log_metrics(summary_metrics(summary, time.perf_counter() - started))
 
 
 if __name__ == "__main__":

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from eva02at.annotations import Segment, cut_videos, read_ek100, read_video_list
-from eva02at.extract import TooManyFailures, encode_jpeg, extract, resize_crop
-from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, decode_jpegs
-from eva02at.video import read_frames, video_info
+from eva02at.annotations import (
+    CLAMP_END_PAST_VIDEO,
+    CLAMP_NEGATIVE_START,
+    Segment,
+    Source,
+    read_segments,
+)
+from eva02at.extract import TooManyFailures, encode_jpeg, extract, plan_shards, resize_crop
+from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, ShardReadError, decode_jpegs, read_shard
+from eva02at.video import index_video, read_frames, scaled_frames
 
 CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps
 
 
 def real_clips(ego4d_dir, seconds=2.0):
-    durations = {}
-    for name in read_video_list(ego4d_dir / "clips.csv"):
-        try:
-            durations[name] = video_info(ego4d_dir / name).duration
-        except Exception:
-            durations[name] = float("nan")
-    return cut_videos(durations, seconds)
+    segments, errors = read_segments("videolist", Source(str(ego4d_dir / "clips.csv"), str(ego4d_dir), None, seconds))
+    assert errors == []
+    return segments
 
 
 def test_real_clips_with_damaged_video(tmp_path, ego4d_dir):
@@ -42,15 +45,16 @@ def test_real_clips_with_damaged_video(tmp_path, ego4d_dir):
     assert rows["corrupted_0000"]["status"] == "ok"
     shards = FrameShards(tmp_path)
     assert set(shards.clip_ids) == set(rows) - failed
-    # the stored frames are the decoded frames at the manifest's indices, resized and cropped
+    # the stored frames are the frames at the manifest's indices, scaled by the decoder, then JPEG-encoded
     clip = f"{CLIP[:-4]}_0000"
     indices = rows[clip]["frame_indices"][0]
     assert indices == [7, 22, 37, 52]  # midpoints of four 15-frame parts of frames 0..59
-    expected = np.stack([resize_crop(f, 32) for f in read_frames(ego4d_dir / CLIP, indices)])
+    scaled = dict(scaled_frames(ego4d_dir / CLIP, index_video(ego4d_dir / CLIP), indices, 32, 32))
     stored = decode_jpegs(shards.jpegs(clip))
     assert stored.shape == (4, 32, 32, 3)
-    np.testing.assert_array_equal(stored, decode_jpegs([encode_jpeg(f, 90) for f in expected]))
-    assert np.abs(stored.astype(int) - expected.astype(int)).mean() < 8  # JPEG loss stays small
+    np.testing.assert_array_equal(stored, decode_jpegs([encode_jpeg(scaled[i], 90) for i in indices]))
+    reference = np.stack([resize_crop(f, 32) for f in read_frames(ego4d_dir / CLIP, indices)])
+    assert np.abs(stored.astype(int) - reference.astype(int)).mean() < 8  # scaler and JPEG differences stay small
 
 
 def test_training_views_are_jittered_and_seeded(tmp_path, ego4d_dir):
@@ -81,7 +85,7 @@ def test_bad_rows_and_segments_are_recorded_not_dropped(tmp_path, ego4d_dir):
     videos = tmp_path / "videos" / "P01"
     videos.mkdir(parents=True)
     (videos / "clip.MP4").write_bytes((ego4d_dir / CLIP).read_bytes())
-    segments, errors = read_ek100(csv)
+    segments, errors = read_segments("ek100", Source(str(csv)))
     assert [s.clip_id for s in segments] == ["P01_01_0", "P01_01_3"]
     assert [(e.line, "missing" in e.reason) for e in errors] == [(3, True), (4, False)]
     summary = extract(
@@ -126,3 +130,105 @@ def test_frame_shards_survive_pickling(tmp_path, ego4d_dir):
     assert clone.jpegs("a") == shards.jpegs("a")
     with pytest.raises(KeyError, match="not in the shards"):
         shards.jpegs("b")
+
+
+def shard_contents(directory) -> dict:
+    """Every stored view of a collection: clip -> [(frame indices, JPEG bytes) per view]."""
+    shards = FrameShards(directory)
+    return {
+        c: [(shards.frame_indices(c, v), shards.jpegs(c, v)) for v in range(shards.num_views(c))]
+        for c in shards.clip_ids
+    }
+
+
+def test_views_share_stored_frames_and_keep_room_to_crop(tmp_path, ego4d_dir):
+    spec = FrameSpec(num_frames=4, views=5, size=16, seed=3, aspect=1.25)
+    extract([Segment("a", CLIP, 0.0, 1.0, 0)], [], ego4d_dir, tmp_path, spec)  # 30 frames, parts of 7.5
+    (row,) = read_shard(tmp_path / "shards" / "shard-00000.arrow").to_pylist()
+    views = [[row["frame_indices"][p] for p in positions] for positions in row["views"]]
+    assert row["frame_indices"] == sorted({i for view in views for i in view})  # each frame once
+    assert len(row["jpeg"]) == len(row["frame_indices"]) < 4 * 5  # 20 draws from 30 frames repeat some
+    shards = FrameShards(tmp_path)
+    assert [shards.frame_indices("a", v) for v in range(5)] == views
+    jpeg_of = dict(zip(row["frame_indices"], row["jpeg"], strict=True))
+    for v, view in enumerate(views):
+        assert shards.jpegs("a", v) == [jpeg_of[i] for i in view]
+    assert decode_jpegs(shards.jpegs("a")).shape == (4, 16, 20, 3)  # size x round(size * aspect)
+    manifest = pq.read_table(tmp_path / MANIFEST).to_pylist()[0]
+    assert (manifest["height"], manifest["width"]) == (16, 20) and manifest["frame_indices"] == views
+
+
+def test_a_long_video_spans_shards_with_the_bytes_of_one_shard(tmp_path, ego4d_dir):
+    video = "ego4d_site_fair.mp4"  # 454 frames, 8 keyframe spans
+    segments = [Segment(f"c{k:02d}", video, 0.5 * k, 0.5 * k + 1.0, 0) for k in range(28)][::-1]
+    spec = FrameSpec(num_frames=4, views=2, size=16)
+    many = extract(segments, [], ego4d_dir, tmp_path / "many", spec, clips_per_shard=6)
+    one = extract(segments, [], ego4d_dir, tmp_path / "one", spec, clips_per_shard=100)
+    assert many.written_shards == 5 and one.written_shards == 1 and many.ok == one.ok == 28
+    assert shard_contents(tmp_path / "many") == shard_contents(tmp_path / "one")
+    first = read_shard(tmp_path / "many" / "shards" / "shard-00000.arrow")["clip_id"].to_pylist()
+    assert first == [f"c{k:02d}" for k in range(6)]  # a shard holds consecutive clips in time order
+
+
+def test_plan_keeps_short_videos_whole_and_cuts_long_ones():
+    clips = [Segment(f"{v}{k}", v, float(k), k + 1.0, 0) for v, n in (("b", 3), ("a", 2), ("c", 7)) for k in range(n)]
+    plan = plan_shards(clips, "videos", "out", FrameSpec(2), clips_per_shard=4)
+    assert [[c.clip_id for c in task.clips] for task in plan] == [
+        ["a0", "a1"],
+        ["b0", "b1", "b2"],  # b does not fit beside a: it starts a shard
+        ["c0", "c1", "c2", "c3"],  # c is longer than a shard: cut in time order
+        ["c4", "c5", "c6"],
+    ]
+    assert plan == plan_shards(clips[::-1], "videos", "out", FrameSpec(2), clips_per_shard=4)  # deterministic
+
+
+def test_a_truncated_shard_is_named_and_decoded_again(tmp_path, ego4d_dir, caplog):
+    segments = real_clips(ego4d_dir)[:10]
+    spec = FrameSpec(num_frames=2, views=2, size=16)
+    extract(segments, [], ego4d_dir, tmp_path / "clean", spec, clips_per_shard=4, max_failure_fraction=1)
+    out = tmp_path / "resumed"
+    extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
+    shard, part = out / "shards" / "shard-00001.arrow", out / "parts" / "shard-00002.parquet"
+    for damaged in (shard, part):
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(ShardReadError, match=str(shard)):
+        FrameShards(out)
+    with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
+        summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
+    assert summary.written_shards == 2 and summary.kept_shards == 1
+    assert f"{shard} does not match its manifest part" in caplog.text and f"{part}: cannot read" in caplog.text
+    for name in (
+        "manifest.parquet",
+        "shards/shard-00000.arrow",
+        "shards/shard-00001.arrow",
+        "shards/shard-00002.arrow",
+    ):
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+def test_a_damaged_video_gives_the_same_manifest_bytes_every_run(tmp_path, ego4d_dir):
+    segments = [Segment(f"c{k}", "corrupted.mp4", k, k + 1.0, 0) for k in range(5)]
+    for run in ("one", "two"):
+        extract(segments, [], ego4d_dir, tmp_path / run, FrameSpec(2, size=16), max_failure_fraction=1)
+    rows = pq.read_table(tmp_path / "one" / MANIFEST).to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "error", "error"]  # breaks at frame 30 of 50
+    assert "Invalid data" in rows[3]["error"]
+    assert (tmp_path / "one" / MANIFEST).read_bytes() == (tmp_path / "two" / MANIFEST).read_bytes()
+
+
+def test_segments_just_past_the_end_or_before_the_start_are_clamped_and_counted(tmp_path, ego4d_dir):
+    charades = tmp_path / "charades.csv"  # CLIP has 60 frames at 30 fps: 2.0 s
+    charades.write_text("id,length\nexact,2.00\nrounded,2.03\nbeyond,2.04\n")
+    egoclip = tmp_path / "egoclip.tsv"
+    egoclip.write_text("video_uid\tclip_start\tclip_end\tclip_text\nclip\t-0.42\t0.8\t#C C opens\n")
+    segments, errors = read_segments("charades", Source(str(charades), pattern=CLIP))
+    clips, more = read_segments("egoclip", Source(str(egoclip), pattern=CLIP))
+    assert errors == more == [] and clips[0].start == 0.0 and clips[0].clamped == (CLAMP_NEGATIVE_START,)
+    summary = extract(segments + clips, [], ego4d_dir, tmp_path / "out", FrameSpec(2, size=16), max_failure_fraction=1)
+    rows = {r["clip_id"]: r for r in pq.read_table(tmp_path / "out" / MANIFEST).to_pylist()}
+    assert rows["exact"]["clamped"] == [] and rows["exact"]["frame_indices"] == [[15, 45]]
+    assert rows["rounded"]["clamped"] == [CLAMP_END_PAST_VIDEO] and rows["rounded"]["frame_indices"] == [[15, 45]]
+    assert rows["beyond"]["status"] == "error" and "past the end" in rows["beyond"]["error"]
+    assert rows["clip_0"]["clamped"] == [CLAMP_NEGATIVE_START] and rows["clip_0"]["status"] == "ok"
+    assert summary.clamped == {CLAMP_END_PAST_VIDEO: 1, CLAMP_NEGATIVE_START: 1}
+    assert "1 end_past_video, 1 negative_start" in str(summary)

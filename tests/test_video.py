@@ -1,4 +1,5 @@
-"""Decoding and frame sampling: exact frames against PyAV, the sampling rule on hand-computed cases."""
+"""Decoding and frame sampling: exact frames against PyAV, the one-pass scaled decoder against the per-clip
+reader, the sampling rule on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,21 @@ import av
 import numpy as np
 import pytest
 
-from eva02at.video import VideoDecodeError, read_frames, seconds_to_frames, segment_indices, video_info
+from eva02at import video
+from eva02at.extract import resize_crop
+from eva02at.synthetic.encode import write_video
+from eva02at.synthetic.layout import Shot, VideoJob
+from eva02at.synthetic.scene import Renderer
+from eva02at.video import (
+    VideoDecodeError,
+    decoder_message,
+    index_video,
+    read_frames,
+    scaled_frames,
+    seconds_to_frames,
+    segment_indices,
+    video_info,
+)
 
 REAL_CLIPS = [
     "ego4d_3c0dffd0_012_014.mp4",
@@ -102,3 +117,101 @@ def test_seconds_to_frames():
     assert seconds_to_frames(0.0, 2.0, 30.0) == (0, 59)  # a 2 s clip at 30 fps is frames 0..59
     assert seconds_to_frames(1.56, 2.45, 60.0) == (93, 146)
     assert seconds_to_frames(1.0, 1.01, 10.0) == (10, 10)
+
+
+def small_video(path, frames: int = 45, keyint: int = 10, size: tuple[int, int] = (72, 128)) -> None:
+    """A 128x72 H.264 file with a keyframe every ``keyint`` frames and B-frames: a square moving on blocks."""
+    height, width = size
+    rng = np.random.default_rng(0)
+    background = rng.integers(40, 200, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    background = background.repeat(8, 0).repeat(8, 1)[:height, :width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(keyint), "keyint_min": str(keyint), "sc_threshold": "0", "bf": "2"}
+        for k in range(frames):
+            picture = background.copy()
+            picture[20:44, 10 + 2 * k : 34 + 2 * k] = (230, 30, 30)  # a red square moving right
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def assert_close_to_reference(scaled: np.ndarray, reference: np.ndarray) -> None:
+    """The decoder's scaler against decode + Pillow resize: about one grey level apart on average (decord's
+    YUV->RGB rounds about one level darker than the BT.601 formula), edges a little softer or sharper."""
+    diff = np.abs(scaled.astype(int) - reference.astype(int))
+    assert scaled.shape == reference.shape
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16
+
+
+@pytest.mark.parametrize("box", [(224, 224), (224, 398)])
+def test_scaled_frames_match_the_per_clip_reader(ego4d_dir, box):
+    for name in REAL_CLIPS:
+        path = ego4d_dir / name
+        index = index_video(path)
+        assert index.num_frames == video_info(path).num_frames
+        frames = [index.num_frames - 1, *range(0, index.num_frames, 11), 5, 5]  # unsorted, repeated, the last
+        decoded = list(scaled_frames(path, index, frames, *box))
+        assert sorted(f for f, _ in decoded) == sorted(set(frames))  # each wanted frame once
+        scaled = np.stack([picture for _, picture in sorted(decoded, key=lambda item: item[0])])
+        reference = np.stack([resize_crop(f, *box) for f in read_frames(path, sorted(set(frames)))])
+        assert_close_to_reference(scaled, reference)
+
+
+@pytest.mark.parametrize("box", [(64, 64), (64, 80)])
+def test_scaled_frames_on_a_video_of_the_embedded_sample(tmp_path, box):
+    """A 128x72 video drawn by the sample's renderer, at the sample's frame sizes (eval square, train box)."""
+    renderer = Renderer({0: "take", 1: "wash"}, [3, 5, 7], (128, 72), 10.0, seed=0)
+    job = VideoJob("v.mp4", "P01", 60, (Shot(5, 25, 0, (3, 5)), Shot(30, 55, 1, (7,))))
+    path = tmp_path / "v.mp4"
+    write_video(path, renderer.frames(job), fps=10)
+    frames = list(range(60))
+    decoded = dict(scaled_frames(path, index_video(path), frames, *box))
+    scaled = np.stack([decoded[f] for f in frames])
+    reference = np.stack([resize_crop(f, *box) for f in read_frames(path, frames)])
+    assert_close_to_reference(scaled, reference)
+
+
+def test_a_pass_that_seeks_and_skips_gives_the_frames_of_a_full_pass(tmp_path, monkeypatch):
+    path = tmp_path / "sample.mp4"
+    small_video(path)  # keyframes at 0, 10, 20, 30, 40
+    index = index_video(path)
+    full = dict(scaled_frames(path, index, range(45), 32, 32))
+    decoded_spans = []
+    original = video._span_packets
+
+    def spy(container, stream, index, first):
+        for span, packet in original(container, stream, index, first):
+            decoded_spans.append(span)
+            yield span, packet
+
+    monkeypatch.setattr(video, "_span_packets", spy)
+    wanted = [27, 12, 13, 41]  # spans 1, 2 and 4; span 3 is skipped and the pass starts at span 1
+    sparse = dict(scaled_frames(path, index, wanted, 32, 32))
+    assert sorted(sparse) == sorted(wanted)
+    for frame in wanted:
+        np.testing.assert_array_equal(sparse[frame], full[frame])
+    assert decoded_spans[0] == 1  # the seek landed on the first wanted keyframe span
+
+
+def test_a_decoder_error_fails_the_rest_of_its_keyframe_span(ego4d_dir):
+    path = ego4d_dir / "corrupted.mp4"  # one keyframe span; a packet near frame 30 is broken
+    index = index_video(path)
+    result = dict(scaled_frames(path, index, [0, 20, 28, 35, 49], 32, 32))
+    assert all(isinstance(result[f], np.ndarray) for f in (0, 20))
+    for frame in (35, 49):
+        assert isinstance(result[frame], str) and "Invalid data" in result[frame]
+
+
+def test_decoder_messages_lose_clock_times_and_addresses():
+    raw = (
+        "[02:00:19] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [02:00:19] "
+        "/github/workspace/src/video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet(dec_ctx_.get(),"
+        " pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet."
+    )
+    later = raw.replace("02:00:19", "23:59:01")
+    assert decoder_message(RuntimeError(raw)) == decoder_message(RuntimeError(later))
+    assert decoder_message(RuntimeError(raw)).startswith("Check failed: avcodec_send_packet")
+    assert decoder_message(RuntimeError("[h264 @ 0x55e07adb4f40] Invalid NAL unit")) == "[h264 @ 0x?] Invalid NAL unit"

@@ -1,7 +1,9 @@
-"""Annotation tables (EPIC-KITCHENS-100, EgoClip, plain video folders) as lists of clip segments.
+"""Annotation formats (EPIC-KITCHENS-100, EgoClip, EgoMCQ, Charades-Ego, plain video lists) as clip segments.
 
 Every reader validates row by row: a malformed row becomes a :class:`RowError` naming the file, the
-line and the reason, and every other row is still returned, so nothing is dropped silently.
+line and the reason, and every other row is still returned, so nothing is dropped silently. Readers are
+registered where they are defined (:func:`register_format`), so a new format is one function and its
+decorator; :func:`read_segments` reads a collection with the reader its ``format`` names.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import logging
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eva02at.errors import BadInput
+
+log = logging.getLogger(__name__)
 
 EK100_COLUMNS = (
     "narration_id",
@@ -34,6 +40,11 @@ EK100_COLUMNS = (
     "all_noun_classes",
 )
 EGOCLIP_COLUMNS = ("video_uid", "clip_start", "clip_end", "clip_text")
+MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO = 1, 2  # EgoMCQ "types": choices from five videos, or from one video
+
+# Why a segment was moved inside its video (the manifest's ``clamped`` column, counted in the stage summary).
+CLAMP_NEGATIVE_START = "negative_start"  # EgoClip clip_start < 0: starts at 0, as EgoVLP does
+CLAMP_END_PAST_VIDEO = "end_past_video"  # end within one frame past the video's end: ends on its last frame
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,49 @@ class Segment:
     end: float
     line: int  # line of the annotation file (header = 1); 0 for clips cut from plain videos
     text: str = ""
+    clamped: tuple[str, ...] = ()  # CLAMP_* reasons applied while reading
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a collection's clips come from: its annotation file and video folder (``frames.collections``)."""
+
+    annotations: str
+    videos: str = ""
+    pattern: str | None = None  # video path from annotation fields; None: the format's layout
+    clip_seconds: float = 2.0  # videolist only: window length
+
+
+Reader = Callable[[Source], "tuple[list[Segment], list[RowError]]"]
+
+
+@dataclass(frozen=True)
+class AnnotationFormat:
+    read: Reader
+    layout: str  # default video path pattern of the format's download
+
+
+FORMATS: dict[str, AnnotationFormat] = {}
+
+
+def register_format(name: str, layout: str) -> Callable[[Reader], Reader]:
+    """Register a reader of ``Source`` -> (segments, row errors) under ``name`` (the collection's ``format``)."""
+
+    def register(read: Reader) -> Reader:
+        if name in FORMATS:
+            raise ValueError(f"annotation format {name!r} is registered twice")
+        FORMATS[name] = AnnotationFormat(read, layout)
+        return read
+
+    return register
+
+
+def read_segments(format_name: str, source: Source) -> tuple[list[Segment], list[RowError]]:
+    """The clips a collection asks for, and the annotation rows that could not become clips."""
+    if format_name not in FORMATS:
+        raise ValueError(f"{source.annotations}: unknown annotation format {format_name!r}; known: {sorted(FORMATS)}")
+    found = FORMATS[format_name]
+    return found.read(replace(source, pattern=source.pattern or found.layout))
 
 
 @dataclass(frozen=True)
@@ -86,73 +140,146 @@ def parse_class_list(value: object) -> list[int]:
     return list(items)
 
 
-def read_ek100(csv_path: str | os.PathLike, pattern: str = "{participant_id}/{video_id}.MP4"):
-    """Segments of an EPIC-KITCHENS-100 retrieval CSV; videos located by ``pattern``."""
+@register_format("ek100", layout="{participant_id}/{video_id}.MP4")
+def read_ek100(source: Source) -> tuple[list[Segment], list[RowError]]:
+    """Segments of an EPIC-KITCHENS-100 retrieval CSV."""
     segments, errors = [], []
-    for line, row, problem in _rows(csv_path, EK100_COLUMNS):
+    for line, row, problem in _rows(source.annotations, EK100_COLUMNS):
         if problem:
-            errors.append(RowError(str(csv_path), line, problem))
+            errors.append(RowError(source.annotations, line, problem))
             continue
         try:
-            start, end = _span(row["start_timestamp"], row["stop_timestamp"])
+            start, end, _ = _span(row["start_timestamp"], row["stop_timestamp"])
             int(row["verb_class"]), parse_class_list(row["all_noun_classes"])
-            video = pattern.format(**row)
+            video = source.pattern.format(**row)
         except (ValueError, SyntaxError, KeyError) as err:
-            errors.append(RowError(str(csv_path), line, str(err)))
+            errors.append(RowError(source.annotations, line, str(err)))
             continue
         segments.append(Segment(row["narration_id"], video, start, end, line, row["narration"]))
     return segments, errors
 
 
-def read_egoclip(csv_path: str | os.PathLike, pattern: str = "{video_uid}.mp4"):
+@register_format("egoclip", layout="{video_uid}.mp4")
+def read_egoclip(source: Source) -> tuple[list[Segment], list[RowError]]:
     """Segments of an EgoClip-format table (tab- or comma-separated, times in seconds)."""
     segments, errors = [], []
-    for line, row, problem in _rows(csv_path, EGOCLIP_COLUMNS):
+    for line, row, problem in _rows(source.annotations, EGOCLIP_COLUMNS):
         if problem:
-            errors.append(RowError(str(csv_path), line, problem))
+            errors.append(RowError(source.annotations, line, problem))
             continue
         try:
-            start, end = _span(row["clip_start"], row["clip_end"])
-            video = pattern.format(**row)
+            start, end, clamped = _span(row["clip_start"], row["clip_end"], clamp_negative_start=True)
+            video = source.pattern.format(**row)
         except (ValueError, KeyError) as err:
-            errors.append(RowError(str(csv_path), line, str(err)))
+            errors.append(RowError(source.annotations, line, str(err)))
             continue
         clip_id = f"{row['video_uid']}_{line - 2}"
-        segments.append(Segment(clip_id, video, start, end, line, row["clip_text"]))
+        segments.append(Segment(clip_id, video, start, end, line, row["clip_text"], clamped))
     return segments, errors
 
 
-def read_egomcq(json_path: str | os.PathLike, pattern: str = "{video_uid}.mp4"):
-    """The choice clips of an EgoMCQ file (the queries are text); clip id ``<question>_<choice>``."""
-    segments, errors = [], []
-    questions = json.loads(Path(json_path).read_text())
-    for qid, question in questions.items():
-        for choice, clip in sorted(question.get("choices", {}).items()):
+@dataclass(frozen=True)
+class McqQuestion:
+    """One EgoMCQ question: a query text and the clips of its choices, one of them the answer."""
+
+    qid: str  # the file's key
+    text: str  # query clip_text
+    choices: tuple[str, ...]  # clip ids ``<question>_<choice>`` in choice order
+    answer: int  # index into ``choices``
+    kind: int  # MCQ_INTER_VIDEO or MCQ_INTRA_VIDEO (the file's "types")
+
+
+@dataclass(frozen=True)
+class EgoMcq:
+    """An EgoMCQ file parsed once: its questions (for evaluation) and its choice clips (for frames)."""
+
+    questions: list[McqQuestion]
+    question_errors: list[RowError]  # questions without query text, choices, answer or types
+    segments: list[Segment]
+    clip_errors: list[RowError]  # choice clips without a video or a valid time span
+
+
+def parse_egomcq(json_path: str | os.PathLike, pattern: str = "{video_uid}.mp4") -> EgoMcq:
+    """EgoVLP's egomcq.json: clip id ``<question>_<choice>``, choices in numeric order."""
+    path = str(json_path)
+    parsed = EgoMcq([], [], [], [])
+    for qid, question in json.loads(Path(path).read_text()).items():
+        choices = question.get("choices") if isinstance(question, dict) else None
+        keys = sorted(choices, key=_choice_order) if isinstance(choices, dict) else []
+        try:
+            answer, kind = keys.index(str(question["answer"])), int(question["types"])
+            text = question["query"]["clip_text"]
+            if kind not in (MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO):
+                raise ValueError(f"types {kind} is neither {MCQ_INTER_VIDEO} nor {MCQ_INTRA_VIDEO}")
+            parsed.questions.append(McqQuestion(qid, text, tuple(f"{qid}_{k}" for k in keys), answer, kind))
+        except (KeyError, ValueError, TypeError) as err:
+            reason = f"question {qid}: needs query.clip_text, choices, answer, types ({err!r})"
+            parsed.question_errors.append(RowError(path, 0, reason))
+        for key in keys:
             try:
-                start, end = _span(clip["clip_start"], clip["clip_end"])
+                clip = choices[key]
+                start, end, clamped = _span(clip["clip_start"], clip["clip_end"], clamp_negative_start=True)
                 video = pattern.format(**clip)
             except (ValueError, KeyError, TypeError) as err:
-                errors.append(RowError(str(json_path), 0, f"question {qid} choice {choice}: {err}"))
+                parsed.clip_errors.append(RowError(path, 0, f"question {qid} choice {key}: {err}"))
                 continue
-            segments.append(Segment(f"{qid}_{choice}", video, start, end, 0, clip.get("clip_text", "")))
-    return segments, errors
+            parsed.segments.append(Segment(f"{qid}_{key}", video, start, end, 0, clip.get("clip_text", ""), clamped))
+    return parsed
 
 
-def read_charades(csv_path: str | os.PathLike, pattern: str = "{id}.mp4"):
-    """Whole videos of a Charades(-Ego) CSV, each one clip (labels are read by the evaluation)."""
+def read_mcq_questions(json_path: str | os.PathLike) -> list[McqQuestion]:
+    """The questions of an EgoMCQ file for evaluation, which needs every one: a malformed question is an error."""
+    parsed = parse_egomcq(json_path)
+    if parsed.question_errors:
+        raise ValueError(str(parsed.question_errors[0]))
+    return parsed.questions
+
+
+@register_format("egomcq", layout="{video_uid}.mp4")
+def read_egomcq(source: Source) -> tuple[list[Segment], list[RowError]]:
+    """The choice clips of an EgoMCQ file (the queries are text, read by the evaluation)."""
+    parsed = parse_egomcq(source.annotations, source.pattern)
+    return parsed.segments, parsed.clip_errors
+
+
+@register_format("charades", layout="{id}.mp4")
+def read_charades(source: Source) -> tuple[list[Segment], list[RowError]]:
+    """Whole videos of a Charades(-Ego) CSV, each one clip (labels are read by the evaluation).
+
+    ``length`` has two decimals, so it can end up to 5 ms past the last frame; decoding clamps such ends.
+    """
     segments, errors = [], []
-    for line, row, problem in _rows(csv_path, ("id", "length")):
+    for line, row, problem in _rows(source.annotations, ("id", "length")):
         if problem:
-            errors.append(RowError(str(csv_path), line, problem))
+            errors.append(RowError(source.annotations, line, problem))
             continue
         try:
-            start, end = _span("0", row["length"])
-            video = pattern.format(**row)
+            start, end, _ = _span("0", row["length"])
+            video = source.pattern.format(**row)
         except (ValueError, KeyError) as err:
-            errors.append(RowError(str(csv_path), line, str(err)))
+            errors.append(RowError(source.annotations, line, str(err)))
             continue
         segments.append(Segment(row["id"], video, start, end, line))
     return segments, errors
+
+
+@register_format("videolist", layout="{file}")
+def read_video_clips(source: Source) -> tuple[list[Segment], list[RowError]]:
+    """Uncaptioned clips: the videos of a list (column ``file``) cut into ``clip_seconds`` windows."""
+    from eva02at.video import VideoDecodeError, index_video  # the frames stage's own frame count and rate
+
+    durations = {}
+    for line, row, problem in _rows(source.annotations, ("file",)):
+        if problem:
+            raise ValueError(f"{source.annotations}:{line}: {problem}")
+        video = source.pattern.format(**row)
+        try:
+            index = index_video(Path(source.videos) / video)
+            durations[video] = index.num_frames / index.fps
+        except VideoDecodeError as err:
+            log.warning("%s: %s", source.annotations, err)
+            durations[video] = math.nan
+    return cut_videos(durations, source.clip_seconds), []
 
 
 def read_video_list(csv_path: str | os.PathLike) -> list[str]:
@@ -184,11 +311,23 @@ def cut_videos(durations: dict[str, float], clip_seconds: float) -> list[Segment
     return segments
 
 
-def _span(start: str, stop: str) -> tuple[float, float]:
-    start_s, stop_s = parse_timestamp(start), parse_timestamp(stop)
+def _span(start: object, stop: object, clamp_negative_start: bool = False) -> tuple[float, float, tuple[str, ...]]:
+    """(start, stop) seconds and the clamps applied; a negative start is clamped to 0 where the format allows."""
+    clamped: tuple[str, ...] = ()
+    text = str(start).strip()
+    if clamp_negative_start and text.startswith("-"):
+        if parse_timestamp(text[1:]) > 0:  # a well-formed time below zero
+            clamped = (CLAMP_NEGATIVE_START,)
+        text = "0"
+    start_s, stop_s = parse_timestamp(text), parse_timestamp(str(stop))
     if stop_s <= start_s:
         raise ValueError(f"stop {stop!r} is not after start {start!r}")
-    return start_s, stop_s
+    return start_s, stop_s, clamped
+
+
+def _choice_order(key: str) -> tuple[int, int | str]:
+    """EgoMCQ choice keys ``"0"``..``"4"`` in numeric order (``"10"`` after ``"9"``); others after, by name."""
+    return (0, int(key)) if str(key).isdigit() else (1, str(key))
 
 
 def _rows(csv_path: str | os.PathLike, required: tuple[str, ...]):

@@ -1,9 +1,11 @@
-"""Decode annotated clips once into frame shards: parallel over videos, resumable, failures recorded.
+"""Decode annotated clips once into frame shards: parallel over shards, resumable, failures recorded.
 
-A collection is planned into shards of whole videos, so each worker opens a video once. Each shard's
-frames and manifest part are written atomically and stamped with a hash of what they were planned from;
-on restart a shard whose stamp still matches is kept. Every clip ends as a manifest row, "ok" or "error"
-with the reason, and a summary says how many failed; the run fails only above a failure threshold.
+A collection is planned into shards of at most ``clips_per_shard`` clips, whole videos where they fit and a
+long video's clips (in time order) over several shards, so a worker's memory is bounded by one shard whatever
+the video's length. Decoding one shard (:func:`decode_shard`, a plain picklable call) writes its frames and
+then its manifest part, both atomically; the part records a stamp of what the shard was planned from and the
+shard file's size and checksum, and a rerun keeps a shard only when all three still match. Every clip ends
+as a manifest row, "ok" or "error" with the reason; the run fails only above a failure threshold.
 """
 
 from __future__ import annotations
@@ -13,32 +15,70 @@ import io
 import json
 import logging
 import zlib
-from collections import defaultdict
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from eva02at.annotations import RowError, Segment
+from eva02at.annotations import CLAMP_END_PAST_VIDEO, RowError, Segment
 from eva02at.errors import PipelineError
 from eva02at.shards import (
     MANIFEST,
+    SHARD_LAYOUT,
     SHARDS,
     FrameSpec,
+    ShardFile,
+    ShardReadError,
     manifest_metadata,
     read_manifest,
     write_manifest,
     write_shard,
 )
-from eva02at.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices
+from eva02at.video import (
+    FrameIndex,
+    VideoDecodeError,
+    index_video,
+    scaled_frames,
+    scaled_size,
+    seconds_to_frames,
+    segment_indices,
+)
+from eva02at.workers import check_parent, map_unordered
 
 log = logging.getLogger(__name__)
 PARTS = "parts"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: decode ``clips`` into ``<out_dir>/shards/<name>.arrow`` and ``parts/<name>.parquet``."""
+
+    name: str  # shard-00012
+    stamp: str  # hash of everything the shard's bytes depend on
+    clips: tuple[Segment, ...]  # grouped by video, each video's clips in time order
+    video_root: str
+    out_dir: str
+    spec: FrameSpec
+
+    @property
+    def shard_path(self) -> Path:
+        return Path(self.out_dir) / SHARDS / f"{self.name}.arrow"
+
+    @property
+    def part_path(self) -> Path:
+        return Path(self.out_dir) / PARTS / f"{self.name}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    name: str
+    clips: int
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -48,16 +88,25 @@ class Summary:
     failed: int
     kept_shards: int
     written_shards: int
+    clamped: dict[str, int] = field(default_factory=dict)  # segments moved inside their video, per reason
 
     def __str__(self) -> str:
+        clamped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.clamped.items())) or "none"
         return (
-            f"{self.ok}/{self.clips} clips decoded, {self.failed} failed "
+            f"{self.ok}/{self.clips} clips decoded, {self.failed} failed, clamped: {clamped} "
             f"({self.written_shards} shards written, {self.kept_shards} kept from an earlier run)"
         )
 
 
 class TooManyFailures(PipelineError):
-    """More clips failed than the configured threshold allows."""
+    """More clips failed than the configured threshold allows; the manifest is written all the same."""
+
+    def __init__(self, message: str, summary: Summary):
+        super().__init__(message)
+        self.summary = summary
+
+
+Runner = Callable[[Sequence[ShardTask], int], Iterable[ShardResult]]
 
 
 def extract(
@@ -69,59 +118,75 @@ def extract(
     workers: int = 1,
     clips_per_shard: int = 256,
     max_failure_fraction: float = 0.05,
+    runner: Runner | None = None,
 ) -> Summary:
-    """Decode ``segments`` into ``out_dir/shards`` and write ``out_dir/manifest.parquet``."""
+    """Decode ``segments`` into ``out_dir/shards`` and write ``out_dir/manifest.parquet``.
+
+    ``runner`` runs the shard tasks that are not finished yet (default: :func:`run_local`, a process pool
+    of ``workers``); any runner that calls :func:`decode_shard` on each task gives the same bytes.
+    """
     out_dir = Path(out_dir)
     (out_dir / SHARDS).mkdir(parents=True, exist_ok=True)
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
-    plan = _plan(segments, clips_per_shard)
-    todo, kept = [], 0
-    for index, group in enumerate(plan):
-        name, stamp = f"shard-{index:05d}", _stamp(group, spec, video_root)
-        part = out_dir / PARTS / f"{name}.parquet"
-        if part.is_file() and manifest_metadata(part).get("stamp") == stamp:
-            kept += 1
-        else:
-            todo.append((name, stamp, group))
-    _remove_stale(out_dir, {f"shard-{i:05d}" for i in range(len(plan))})
-    total = sum(len(g) for _, _, g in todo)
-    with tqdm(total=total, unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar:
-        for count in _run(todo, str(video_root), out_dir, spec, workers):
-            bar.update(count)
-    rows = [r for i in range(len(plan)) for r in read_manifest(out_dir / PARTS / f"shard-{i:05d}.parquet").to_pylist()]
-    rows += [
-        _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason) for e in row_errors
-    ]
-    write_manifest(out_dir / MANIFEST, rows, spec.metadata())
-    failed = [r for r in rows if r["status"] != "ok"]
-    summary = Summary(len(rows), len(rows) - len(failed), len(failed), kept, len(todo))
-    log.info("%s: %s", out_dir, summary)
-    for row in failed:
-        log.warning("failed clip %s (%s): %s", row["clip_id"], row["source"] or "annotation", row["error"])
-    if rows and len(failed) / len(rows) > max_failure_fraction:
-        raise TooManyFailures(
-            f"{out_dir}: {len(failed)} of {len(rows)} clips failed, more than the allowed fraction "
-            f"{max_failure_fraction}; decoded clips are kept, see {out_dir / MANIFEST}"
-        )
-    return summary
+    tasks = plan_shards(segments, video_root, out_dir, spec, clips_per_shard)
+    todo = [task for task in tasks if not is_finished(task)]
+    _remove_stale(out_dir, {task.name for task in tasks})
+    with tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar:
+        for result in (runner or run_local)(todo, workers):
+            bar.update(result.clips)
+    return finish(tasks, row_errors, out_dir, spec, len(todo), max_failure_fraction)
 
 
-def _plan(segments: Sequence[Segment], clips_per_shard: int) -> list[list[Segment]]:
-    """Whole videos per shard, in sorted video order, about ``clips_per_shard`` clips each."""
+def plan_shards(
+    segments: Sequence[Segment], video_root: str | Path, out_dir: str | Path, spec: FrameSpec, clips_per_shard: int
+) -> list[ShardTask]:
+    """Shards in sorted video order: a video that fits the current shard joins it, one that fits an empty shard
+    starts one, a longer one is cut, in time order, into shards of ``clips_per_shard`` clips."""
     by_video: dict[str, list[Segment]] = defaultdict(list)
     for segment in segments:
         by_video[segment.video].append(segment)
-    plan: list[list[Segment]] = [[]]
+    groups: list[list[Segment]] = [[]]
     for video in sorted(by_video):
-        if plan[-1] and len(plan[-1]) + len(by_video[video]) > clips_per_shard:
-            plan.append([])
-        plan[-1].extend(by_video[video])
-    return [group for group in plan if group]
+        clips = sorted(by_video[video], key=lambda s: (s.start, s.end, s.clip_id))
+        if groups[-1] and len(groups[-1]) + len(clips) > clips_per_shard:
+            groups.append([])
+        for clip in clips:
+            if len(groups[-1]) == clips_per_shard:
+                groups.append([])
+            groups[-1].append(clip)
+    groups = [group for group in groups if group]
+    root, out = str(video_root), str(out_dir)
+    return [
+        ShardTask(f"shard-{i:05d}", _stamp(group, spec, root), tuple(group), root, out, spec)
+        for i, group in enumerate(groups)
+    ]
 
 
-def _stamp(group: Sequence[Segment], spec: FrameSpec, video_root: str | Path) -> str:
-    text = json.dumps([str(video_root), asdict(spec), [asdict(s) for s in group]], sort_keys=True)
+def _stamp(group: Sequence[Segment], spec: FrameSpec, video_root: str) -> str:
+    text = json.dumps([SHARD_LAYOUT, video_root, asdict(spec), [asdict(s) for s in group]], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_finished(task: ShardTask) -> bool:
+    """Whether an earlier run finished this shard: its part has the stamp, its file the recorded size and hash."""
+    if not task.part_path.is_file():
+        return False
+    try:
+        meta = manifest_metadata(task.part_path)
+    except ShardReadError as err:
+        log.warning("%s; decoding it again", err)
+        return False
+    if meta.get("stamp") != task.stamp:
+        return False
+    recorded = ShardFile(int(meta.get("shard_bytes", -1)), meta.get("shard_sha256", ""))
+    found = ShardFile.of(task.shard_path) if task.shard_path.is_file() else None
+    if found != recorded:
+        state = "missing" if found is None else f"{found.size} bytes, recorded {recorded.size}"
+        log.warning(
+            "%s does not match its manifest part %s (%s); decoding it again", task.shard_path, task.part_path, state
+        )
+        return False
+    return True
 
 
 def _remove_stale(out_dir: Path, names: set[str]) -> None:
@@ -131,62 +196,111 @@ def _remove_stale(out_dir: Path, names: set[str]) -> None:
                 path.unlink()
 
 
-def _run(todo: list, video_root: str, out_dir: Path, spec: FrameSpec, workers: int):
-    """Yield the clip count of each finished shard, in-process or from a pool of processes."""
+def run_local(tasks: Sequence[ShardTask], workers: int) -> Iterator[ShardResult]:
+    """Shard results in-process (``workers`` <= 1) or from a pool of processes that die with this one."""
     if workers <= 1:
-        for name, stamp, group in todo:
-            yield _decode_shard(name, stamp, group, video_root, str(out_dir), spec)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_decode_shard, n, s, g, video_root, str(out_dir), spec) for n, s, g in todo]
-        for future in as_completed(futures):
-            yield future.result()
+        yield from map(decode_shard, tasks)
+    else:
+        yield from map_unordered(decode_shard, tasks, workers)
 
 
-def _decode_shard(name: str, stamp: str, group: list[Segment], video_root: str, out_dir: str, spec: FrameSpec):
+def finish(
+    tasks: Sequence[ShardTask],
+    row_errors: Sequence[RowError],
+    out_dir: str | Path,
+    spec: FrameSpec,
+    written: int,
+    max_failure_fraction: float,
+) -> Summary:
+    """Join the shards' manifest parts and the annotation errors into the manifest; summarise; apply the
+    failure threshold."""
+    out_dir = Path(out_dir)
+    rows = [row for task in tasks for row in read_manifest(task.part_path).to_pylist()]
+    rows += [
+        _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason) for e in row_errors
+    ]
+    write_manifest(out_dir / MANIFEST, rows, spec.metadata())
+    failed = [r for r in rows if r["status"] != "ok"]
+    clamped = Counter(reason for row in rows for reason in row["clamped"] or ())
+    summary = Summary(len(rows), len(rows) - len(failed), len(failed), len(tasks) - written, written, dict(clamped))
+    log.info("%s: %s", out_dir, summary)
+    for row in failed:
+        log.warning("failed clip %s (%s): %s", row["clip_id"], row["source"] or "annotation", row["error"])
+    if rows and len(failed) / len(rows) > max_failure_fraction:
+        raise TooManyFailures(
+            f"{out_dir}: {len(failed)} of {len(rows)} clips failed, more than the allowed fraction "
+            f"{max_failure_fraction}; decoded clips are kept, see {out_dir / MANIFEST}",
+            summary,
+        )
+    return summary
+
+
+def decode_shard(task: ShardTask) -> ShardResult:
     """Decode one shard's clips; write its frames, then its manifest part (the part marks it finished)."""
-    frames, manifest = [], []
-    by_video: dict[str, list[Segment]] = defaultdict(list)
-    for segment in group:
-        by_video[segment.video].append(segment)
-    for video, clips in by_video.items():
-        path = Path(video_root) / video
-        try:
-            reader = open_video(path)
-        except VideoDecodeError as err:
-            manifest += [_error_row(c, err.reason) for c in clips]
-            continue
-        for clip in clips:
-            try:
-                views = _decode_clip(path, reader, clip, spec)
-            except VideoDecodeError as err:
-                manifest.append(_error_row(clip, err.reason))
-                reader = _reopen(path)
-                continue
-            frames += [
-                {"clip_id": clip.clip_id, "view": v, "frame_indices": idx, "jpeg": jpegs}
-                for v, (idx, jpegs) in enumerate(views)
-            ]
-            manifest.append(_ok_row(clip, [idx for idx, _ in views], spec.size, f"{name}.arrow"))
-    write_shard(Path(out_dir) / SHARDS / f"{name}.arrow", frames)
-    write_manifest(Path(out_dir) / PARTS / f"{name}.parquet", manifest, {"stamp": stamp})
-    return len(group)
+    views, manifest = [], []
+    for video, clips in groupby(task.clips, key=lambda s: s.video):
+        video_views, rows = decode_video(Path(task.video_root) / video, list(clips), task.spec, f"{task.name}.arrow")
+        views += video_views
+        manifest += rows
+    check_parent()  # a worker whose stage was killed must not write
+    shard = write_shard(task.shard_path, views)
+    meta = {"stamp": task.stamp, "shard_bytes": str(shard.size), "shard_sha256": shard.sha256}
+    write_manifest(task.part_path, manifest, meta)
+    return ShardResult(task.name, len(task.clips), sum(r["status"] != "ok" for r in manifest))
 
 
-def _reopen(path: Path):
-    """A fresh reader after a decode error (the old one may be stuck mid-stream); None if it cannot open."""
+def decode_video(path: Path, clips: list[Segment], spec: FrameSpec, shard: str) -> tuple[list[dict], list[dict]]:
+    """Shard view rows and manifest rows of the clips of one video, from one pass over the video."""
     try:
-        return open_video(path)
-    except VideoDecodeError:
-        return None
+        index = index_video(path)
+    except VideoDecodeError as err:
+        return [], [_error_row(clip, err.reason) for clip in clips]
+    planned, rows = {}, {}
+    for clip in clips:
+        try:
+            planned[clip.clip_id] = clip_views(path, index, clip, spec)
+        except VideoDecodeError as err:
+            rows[clip.clip_id] = _error_row(clip, err.reason)
+    wanted = sorted({i for views, _ in planned.values() for view in views for i in view})
+    jpegs, failures = {}, {}
+    try:
+        for frame, picture in scaled_frames(path, index, wanted, spec.height, spec.width):
+            if isinstance(picture, str):
+                failures[frame] = picture
+            else:
+                jpegs[frame] = encode_jpeg(picture, spec.jpeg_quality)
+    except VideoDecodeError as err:  # the file went away or cannot be reopened
+        failures = dict.fromkeys(wanted, err.reason)
+    views = []
+    for clip in clips:
+        if clip.clip_id not in planned:
+            continue
+        clip_frames, clamped = planned[clip.clip_id]
+        failure = next((failures[i] for view in clip_frames for i in view if i in failures), None)
+        if failure:
+            rows[clip.clip_id] = _error_row(clip, failure, clamped)
+            continue
+        views += [
+            {"clip_id": clip.clip_id, "view": v, "frame_indices": idx, "jpeg": [jpegs[i] for i in idx]}
+            for v, idx in enumerate(clip_frames)
+        ]
+        rows[clip.clip_id] = _ok_row(clip, clip_frames, clamped, spec, shard)
+    return views, [rows[clip.clip_id] for clip in clips]
 
 
-def _decode_clip(path: Path, reader, clip: Segment, spec: FrameSpec) -> list[tuple[list[int], list[bytes]]]:
-    """Frame indices and JPEGs of every view of one clip."""
-    if reader is None:
-        raise VideoDecodeError(path, "cannot reopen after an earlier decode error")
-    fps, count = float(reader.get_avg_fps()), len(reader)
+def clip_views(
+    path: Path, index: FrameIndex, clip: Segment, spec: FrameSpec
+) -> tuple[list[list[int]], tuple[str, ...]]:
+    """The frame indices of every view of one clip, and the clamps applied to its segment.
+
+    A segment ending at most one frame past the video's end (Charades-Ego lengths have two decimals) ends on
+    the last frame; further past it is an error.
+    """
+    fps, count = index.fps, index.num_frames
     first, last = seconds_to_frames(clip.start, clip.end, fps)
+    clamped = clip.clamped
+    if last >= count and first < count and clip.end * fps <= count + 1 + 1e-6:
+        last, clamped = count - 1, (*clamped, CLAMP_END_PAST_VIDEO)
     if last >= count:
         raise VideoDecodeError(
             path,
@@ -194,24 +308,20 @@ def _decode_clip(path: Path, reader, clip: Segment, spec: FrameSpec) -> list[tup
             f"is past the end of the video ({count} frames)",
         )
     if spec.views == 0:
-        views = [segment_indices(first, last, spec.num_frames)]
-    else:
-        rng = np.random.default_rng([spec.seed, zlib.crc32(clip.clip_id.encode())])
-        views = [segment_indices(first, last, spec.num_frames, jitter=True, rng=rng) for _ in range(spec.views)]
-    wanted = sorted({i for view in views for i in view})
-    decoded = dict(zip(wanted, read_frames(path, wanted, reader=reader), strict=True))
-    jpeg = {i: encode_jpeg(resize_crop(decoded[i], spec.size), spec.jpeg_quality) for i in wanted}
-    return [(view, [jpeg[i] for i in view]) for view in views]
+        return [segment_indices(first, last, spec.num_frames)], clamped
+    rng = np.random.default_rng([spec.seed, zlib.crc32(clip.clip_id.encode())])
+    views = [segment_indices(first, last, spec.num_frames, jitter=True, rng=rng) for _ in range(spec.views)]
+    return views, clamped
 
 
-def resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to ``size`` (antialiased bilinear), then take the centred ``size`` square."""
-    height, width = frame.shape[:2]
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+def resize_crop(frame: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """The per-clip reference of the stored pixels: resize (Pillow, antialiased bilinear) to cover the
+    ``height`` x ``width`` box (a square by default), then take the centred box."""
+    width = width or height
+    new_h, new_w = scaled_size(*frame.shape[:2], height, width)
     image = Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -220,21 +330,21 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _ok_row(clip: Segment, indices: list[list[int]], size: int, shard: str) -> dict:
+def _ok_row(clip: Segment, views: list[list[int]], clamped: tuple[str, ...], spec: FrameSpec, shard: str) -> dict:
     return {
-        **_base_row(clip),
-        "frame_indices": indices,
-        "height": size,
-        "width": size,
+        **_base_row(clip, clamped),
+        "frame_indices": views,
+        "height": spec.height,
+        "width": spec.width,
         "status": "ok",
         "error": "",
         "shard": shard,
     }
 
 
-def _error_row(clip: Segment, reason: str) -> dict:
+def _error_row(clip: Segment, reason: str, clamped: tuple[str, ...] | None = None) -> dict:
     return {
-        **_base_row(clip),
+        **_base_row(clip, clip.clamped if clamped is None else clamped),
         "frame_indices": [],
         "height": 0,
         "width": 0,
@@ -244,7 +354,7 @@ def _error_row(clip: Segment, reason: str) -> dict:
     }
 
 
-def _base_row(clip: Segment) -> dict:
+def _base_row(clip: Segment, clamped: tuple[str, ...]) -> dict:
     return {
         "clip_id": clip.clip_id,
         "source": clip.video,
@@ -252,4 +362,5 @@ def _base_row(clip: Segment) -> dict:
         "start": clip.start,
         "end": clip.end,
         "text": clip.text,
+        "clamped": list(clamped),
     }

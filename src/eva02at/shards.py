@@ -3,10 +3,14 @@
 Why Arrow IPC for frames: the files are memory-mapped, so a training worker reads any clip view by row
 number without decompressing neighbours (JPEG is already compressed). The manifest is Parquet: one row per
 clip, a table people inspect, with the status and error of every clip so that nothing is dropped silently.
+
+Shard layout (``SHARD_LAYOUT``): one row per clip holding each distinct frame of the clip once; its views
+refer to those frames by position, so a frame that several jittered views share is stored once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,15 +24,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from eva02at.atomic import atomic_path
-from eva02at.errors import MissingInput
+from eva02at.errors import MissingInput, PipelineError
 
+SHARD_LAYOUT = "clip-frames/2"  # schema metadata of every shard; readers refuse any other layout
 SHARD_SCHEMA = pa.schema(
     [
         ("clip_id", pa.string()),
-        ("view", pa.int16()),
-        ("frame_indices", pa.list_(pa.int32())),
-        ("jpeg", pa.list_(pa.binary())),
-    ]
+        ("frame_indices", pa.list_(pa.int32())),  # the clip's distinct frames, ascending
+        ("jpeg", pa.list_(pa.binary())),  # one JPEG per entry of frame_indices
+        ("views", pa.list_(pa.list_(pa.int16()))),  # per view, positions into frame_indices in time order
+    ],
+    metadata={"layout": SHARD_LAYOUT},
 )
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -44,11 +50,20 @@ MANIFEST_SCHEMA = pa.schema(
         ("status", pa.string()),  # "ok" or "error"
         ("error", pa.string()),
         ("shard", pa.string()),  # file name under shards/, empty for errors
+        ("clamped", pa.list_(pa.string())),  # why the segment was moved inside the video (CLAMP_* reasons)
     ]
 )
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"
 SPEC_KEY = "spec"  # manifest metadata key of the collection's FrameSpec (JSON)
+
+
+class ShardReadError(PipelineError):
+    """A shard or manifest file cannot be read (truncated, corrupt, another layout); names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: cannot read ({reason}); rerun the frames stage to rebuild it")
 
 
 @dataclass(frozen=True)
@@ -87,15 +102,48 @@ def read_frame_spec(directory: str | os.PathLike) -> FrameSpec:
     return FrameSpec(**json.loads(manifest_metadata(path)[SPEC_KEY]))
 
 
-def write_shard(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write clip views (dicts with the SHARD_SCHEMA fields) to one Arrow IPC file, atomically."""
-    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
-    with (
-        atomic_path(path) as tmp,
-        pa.OSFile(str(tmp), "wb") as sink,
-        pa.ipc.new_file(sink, SHARD_SCHEMA) as w,
-    ):
-        w.write_table(table)
+@dataclass(frozen=True)
+class ShardFile:
+    """Size and SHA-256 of a written shard: recorded beside it, checked before a resumed run keeps it."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> ShardFile:
+        with open(path, "rb") as handle:
+            return cls(os.fstat(handle.fileno()).st_size, hashlib.file_digest(handle, "sha256").hexdigest())
+
+
+def write_shard(path: str | os.PathLike, views: list[dict]) -> ShardFile:
+    """Write clip views (dicts with ``clip_id``, ``view``, ``frame_indices``, ``jpeg``) to one Arrow IPC file,
+    atomically, each distinct frame of a clip stored once; returns the file's size and checksum."""
+    table = pa.Table.from_pylist(_clip_rows(views), schema=SHARD_SCHEMA)
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA) as writer:
+            writer.write_table(table)
+        return ShardFile.of(tmp)
+
+
+def _clip_rows(views: list[dict]) -> list[dict]:
+    """Per-view rows to one row per clip: distinct frames once, views as positions into them."""
+    clips: dict[str, dict[int, tuple[list[int], list[bytes]]]] = {}
+    for view in views:
+        clips.setdefault(view["clip_id"], {})[view["view"]] = (view["frame_indices"], view["jpeg"])
+    rows = []
+    for clip_id, by_view in clips.items():
+        jpeg_of: dict[int, bytes] = {}
+        for indices, jpegs in by_view.values():
+            for index, jpeg in zip(indices, jpegs, strict=True):
+                if jpeg_of.setdefault(index, jpeg) != jpeg:
+                    raise ValueError(f"clip {clip_id!r}: two views hold different pictures of frame {index}")
+        frames = sorted(jpeg_of)
+        position = {index: k for k, index in enumerate(frames)}
+        positions = [[position[i] for i in by_view[v][0]] for v in sorted(by_view)]
+        rows.append(
+            {"clip_id": clip_id, "frame_indices": frames, "jpeg": [jpeg_of[i] for i in frames], "views": positions}
+        )
+    return rows
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict], metadata: dict[str, str] | None = None) -> None:
@@ -108,24 +156,35 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict], metadata: dict
 
 
 def read_manifest(path: str | os.PathLike) -> pa.Table:
-    return pq.read_table(path, schema=MANIFEST_SCHEMA)
+    """A manifest (or manifest part); an unreadable file is a ShardReadError naming it."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ShardReadError(path, str(err).splitlines()[0]) from err
+    if "clamped" not in table.column_names:  # manifests written before clamping was recorded
+        table = table.append_column("clamped", pa.nulls(len(table), pa.list_(pa.string())))
+    return table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
 
 
 def manifest_metadata(path: str | os.PathLike) -> dict[str, str]:
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as err:
+        raise ShardReadError(path, str(err).splitlines()[0]) from err
     return {k.decode(): v.decode() for k, v in meta.items()}
 
 
 @dataclass(frozen=True)
 class ClipLocation:
     shard: int
-    rows: tuple[int, ...]  # one row per view
+    row: int
 
 
 class FrameShards:
     """Random access to the clips of one decoded collection (``<dir>/manifest.parquet`` + ``<dir>/shards``).
 
     Files are opened lazily and memory-mapped, so an instance can be handed to DataLoader worker processes.
+    A shard that cannot be read raises :class:`ShardReadError` naming the file.
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -136,17 +195,11 @@ class FrameShards:
         self.manifest = read_manifest(manifest_path)
         ok = self.manifest.filter(pa.compute.equal(self.manifest["status"], "ok"))
         self.shard_names = sorted(set(ok["shard"].to_pylist()))
-        shard_of = {name: i for i, name in enumerate(self.shard_names)}
         self._locations: dict[str, ClipLocation] = {}
         self._tables: dict[int, pa.Table] = {}
-        for name in self.shard_names:
-            table = self._table(shard_of[name])
-            ids, views = table["clip_id"].to_pylist(), table["view"].to_pylist()
-            rows: dict[str, list[tuple[int, int]]] = {}
-            for row, (clip, view) in enumerate(zip(ids, views, strict=True)):
-                rows.setdefault(clip, []).append((view, row))
-            for clip, pairs in rows.items():
-                self._locations[clip] = ClipLocation(shard_of[name], tuple(r for _, r in sorted(pairs)))
+        for shard in range(len(self.shard_names)):
+            for row, clip in enumerate(self._table(shard)["clip_id"].to_pylist()):
+                self._locations[clip] = ClipLocation(shard, row)
 
     def _shard_path(self, name: str) -> Path:
         return self.directory / SHARDS / name
@@ -165,32 +218,49 @@ class FrameShards:
         return clip_id in self._locations
 
     def num_views(self, clip_id: str) -> int:
-        return len(self._locations[clip_id].rows)
+        return len(self._cell(clip_id, "views"))
 
     def jpegs(self, clip_id: str, view: int = 0) -> list[bytes]:
-        """The JPEG bytes of one view of one clip, in time order."""
+        """The JPEG bytes of one view of one clip, in time order (only that view's frames are copied out)."""
+        stored = self._cell(clip_id, "jpeg").values
+        return [stored[p].as_py() for p in self._view(clip_id, view)]
+
+    def frame_indices(self, clip_id: str, view: int = 0) -> list[int]:
+        frames = self._cell(clip_id, "frame_indices").as_py()
+        return [frames[p] for p in self._view(clip_id, view)]
+
+    def _view(self, clip_id: str, view: int) -> list[int]:
+        views = self._cell(clip_id, "views").as_py()
+        return views[view % len(views)]
+
+    def _cell(self, clip_id: str, column: str) -> pa.ListScalar:
         try:
             location = self._locations[clip_id]
         except KeyError:
             raise KeyError(f"{self.directory}: clip {clip_id!r} is not in the shards (see manifest)") from None
-        table = self._table(location.shard)
-        row = location.rows[view % len(location.rows)]
-        return table["jpeg"][row].as_py()
-
-    def frame_indices(self, clip_id: str, view: int = 0) -> list[int]:
-        location = self._locations[clip_id]
-        return self._table(location.shard)["frame_indices"][location.rows[view % len(location.rows)]].as_py()
+        return self._table(location.shard)[column][location.row]
 
     def _table(self, shard: int) -> pa.Table:
         if shard not in self._tables:
-            source = pa.memory_map(str(self._shard_path(self.shard_names[shard])))
-            self._tables[shard] = pa.ipc.open_file(source).read_all()
+            self._tables[shard] = read_shard(self._shard_path(self.shard_names[shard]))
         return self._tables[shard]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_tables"] = {}  # memory maps are reopened in each process
         return state
+
+
+def read_shard(path: str | os.PathLike) -> pa.Table:
+    """One shard, memory-mapped; a missing, truncated or foreign file is a ShardReadError naming it."""
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    except (pa.ArrowException, OSError) as err:
+        raise ShardReadError(path, str(err).splitlines()[0]) from err
+    layout = (table.schema.metadata or {}).get(b"layout", b"").decode()
+    if layout != SHARD_LAYOUT:
+        raise ShardReadError(path, f"layout {layout or 'unversioned'!r}, expected {SHARD_LAYOUT!r}")
+    return table
 
 
 def decode_jpegs(jpegs: list[bytes]) -> np.ndarray:

@@ -1,0 +1,125 @@
+"""The frames stage as DVC runs it: kill -9 leaves no worker behind and a rerun ends with the uninterrupted bytes;
+one MLflow run carries the decode summary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eva02at.tracking import find_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample" / "ego4d"
+WAIT_LIMIT_S = 300  # only ends a hung test; every wait below returns as soon as its condition holds
+
+
+def write_params(project: Path, tracking: dict) -> Path:
+    params = {
+        "frames": {
+            "out": "frames",
+            "size": 16,
+            "jpeg_quality": 90,
+            "seed": 0,
+            "workers": 2,
+            "clips_per_shard": 3,
+            "max_failure_fraction": 0.5,
+            "train_aspect": 1.25,
+            "collections": {
+                "clips": {
+                    "format": "videolist",
+                    "annotations": str(SAMPLE / "clips.csv"),
+                    "videos": str(SAMPLE),
+                    "num_frames": 2,
+                    "views": 2,
+                    "clip_seconds": 1.0,
+                }
+            },
+        },
+        "tracking": tracking,
+    }
+    project.mkdir(parents=True, exist_ok=True)
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def start_stage(project: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "MLFLOW_TRACKING_URI": ""}
+    command = [sys.executable, "-m", "stages.frames", "clips", "--params", "params.yaml"]
+    return subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def run_stage(project: Path) -> str:
+    process = start_stage(project)
+    output, _ = process.communicate()
+    assert process.returncode == 0, output.decode()
+    return output.decode()
+
+
+def live_processes(session: int) -> list[int]:
+    """Processes of a session that are still running (zombies waiting to be reaped do not count)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session, ...
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and relies on PR_SET_PDEATHSIG")
+def test_kill_9_leaves_no_worker_and_the_rerun_gives_the_uninterrupted_output(tmp_path):
+    clean = tmp_path / "clean"
+    write_params(clean, {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "frames"})
+    log = run_stage(clean)
+    assert "clips decoded" in log
+
+    killed = tmp_path / "killed"
+    write_params(killed, {"enabled": False})
+    stage = start_stage(killed)
+    first_part = killed / "frames" / "clips" / "parts" / "shard-00000.parquet"
+    wait_for(lambda: first_part.exists() or stage.poll() is not None, "the first finished shard")
+    assert stage.poll() is None, "the stage ended before it could be killed"
+    assert len(live_processes(stage.pid)) >= 3  # the stage and its two decode workers
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait()
+    finished_when_killed = sorted(first_part.parent.glob("*.parquet"))
+    wait_for(lambda: not live_processes(stage.pid), "the workers of the killed stage to exit")
+    assert sorted(first_part.parent.glob("*.parquet")) == finished_when_killed  # no orphan wrote a shard
+    shards = len(list((clean / "frames" / "clips" / "parts").glob("*.parquet")))
+    assert len(list(first_part.parent.glob("*.parquet"))) < shards  # killed before it finished
+
+    assert "kept from an earlier run" in run_stage(killed)
+    assert outputs(killed / "frames") == outputs(clean / "frames")
+
+    (run,) = find_runs("frames", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.name == "frames@clips" and run.status == "FINISHED"
+    assert run.tags["dvc.stage"] == "frames@clips" and "git.commit" in run.tags
+    metrics = run.metrics
+    assert metrics["clips"] == metrics["clips_ok"] + metrics["clips_failed"] == 72  # 1 s clips of the 8 files
+    assert metrics["clips_failed"] == 2  # the damaged video's last seconds
+    assert (metrics["shards_written"], metrics["shards_kept"]) == (shards, 0)
+    assert metrics["seconds"] > 0 and run.params["spec.aspect"] == "1.25"
