@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from eva02at.annotations import FORMATS, Source, read_segments
 from eva02at.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
@@ -21,19 +21,21 @@ from eva02at.tracking import Tracker, read_settings
 from stages.common import lineage_tags, stage_main, stage_params
 
 
+def registered_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"not a registered annotation format; known: {sorted(FORMATS)}")
+    return name
+
+
 @dataclass
 class Collection:
-    format: str  # a registered annotation format (eva02at.annotations.FORMATS): ek100 | egoclip | egomcq | ...
+    format: Annotated[str, AfterValidator(registered_format)]  # ek100 | egoclip | egomcq | charades | videolist
     annotations: str  # the annotation file (for videolist: a CSV with a ``file`` column)
     videos: str  # the folder the annotation's video paths are relative to
     num_frames: PositiveInt
     views: NonNegativeInt = 0  # 0: one view at the segment midpoints (evaluation); K: K jittered views (training)
     pattern: str | None = None  # video path from annotation fields; the format's layout by default
     clip_seconds: PositiveFloat = 2.0  # videolist only: window length
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"format {self.format!r} is not a registered annotation format {sorted(FORMATS)}")
 
 
 @dataclass

@@ -54,7 +54,7 @@ BAD_VALUES = [
     ("frames", "frames.size", -5, "Input should be greater than 0"),
     ("frames", "frames.jpeg_quality", 101, "Input should be less than or equal to 100"),
     ("frames", "frames.max_failure_fraction", 1.5, "Input should be less than or equal to 1"),
-    ("frames", "frames.collections.egoclip.format", "mp4", "Input should be 'ek100', 'egoclip', 'egomcq'"),
+    ("frames", "frames.collections.egoclip.format", "mp4", "not a registered annotation format; known: ['charades'"),
     ("frames", "frames.collections.egoclip.num_frames", 4.0, "Input should be a valid integer"),
     ("frames", "frames.collections.ek100_test", "ek100", "Input should be an object"),
     ("soft_labels", "soft_labels.splits.ek100_train.videos", 3, "Input should be a valid string"),

@@ -121,10 +121,12 @@ def _describe(error: ErrorDetails, cls: type, where: str) -> str:
         return f"{path}: unknown key; {error['msg']}"
     if kind in ("missing", "missing_argument"):
         return f"{path}: missing (required)"
-    if kind == "value_error":
-        return f"{path}: {error.get('ctx', {}).get('error', error['msg'])}"
     value = repr(error["input"])
-    return f"{path} = {value if len(value) <= 80 else value[:77] + '...'}: {error['msg']}"
+    shown = f"{path} = {value if len(value) <= 80 else value[:77] + '...'}"
+    if kind == "value_error":  # a validator's own check: a section's names only its path
+        message = error.get("ctx", {}).get("error", error["msg"])
+        return f"{path if isinstance(error['input'], dict) else shown}: {message}"
+    return f"{shown}: {error['msg']}"
 
 
 def _field_names(hint: Any, keys: list[str]) -> list[str]:
