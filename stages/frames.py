@@ -47,6 +47,7 @@ class FramesParams:
     clips_per_shard: int
     max_failure_fraction: float
     collections: dict
+    ray_address: str | None = None  # auto, host:port or ray://host:port: shards on a Ray cluster; null: local
 
 
 def segments_of(name: str, collection: Collection):
@@ -83,6 +84,7 @@ def main() -> None:
         workers=params.workers,
         clips_per_shard=params.clips_per_shard,
         max_failure_fraction=params.max_failure_fraction,
+        ray_address=params.ray_address,
     )
 
 

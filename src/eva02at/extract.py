@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eva02at.annotations import RowError, Segment
+from eva02at.cluster import run_on_cluster
 from eva02at.errors import PipelineError
 from eva02at.shards import (
     MANIFEST,
@@ -69,8 +70,13 @@ def extract(
     workers: int = 1,
     clips_per_shard: int = 256,
     max_failure_fraction: float = 0.05,
+    ray_address: str | None = None,
 ) -> Summary:
-    """Decode ``segments`` into ``out_dir/shards`` and write ``out_dir/manifest.parquet``."""
+    """Decode ``segments`` into ``out_dir/shards`` and write ``out_dir/manifest.parquet``.
+
+    ``ray_address`` (``auto``, ``host:port``, ``ray://host:port``) runs the shards on a Ray cluster instead of
+    ``workers`` local processes; the output is the same.
+    """
     out_dir = Path(out_dir)
     (out_dir / SHARDS).mkdir(parents=True, exist_ok=True)
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
@@ -86,7 +92,7 @@ def extract(
     _remove_stale(out_dir, {f"shard-{i:05d}" for i in range(len(plan))})
     total = sum(len(g) for _, _, g in todo)
     with tqdm(total=total, unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar:
-        for count in _run(todo, str(video_root), out_dir, spec, workers):
+        for count in _run(todo, str(video_root), out_dir, spec, workers, ray_address):
             bar.update(count)
     rows = [r for i in range(len(plan)) for r in read_manifest(out_dir / PARTS / f"shard-{i:05d}.parquet").to_pylist()]
     rows += [
@@ -131,8 +137,11 @@ def _remove_stale(out_dir: Path, names: set[str]) -> None:
                 path.unlink()
 
 
-def _run(todo: list, video_root: str, out_dir: Path, spec: FrameSpec, workers: int):
-    """Yield the clip count of each finished shard, in-process or from a pool of processes."""
+def _run(todo: list, video_root: str, out_dir: Path, spec: FrameSpec, workers: int, ray_address: str | None = None):
+    """Yield the clip count of each finished shard, in-process, from a pool of processes or from a Ray cluster."""
+    if ray_address and todo:
+        yield from _run_on_cluster(todo, video_root, out_dir, spec, ray_address)
+        return
     if workers <= 1:
         for name, stamp, group in todo:
             yield _decode_shard(name, stamp, group, video_root, str(out_dir), spec)
@@ -141,6 +150,13 @@ def _run(todo: list, video_root: str, out_dir: Path, spec: FrameSpec, workers: i
         futures = [pool.submit(_decode_shard, n, s, g, video_root, str(out_dir), spec) for n, s, g in todo]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _run_on_cluster(todo: list, video_root: str, out_dir: Path, spec: FrameSpec, address: str):
+    """The shards as Ray tasks, with absolute paths: workers run elsewhere."""
+    root, out = Path(video_root).absolute(), out_dir.absolute()
+    calls = {name: (name, stamp, group, str(root), str(out), spec) for name, stamp, group in todo}
+    yield from run_on_cluster(address, _decode_shard, calls, out, inputs=[root])
 
 
 def _decode_shard(name: str, stamp: str, group: list[Segment], video_root: str, out_dir: str, spec: FrameSpec):
