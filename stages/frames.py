@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field
 
 from eva02at.annotations import FORMATS, Source, read_segments
 from eva02at.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
-from eva02at.extract import Summary, TooManyFailures, extract
+from eva02at.extract import Summary, TooManyFailures, extract, ray_runner
 from eva02at.shards import FrameSpec
 from eva02at.tracking import Tracker, read_settings
 from stages.common import lineage_tags, stage_main, stage_params
@@ -49,6 +49,7 @@ class FramesParams:
     max_failure_fraction: Fraction
     collections: dict[str, Collection]
     train_aspect: Annotated[float, Field(ge=1)] = 1.0  # training collections: stored box size x round(size * this)
+    ray_address: str | None = None  # auto, host:port or ray://host:port: shards on a Ray cluster; null: local
 
 
 def frame_spec(params: FramesParams, collection: Collection) -> FrameSpec:
@@ -94,6 +95,7 @@ def main() -> None:
                 workers=params.workers,
                 clips_per_shard=params.clips_per_shard,
                 max_failure_fraction=params.max_failure_fraction,
+                runner=ray_runner(params.ray_address) if params.ray_address else None,
             )
         except TooManyFailures as err:
             tracker.log_metrics(summary_metrics(err.summary, time.perf_counter() - started))

@@ -17,7 +17,7 @@ import logging
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eva02at.annotations import CLAMP_END_PAST_VIDEO, RowError, Segment
+from eva02at.cluster import run_on_cluster
 from eva02at.errors import PipelineError
 from eva02at.shards import (
     MANIFEST,
@@ -202,6 +203,25 @@ def run_local(tasks: Sequence[ShardTask], workers: int) -> Iterator[ShardResult]
         yield from map(decode_shard, tasks)
     else:
         yield from map_unordered(decode_shard, tasks, workers)
+
+
+def ray_runner(address: str) -> Runner:
+    """A runner of the shard tasks as Ray tasks on the cluster at ``address`` (``auto``, ``host:port``,
+    ``ray://host:port``); the output is the same as a local run's. Workers run in other folders, on other
+    machines, so the tasks carry absolute paths (their stamps, planned from the paths as given, stay)."""
+
+    def run(tasks: Sequence[ShardTask], workers: int) -> Iterator[ShardResult]:
+        if not tasks:
+            return
+        absolute = [
+            replace(t, video_root=str(Path(t.video_root).absolute()), out_dir=str(Path(t.out_dir).absolute()))
+            for t in tasks
+        ]
+        calls = {task.name: (task,) for task in absolute}
+        out_dir, video_root = Path(absolute[0].out_dir), Path(absolute[0].video_root)
+        yield from run_on_cluster(address, decode_shard, calls, out_dir, inputs=[video_root])
+
+    return run
 
 
 def finish(
