@@ -90,7 +90,7 @@ def stop_cluster(cluster: LocalCluster) -> list[int]:
         except subprocess.TimeoutExpired:
             cluster.process.kill()
             cluster.process.wait()
-    leftovers = cluster.session_pids()
+    leftovers = wait_until_dead(cluster.session_pids())  # the node's processes finish their own shutdown
     for pid in leftovers:
         _kill(pid)
     wait_until_dead(leftovers)
