@@ -13,8 +13,9 @@ from pathlib import Path
 
 from eva02at.atomic import atomic_path
 from eva02at.config import from_dict
-from eva02at.embeddings import TEXT, VIDEO, export_path, export_texts, export_videos, file_sha256, resolve_device
+from eva02at.embeddings import TEXT, VIDEO, export_path, file_sha256
 from eva02at.evaluation import read_texts
+from eva02at.inference import export_texts, export_videos, resolve_device
 from eva02at.models import load_video_clip
 from stages.common import stage_main, stage_params
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eva02at.embeddings import VIDEO, export_videos, read_embeddings, write_embeddings
+from eva02at.embeddings import VIDEO, read_embeddings, write_embeddings
+from eva02at.inference import export_videos
 from eva02at.models import load_video_clip
 from eva02at.search import run_search, search
 from tests.test_embeddings import make_checkpoint, make_shards

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, encode_texts, file_sha256, read_embeddings, read_info
+from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, file_sha256, read_embeddings, read_info
+from eva02at.inference import encode_texts
 from eva02at.models import load_video_clip
 from eva02at.plots import Tile, clip_strip, contact_sheet
 from eva02at.shards import FrameShards
