@@ -1,5 +1,11 @@
 """Model inference for exports: unit-norm video embeddings of a decoded collection's clips and text embeddings
-of its query texts, batched, written in the export format of ``eva02at.embeddings``."""
+of its query texts, batched, written in the export format of ``eva02at.embeddings``; on one process or sharded
+over the processes of a torchrun launch.
+
+A sharded export gives each rank a contiguous run of whole batches, so every batch holds exactly the items it
+holds in a one-process run and computes the same numbers. Each rank writes its rows as a part file beside the
+output; rank 0 joins the parts in rank order into the file a single process writes, and removes them.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,21 @@ import copy
 import os
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from eva02at.embeddings import TEXT, VIDEO, ExportInfo, file_sha256, write_embeddings
+from eva02at.embeddings import ID_COLUMN, TEXT, VIDEO, ExportInfo, file_sha256, read_embeddings, write_embeddings
 from eva02at.models import VideoCLIP
 from eva02at.shards import FrameShards, decode_jpegs, read_frame_spec
 from eva02at.train.data import normalize
+from eva02at.train.distributed import DistInfo
+
+ALONE = DistInfo(0, 1, 0, torch.device("cpu"))  # a one-process export
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -114,16 +125,19 @@ def export_videos(
     device: torch.device | None = None,
     workers: int = 0,
     checkpoint_sha256: str | None = None,
+    dist: DistInfo = ALONE,
 ) -> int:
     """Embed every clip of a collection that decoded (manifest status ``ok``) and write them; returns the count.
 
-    ``checkpoint`` (and its hash, computed when not given) is recorded as the vectors' origin.
+    ``checkpoint`` (and its hash, computed when not given) is recorded as the vectors' origin. Under torchrun
+    every rank calls this with its ``dist``; each encodes its share and rank 0 writes ``out``.
     """
     shards = FrameShards(frames)
     model = model_for_frames(model, frames)
     clip_ids = shards.clip_ids
     manifest = {row["clip_id"]: row for row in shards.manifest.to_pylist()}
-    vectors = encode_clips(model, shards, clip_ids, batch_size, device, workers)
+    rows = shard_rows(len(clip_ids), batch_size, dist)
+    vectors = encode_clips(model, shards, clip_ids[rows.start : rows.stop], batch_size, device, workers)
     columns = {name: [manifest[clip][name] for clip in clip_ids] for name in ("clip_id", "source", "start", "end")}
     columns["text"] = [manifest[clip]["text"] or "" for clip in clip_ids]
     info = ExportInfo(
@@ -135,7 +149,7 @@ def export_videos(
         model.num_frames,
         os.fspath(frames),
     )
-    write_embeddings(out, columns, vectors, info)
+    write_sharded(out, columns, vectors, info, rows, dist)
     return len(clip_ids)
 
 
@@ -150,12 +164,14 @@ def export_texts(
     batch_size: int = 256,
     device: torch.device | None = None,
     checkpoint_sha256: str | None = None,
+    dist: DistInfo = ALONE,
 ) -> int:
     """Embed the query texts of a collection (sentence ids must be unique) and write them; returns the count."""
     duplicated = sorted(item for item, count in Counter(ids).items() if count > 1)
     if duplicated or len(ids) != len(texts):
         raise ValueError(f"{collection}: sentence ids must be unique and one per text; repeated: {duplicated[:5]}")
-    vectors = encode_texts(model, texts, batch_size, device)
+    rows = shard_rows(len(ids), batch_size, dist)
+    vectors = encode_texts(model, texts[rows.start : rows.stop], batch_size, device)
     info = ExportInfo(
         TEXT,
         collection,
@@ -165,5 +181,39 @@ def export_texts(
         0,
         "",
     )
-    write_embeddings(out, {"sentence_id": list(ids), "text": list(texts)}, vectors, info)
+    write_sharded(out, {"sentence_id": list(ids), "text": list(texts)}, vectors, info, rows, dist)
     return len(ids)
+
+
+def shard_rows(count: int, batch_size: int, dist: DistInfo) -> range:
+    """This rank's rows of ``count``: a contiguous run of whole batches (possibly none), ranks in order."""
+    batches = -(-count // batch_size)
+    first, stop = batches * dist.rank // dist.world_size, batches * (dist.rank + 1) // dist.world_size
+    return range(min(first * batch_size, count), min(stop * batch_size, count))
+
+
+def part_path(out: str | os.PathLike, rank: int) -> Path:
+    """Where ``rank`` writes its rows of ``out``: a hidden sibling that rank 0 removes after joining."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.part-{rank:05d}")
+
+
+def write_sharded(
+    out: str | os.PathLike, columns: dict[str, list], vectors: np.ndarray, info: ExportInfo, rows: range, dist: DistInfo
+) -> None:
+    """Write ``out`` from every rank's ``vectors`` of its ``rows`` (``columns`` hold all rows, on every rank)."""
+    if dist.world_size == 1:
+        write_embeddings(out, columns, vectors, info)
+        return
+    own = {name: values[rows.start : rows.stop] for name, values in columns.items()}
+    write_embeddings(part_path(out, dist.rank), own, vectors, info)
+    torch.distributed.barrier()  # every part is complete
+    if dist.rank != 0:
+        return
+    parts = [read_embeddings(part_path(out, rank), info.kind) for rank in range(dist.world_size)]
+    ids = [item for part in parts for item in part.ids]
+    if ids != columns[ID_COLUMN[info.kind]]:
+        raise RuntimeError(f"{out}: the parts of {dist.world_size} ranks do not hold the rows in order")
+    write_embeddings(out, columns, np.concatenate([part.vectors for part in parts]), info)
+    for rank in range(dist.world_size):
+        part_path(out, rank).unlink()
