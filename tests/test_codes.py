@@ -155,3 +155,11 @@ def test_bad_codes_files_and_params_are_refused(tmp_path):
         CodesConfig(binary=BinaryConfig(rotation="spin")).check("export.codes")
     with pytest.raises(CodesError, match="bits_per_dim"):
         CodesConfig(binary=BinaryConfig(bits_per_dim=0)).check("export.codes")
+
+
+def test_an_export_without_clips_has_empty_codes(tmp_path):
+    info = ExportInfo(VIDEO, "demo", "m.pt", "cd" * 32, "EVA02-Tiny-test", 4, "frames/demo")
+    config = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=2))
+    write_codes(tmp_path / "e.codes.parquet", make_codes([], np.zeros((0, 16), np.float32), info, config))
+    back = read_codes(tmp_path / "e.codes.parquet")
+    assert back.ids == [] and back.int8.shape == (0, 16) and back.binary.shape == (0, 4)

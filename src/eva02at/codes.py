@@ -216,13 +216,14 @@ def read_codes(path: str | os.PathLike) -> Codes:
     int8 = binary = int8_quantizer = binary_quantizer = None
     if meta["int8"] is not None:
         int8_quantizer = Int8Quantizer(_unpack(meta["int8"]["scales"]))
-        int8 = table["int8"].combine_chunks().flatten().to_numpy().reshape(len(table), -1)  # (N, D)
+        dim = table.schema.field("int8").type.list_size
+        int8 = table["int8"].combine_chunks().flatten().to_numpy().reshape(len(table), dim)  # (N, D)
     if meta["binary"] is not None:
         found = meta["binary"]
         binary_quantizer = BinaryQuantizer(_unpack(found["mean"]), _unpack(found["projection"]), found["rotation"])
         column = table["binary"].combine_chunks()
         raw = np.frombuffer(column.buffers()[1], np.uint8, offset=column.offset * binary_quantizer.code_bytes)
-        binary = raw[: len(table) * binary_quantizer.code_bytes].reshape(len(table), -1)  # (N, code_bytes)
+        binary = raw[: len(table) * binary_quantizer.code_bytes].reshape(len(table), binary_quantizer.code_bytes)
     ids = table[ID_COLUMN[VIDEO]].to_pylist()
     return Codes(ids, ExportInfo(**meta["export"]), int8, int8_quantizer, binary, binary_quantizer)
 
