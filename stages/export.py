@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eva02at.atomic import atomic_path
 from eva02at.codes import CodesConfig, codes_path, make_codes, write_codes
-from eva02at.config import from_dict
+from eva02at.config import ConfigError, from_dict
 from eva02at.embeddings import TEXT, VIDEO, export_path, file_sha256, read_embeddings
 from eva02at.evaluation import read_texts
 from eva02at.inference import export_texts, export_videos, resolve_device
@@ -117,7 +117,7 @@ def check_params(params: ExportParams) -> dict[str, ExportCollection]:
     }
     for name, spec in collections.items():
         if (spec.texts is None) != (spec.text_format is None):
-            raise ValueError(f"export.collections.{name}: give both texts and text_format, or neither")
+            raise ConfigError(f"export.collections.{name}: give both texts and text_format, or neither")
     params.codes.check("export.codes")
     return collections
 

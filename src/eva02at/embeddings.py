@@ -23,11 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eva02at.atomic import atomic_path
+from eva02at.errors import MissingInput, PipelineError
 
 FORMAT = "eva02at-embeddings-v1"
 VIDEO, TEXT = "video", "text"
 ID_COLUMN = {VIDEO: "clip_id", TEXT: "sentence_id"}  # the column that names a row
 _INFO_KEY = b"eva02at"
+
+
+class ExportError(PipelineError, ValueError):
+    """An export that cannot be written or used as asked: wrong kind, columns or ids; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Embeddings:
         index = {item: row for row, item in enumerate(self.ids)}
         missing = [item for item in ids if item not in index]
         if missing:
-            raise ValueError(
+            raise ExportError(
                 f"{self.path}: {len(missing)} id(s) needed by {what} are not in this export "
                 f"(e.g. {missing[:3]}); a clip that failed to decode is listed in the frames manifest"
             )
@@ -98,7 +103,7 @@ def write_embeddings(path: str | os.PathLike, columns: dict[str, list], vectors:
     """Write one export atomically; ``columns`` are the id columns of ``schema(info.kind, D)``."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or any(len(values) != len(vectors) for values in columns.values()):
-        raise ValueError(f"{path}: {vectors.shape} vectors do not match {len(columns[ID_COLUMN[info.kind]])} ids")
+        raise ExportError(f"{path}: {vectors.shape} vectors do not match {len(columns[ID_COLUMN[info.kind]])} ids")
     target = schema(info.kind, vectors.shape[1])
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
     arrays = [pa.array(columns[name], type=target.field(name).type) for name in target.names[:-1]]
@@ -111,10 +116,10 @@ def write_embeddings(path: str | os.PathLike, columns: dict[str, list], vectors:
 def read_info(path: str | os.PathLike) -> ExportInfo:
     """The export's info from the file footer alone (no column is read)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no embeddings; run the export stage first")
+        raise MissingInput(f"{path}: no embeddings; run the export stage first")
     meta = pq.read_schema(path).metadata or {}
     if _INFO_KEY not in meta:
-        raise ValueError(f"{path}: not an eva02at embeddings file (no '{_INFO_KEY.decode()}' metadata)")
+        raise ExportError(f"{path}: not an eva02at embeddings file (no '{_INFO_KEY.decode()}' metadata)")
     return ExportInfo(**json.loads(meta[_INFO_KEY]))
 
 
@@ -122,11 +127,11 @@ def read_embeddings(path: str | os.PathLike, kind: str | None = None) -> Embeddi
     """Read an export, checking its kind (when given) and its columns."""
     info = read_info(path)
     if kind is not None and info.kind != kind:
-        raise ValueError(f"{path}: holds {info.kind} embeddings, expected {kind}")
+        raise ExportError(f"{path}: holds {info.kind} embeddings, expected {kind}")
     table = pq.read_table(path)
     column = table.schema.field("embedding").type if "embedding" in table.schema.names else None
     if not isinstance(column, pa.FixedSizeListType) or table.schema != schema(info.kind, column.list_size):
-        raise ValueError(f"{path}: columns {table.schema.names} do not match a {info.kind} export")
+        raise ExportError(f"{path}: columns {table.schema.names} do not match a {info.kind} export")
     flat = table["embedding"].combine_chunks().flatten().to_numpy()
     vectors = flat.reshape(len(table), column.list_size)  # (N, D)
     return Embeddings(Path(path), table[ID_COLUMN[info.kind]].to_pylist(), vectors, table, info)

@@ -21,7 +21,16 @@ import torch.distributed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from eva02at.embeddings import ID_COLUMN, TEXT, VIDEO, ExportInfo, file_sha256, read_embeddings, write_embeddings
+from eva02at.embeddings import (
+    ID_COLUMN,
+    TEXT,
+    VIDEO,
+    ExportError,
+    ExportInfo,
+    file_sha256,
+    read_embeddings,
+    write_embeddings,
+)
 from eva02at.models import VideoCLIP
 from eva02at.shards import FrameShards, decode_jpegs, read_frame_spec
 from eva02at.train.data import normalize
@@ -57,7 +66,7 @@ def model_for_frames(model: VideoCLIP, frames: str | os.PathLike) -> VideoCLIP:
     """
     spec = read_frame_spec(frames)
     if spec.size != model.image_size:
-        raise ValueError(
+        raise ExportError(
             f"{frames} holds {spec.size} px frames but the model takes {model.image_size} px: "
             "decode the collection at the model's image size (frames.size)"
         )
@@ -169,7 +178,7 @@ def export_texts(
     """Embed the query texts of a collection (sentence ids must be unique) and write them; returns the count."""
     duplicated = sorted(item for item, count in Counter(ids).items() if count > 1)
     if duplicated or len(ids) != len(texts):
-        raise ValueError(f"{collection}: sentence ids must be unique and one per text; repeated: {duplicated[:5]}")
+        raise ExportError(f"{collection}: sentence ids must be unique and one per text; repeated: {duplicated[:5]}")
     rows = shard_rows(len(ids), batch_size, dist)
     vectors = encode_texts(model, texts[rows.start : rows.stop], batch_size, device)
     info = ExportInfo(

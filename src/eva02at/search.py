@@ -26,7 +26,11 @@ from eva02at.search_index import IndexConfig, build_index
 from eva02at.shards import FrameShards
 
 
-class IncompatibleCheckpoint(PipelineError, ValueError):
+class SearchError(PipelineError, ValueError):
+    """A search that cannot be run as asked (empty query, no hit wanted); the message says why."""
+
+
+class IncompatibleCheckpoint(SearchError):
     """The query checkpoint may not search this gallery: its vectors live in another space."""
 
 
@@ -97,9 +101,9 @@ def search(
 ) -> list[Hit]:
     """The ``top`` clips of a video export that best match ``query``, encoded with ``checkpoint``."""
     if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
+        raise SearchError(f"--top must be at least 1, got {top}")
     if not query.strip():
-        raise ValueError("the query is empty")
+        raise SearchError("the query is empty")
     if not Path(embeddings_path).is_file():
         raise MissingInput(f"{embeddings_path}: no such embeddings file; the export stage writes exports/<model>/")
     videos = read_embeddings(embeddings_path, kind=VIDEO)
