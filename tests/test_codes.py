@@ -163,3 +163,16 @@ def test_an_export_without_clips_has_empty_codes(tmp_path):
     write_codes(tmp_path / "e.codes.parquet", make_codes([], np.zeros((0, 16), np.float32), info, config))
     back = read_codes(tmp_path / "e.codes.parquet")
     assert back.ids == [] and back.int8.shape == (0, 16) and back.binary.shape == (0, 4)
+
+
+def test_encoding_in_chunks_gives_the_codes_of_one_pass(monkeypatch):
+    from eva02at import codes as module
+
+    gallery = unit_rows(np.random.default_rng(7), 100, 16, 0.3)
+    int8 = Int8Quantizer.fit(gallery)
+    binary = BinaryQuantizer.fit(gallery, BinaryConfig(bits_per_dim=2))
+    whole = int8.encode(gallery), binary.encode(gallery)
+    monkeypatch.setattr(module, "_CHUNK", 7)  # 100 rows: 14 full chunks and a partial one
+    assert np.array_equal(int8.encode(gallery), whole[0]) and np.array_equal(binary.encode(gallery), whole[1])
+    signs = (gallery - binary.mean) @ binary.projection.T > 0
+    assert np.array_equal(whole[1], np.packbits(signs, axis=1))

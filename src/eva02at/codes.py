@@ -39,6 +39,7 @@ _META_KEY = b"eva02at.codes"
 _ITQ_ITERATIONS = 50
 _FIT_SAMPLE = 50_000  # vectors that fit the mean and PCA: plenty for D x D statistics, bounded cost at any N
 _ITQ_SAMPLE = 10_000  # of those, the ones ITQ iterates on (each iteration costs two N x D x D products)
+_CHUNK = 65_536  # rows encoded at a time: temporaries stay small for millions of clips
 
 
 class CodesError(PipelineError, ValueError):
@@ -85,7 +86,11 @@ class Int8Quantizer:
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """int8 codes ``(N, D)``; values beyond the fitted range saturate at +-127."""
-        return np.clip(np.rint(vectors / self.scales), -127, 127).astype(np.int8)
+        codes = np.empty(vectors.shape, np.int8)
+        for start in range(0, len(vectors), _CHUNK):
+            part = vectors[start : start + _CHUNK]
+            codes[start : start + len(part)] = np.clip(np.rint(part / self.scales), -127, 127)
+        return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.astype(np.float32) * self.scales
@@ -120,8 +125,12 @@ class BinaryQuantizer:
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """Packed sign bits ``(N, code_bytes)`` uint8, the layout FAISS's binary indexes take."""
-        signs = (vectors - self.mean) @ self.projection.T > 0  # (N, bits)
-        return np.packbits(signs, axis=1)
+        codes = np.empty((len(vectors), self.code_bytes), np.uint8)
+        for start in range(0, len(vectors), _CHUNK):
+            part = vectors[start : start + _CHUNK]
+            signs = (part - self.mean) @ self.projection.T > 0  # (rows, bits)
+            codes[start : start + len(part)] = np.packbits(signs, axis=1)
+        return codes
 
 
 def _random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
