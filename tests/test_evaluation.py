@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
+from eva02at.codes import read_codes
 from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, write_embeddings
 from eva02at.evaluation import (
     Benchmarks,
@@ -263,6 +264,7 @@ def write_mini_project(root: Path) -> Path:
             "out": str(root / "exports"),
             "batch_size": 4,
             "workers": 0,
+            "codes": {"int8": True, "binary": {"bits_per_dim": 2, "rotation": "pca"}},
             "models": {
                 "zero_shot": str(make_checkpoint(root / "pretrain.pt", num_frames=4, seed=0)),
                 "finetuned": str(make_checkpoint(root / "finetune.pt", num_frames=8, seed=1)),
@@ -299,13 +301,35 @@ def test_export_and_evaluate_stages(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths of the params; the stage's git and DVC lookups find no project
     runs = []
     monkeypatch.setattr(evaluate, "Tracker", functools.partial(RecordingTracker, runs))
+    monkeypatch.setattr(export, "Tracker", functools.partial(RecordingTracker, runs))
     params = write_mini_project(tmp_path)
     run_stage(export, params, monkeypatch)
     written = sorted(p.relative_to(tmp_path / "exports").as_posix() for p in (tmp_path / "exports").rglob("*.parquet"))
-    assert len(written) == 14 and "finetuned/ego4d_clips_video.parquet" in written
+    assert len(written) == 14 + 8 and "finetuned/ego4d_clips_video.parquet" in written
     assert "finetuned/ego4d_clips_text.parquet" not in written  # uncaptioned: no texts
     assert read_embeddings(tmp_path / "exports/zero_shot/ego4d_clips_video.parquet").ids == ["k0"]
     assert read_embeddings(tmp_path / "exports/zero_shot/ek100_test_video.parquet").info.num_frames == 8
+    videos = read_embeddings(tmp_path / "exports/finetuned/egomcq_video.parquet")
+    codes = read_codes(tmp_path / "exports/finetuned/egomcq_video.codes.parquet")
+    assert codes.ids == videos.ids and codes.info == videos.info
+    assert codes.binary.shape == (20, 4) and codes.int8.shape == (20, 16)  # 16-d embeddings, 2 bits per dimension
+    (export_run,) = runs
+    assert export_run.run_name == "export" and export_run.tags["dvc.stage"] == "export"
+    assert export_run.params["codes"]["binary"]["bits_per_dim"] == 2
+    assert export_run.metrics == {
+        f"{kind}.{model}.{collection}": count
+        for model in ("zero_shot", "finetuned")
+        for kind, collection, count in [
+            ("clips", "ek100_test", 5),
+            ("texts", "ek100_test", 4),
+            ("clips", "egomcq", 20),
+            ("texts", "egomcq", 4),
+            ("clips", "charades_ego", 5),
+            ("texts", "charades_ego", 3),
+            ("clips", "ego4d_clips", 1),
+        ]
+    }
+    runs.clear()
 
     run_stage(evaluate, params, monkeypatch)
     metrics = json.loads((tmp_path / "metrics/eval.json").read_text())

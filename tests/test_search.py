@@ -1,4 +1,5 @@
-"""Text-to-video search: a planted clip is found, other checkpoints are refused, the command prints and draws."""
+"""Text-to-video search: a planted clip is found with every index, other checkpoints and other exports' codes are
+refused, the command prints and draws."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eva02at.embeddings import VIDEO, export_videos, read_embeddings, write_embeddings
+from eva02at import cli
+from eva02at.codes import BinaryConfig, CodesConfig, CodesError, codes_path, make_codes, write_codes
+from eva02at.embeddings import VIDEO, read_embeddings, write_embeddings
+from eva02at.errors import MissingInput
+from eva02at.inference import export_videos
 from eva02at.models import load_video_clip
-from eva02at.search import run_search, search
+from eva02at.search import IncompatibleCheckpoint, may_search, run_search, search
+from eva02at.search_index import IndexConfig
 from tests.test_embeddings import make_checkpoint, make_shards
 
 QUERY = "put the lid on the pan"
@@ -34,6 +40,8 @@ def planted(tmp_path_factory):
     vectors[videos.ids.index("p3")] = query / np.linalg.norm(query)
     columns = {name: videos.table[name].to_pylist() for name in ("clip_id", "source", "start", "end", "text")}
     write_embeddings(root / "planted.parquet", columns, vectors, videos.info)
+    config = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=2))
+    write_codes(codes_path(root / "planted.parquet"), make_codes(videos.ids, vectors, videos.info, config))
     return root, checkpoint
 
 
@@ -48,10 +56,26 @@ def test_the_planted_clip_comes_first(planted):
     assert len(search(QUERY, checkpoint, root / "planted.parquet", top=50)) == 6
 
 
+@pytest.mark.parametrize(
+    "index",
+    [IndexConfig(kind="binary", nlist=0), IndexConfig(kind="binary", rerank="int8"), IndexConfig(exact_max=1)],
+    ids=["binary", "binary-int8", "auto-large"],
+)
+def test_the_codes_find_what_exact_search_finds(planted, index):
+    root, checkpoint = planted
+    exact = search(QUERY, checkpoint, root / "planted.parquet", top=6, index=IndexConfig(kind="flat"))
+    found = search(QUERY, checkpoint, root / "planted.parquet", top=6, index=index)
+    assert [h.clip_id for h in found] == [h.clip_id for h in exact]  # six clips: the shortlist holds them all
+    tolerance = 0.02 if index.rerank == "int8" else 1e-6
+    assert [h.score for h in found] == pytest.approx([h.score for h in exact], abs=tolerance)
+
+
 def test_another_checkpoint_is_refused(planted, tmp_path):
     root, checkpoint = planted
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
-    with pytest.raises(ValueError, match=r"exported with .*model\.pt .*not with .*other\.pt"):
+    info = read_embeddings(root / "planted.parquet").info
+    assert may_search(checkpoint, info) and not may_search(other, info)
+    with pytest.raises(IncompatibleCheckpoint, match=r"exported with .*model\.pt .*not with .*other\.pt"):
         search(QUERY, other, root / "planted.parquet")
     copy = shutil.copy(checkpoint, tmp_path / "same_weights.pt")  # the same file elsewhere is the same model
     assert search(QUERY, copy, root / "planted.parquet", top=1)[0].clip_id == "p3"
@@ -62,7 +86,15 @@ def test_another_checkpoint_is_refused(planted, tmp_path):
 def test_the_command_prints_hits_and_draws_them(planted, tmp_path, capsys):
     root, checkpoint = planted
     args = argparse.Namespace(
-        query=QUERY, top=3, checkpoint=str(checkpoint), embeddings=str(root / "planted.parquet"), out=tmp_path / "s.png"
+        query=QUERY,
+        top=3,
+        checkpoint=str(checkpoint),
+        embeddings=str(root / "planted.parquet"),
+        out=tmp_path / "s.png",
+        index="auto",
+        nprobe=None,
+        shortlist=None,
+        rerank=None,
     )
     assert run_search(args) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -71,3 +103,25 @@ def test_the_command_prints_hits_and_draws_them(planted, tmp_path, capsys):
     assert len(lines) == 5 and lines[-1].endswith("s.png")
     with Image.open(tmp_path / "s.png") as image:
         assert image.format == "PNG" and image.size == (1200, 50 + 3 * 175)  # one 1.75-inch row per hit
+
+
+def test_codes_of_another_export_are_refused(planted, tmp_path):
+    root, checkpoint = planted
+    shutil.copy(root / "planted.parquet", tmp_path / "planted.parquet")
+    with pytest.raises(MissingInput, match=r"planted\.codes\.parquet.*export\.codes\.binary"):
+        search(QUERY, checkpoint, tmp_path / "planted.parquet", index=IndexConfig(kind="binary"))
+    videos = read_embeddings(root / "planted.parquet")
+    codes = make_codes(videos.ids[::-1], videos.vectors[::-1], videos.info, CodesConfig(binary=BinaryConfig()))
+    write_codes(codes_path(tmp_path / "planted.parquet"), codes)  # same clips, another order
+    with pytest.raises(CodesError, match=r"was not made from .*planted\.parquet"):
+        search(QUERY, checkpoint, tmp_path / "planted.parquet", index=IndexConfig(kind="binary"))
+
+
+def test_the_command_line_searches_with_the_chosen_index(planted, capsys):
+    root, checkpoint = planted
+    argv = ["search", QUERY, "--checkpoint", str(checkpoint), "--embeddings", str(root / "planted.parquet")]
+    assert cli.main([*argv, "--top", "2", "--index", "binary", "--out", ""]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1].split()[:3] == ["1", "1.0000", "p3"]
+    assert cli.main([*argv, "--index", "ivf", "--nprobe", "0", "--out", ""]) == 1
+    assert "nprobe" in capsys.readouterr().err

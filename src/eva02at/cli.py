@@ -71,6 +71,16 @@ def add_search(commands: argparse._SubParsersAction) -> None:
         help="video embeddings written by the export stage",
     )
     parser.add_argument("--out", default="search.png", help="contact-sheet PNG of the hits ('' to skip)")
+    parser.add_argument(
+        "--index",
+        choices=("auto", "flat", "ivf", "hnsw", "binary"),
+        default="auto",
+        help="auto: exact search for small galleries; Hamming search over the export's binary codes, "
+        "re-ranked by float scores, for large ones (IVF over the floats when there are no codes)",
+    )
+    parser.add_argument("--nprobe", type=int, help="ivf, binary: k-means cells a query scans")
+    parser.add_argument("--shortlist", type=int, help="binary: Hamming candidates re-ranked")
+    parser.add_argument("--rerank", choices=("float", "int8"), help="binary: re-rank with the floats or int8 codes")
     parser.set_defaults(run=search)
 
 

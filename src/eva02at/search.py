@@ -1,9 +1,10 @@
-"""Text-to-video search over exported clip embeddings: the library side of ``eva02at search``.
+"""Text-to-video search over an export: the library side of ``eva02at search``.
 
-The query is encoded with the given checkpoint and compared with vectors that the same checkpoint made: the
-export records its checkpoint's SHA-256, and a different file is refused (two models' spaces do not
-align, so the ranking would be noise). Hits are printed and drawn as a contact sheet from the frames
-folder the export records.
+The query is encoded with the given checkpoint and looked up in a FAISS index of the export
+(``eva02at.search_index``: exact for small galleries; binary codes re-ranked by float scores, or IVF, for large
+ones). ``may_search`` alone decides whether a checkpoint's queries may be compared with a gallery: today only
+the checkpoint that exported it (compared by content hash; two models' spaces do not align, so the ranking
+would be noise). Hits are printed and drawn as a contact sheet from the frames folder the export records.
 """
 
 from __future__ import annotations
@@ -15,12 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from eva02at.config import ConfigError
-from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, encode_texts, file_sha256, read_embeddings, read_info
-from eva02at.errors import MissingInput
+from eva02at.codes import Codes, CodesError, codes_path, read_codes
+from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, file_sha256, read_embeddings, read_info
+from eva02at.errors import MissingInput, PipelineError
+from eva02at.inference import encode_texts
 from eva02at.models import load_video_clip
 from eva02at.plots import Tile, clip_strip, contact_sheet
+from eva02at.search_index import IndexConfig, build_index
 from eva02at.shards import FrameShards
+
+
+class SearchError(PipelineError, ValueError):
+    """A search that cannot be run as asked (empty query, no hit wanted); the message says why."""
+
+
+class IncompatibleCheckpoint(SearchError):
+    """The query checkpoint may not search this gallery: its vectors live in another space."""
 
 
 @dataclass(frozen=True)
@@ -33,41 +44,73 @@ class Hit:
     score: float  # cosine similarity to the query
 
 
+def may_search(checkpoint: str | os.PathLike, gallery: ExportInfo) -> bool:
+    """Whether queries encoded by ``checkpoint`` may be compared with the vectors of ``gallery``.
+
+    The one place that decides it: today the very checkpoint that exported the gallery, by content hash (a copy
+    elsewhere is the same model). Checkpoints trained to stay compatible with an older one will be admitted here.
+    """
+    return file_sha256(checkpoint) == gallery.checkpoint_sha256
+
+
 def check_checkpoint(info: ExportInfo, checkpoint: str | os.PathLike, embeddings_path: str | os.PathLike) -> None:
-    """Refuse a checkpoint other than the one that made the embeddings (compared by content hash)."""
+    """Refuse a checkpoint that ``may_search`` does not admit, saying which checkpoint would do."""
     if not Path(checkpoint).is_file():
         raise MissingInput(f"{checkpoint}: no such checkpoint")
-    if file_sha256(checkpoint) != info.checkpoint_sha256:
-        raise ConfigError(
+    if not may_search(checkpoint, info):
+        raise IncompatibleCheckpoint(
             f"{embeddings_path} was exported with {info.checkpoint} (sha256 {info.checkpoint_sha256[:12]}), "
             f"not with {checkpoint}: export the clips with this checkpoint, or search with that one"
         )
 
 
-def rank_clips(query: np.ndarray, videos: Embeddings, top: int) -> list[Hit]:
+def gallery_codes(videos: Embeddings, config: IndexConfig) -> Codes | None:
+    """The export's compact codes when the index may use them (read from beside it, checked to be its own)."""
+    if not (config.kind == "binary" or (config.kind == "auto" and len(videos.ids) > config.exact_max)):
+        return None
+    path = codes_path(videos.path)
+    if not path.is_file():
+        if config.kind == "binary":
+            raise MissingInput(f"{path}: the binary index needs the export's codes; set export.codes.binary")
+        return None
+    codes = read_codes(path)
+    if codes.info != videos.info or codes.ids != videos.ids:
+        raise CodesError(f"{path} was not made from {videos.path} (other checkpoint or clips): run the export again")
+    return codes
+
+
+def rank_clips(query: np.ndarray, videos: Embeddings, top: int, config: IndexConfig | None = None) -> list[Hit]:
     """The ``top`` clips most similar to a unit-norm query vector, best first (ties in file order)."""
-    scores = videos.vectors @ query  # (N,)
-    order = np.argsort(-scores, kind="stable")[:top]
+    config = config or IndexConfig()
+    index = build_index(videos.vectors, config, gallery_codes(videos, config))
+    scores, rows = index.search(query[None], top)
     columns = {name: videos.table[name].to_pylist() for name in ("clip_id", "source", "start", "end")}
+    found = [(int(i), float(s)) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0]
     return [
-        Hit(rank, columns["clip_id"][i], columns["source"][i], columns["start"][i], columns["end"][i], float(scores[i]))
-        for rank, i in enumerate(order, start=1)
+        Hit(rank, columns["clip_id"][i], columns["source"][i], columns["start"][i], columns["end"][i], score)
+        for rank, (i, score) in enumerate(found, start=1)
     ]
 
 
-def search(query: str, checkpoint: str | os.PathLike, embeddings_path: str | os.PathLike, top: int = 5) -> list[Hit]:
+def search(
+    query: str,
+    checkpoint: str | os.PathLike,
+    embeddings_path: str | os.PathLike,
+    top: int = 5,
+    index: IndexConfig | None = None,
+) -> list[Hit]:
     """The ``top`` clips of a video export that best match ``query``, encoded with ``checkpoint``."""
     if top < 1:
-        raise ConfigError(f"--top must be at least 1, got {top}")
+        raise SearchError(f"--top must be at least 1, got {top}")
     if not query.strip():
-        raise ConfigError("the query is empty")
+        raise SearchError("the query is empty")
     if not Path(embeddings_path).is_file():
         raise MissingInput(f"{embeddings_path}: no such embeddings file; the export stage writes exports/<model>/")
     videos = read_embeddings(embeddings_path, kind=VIDEO)
     check_checkpoint(videos.info, checkpoint, embeddings_path)
     model = load_video_clip(checkpoint)
     vector = encode_texts(model, [query])[0]  # (D,)
-    return rank_clips(vector, videos, top)
+    return rank_clips(vector, videos, top, index)
 
 
 def format_hits(hits: list[Hit]) -> str:
@@ -94,7 +137,8 @@ def draw_hits(query: str, hits: list[Hit], frames: str | os.PathLike, out: str |
 
 def run_search(args: argparse.Namespace) -> int:
     """``eva02at search``: print the hits and write their contact sheet; returns the exit status."""
-    hits = search(args.query, args.checkpoint, args.embeddings, args.top)
+    tuned = {name: getattr(args, name) for name in ("nprobe", "shortlist", "rerank") if getattr(args, name) is not None}
+    hits = search(args.query, args.checkpoint, args.embeddings, args.top, IndexConfig(kind=args.index, **tuned))
     print(format_hits(hits))
     if args.out:
         frames = read_info(args.embeddings).frames
