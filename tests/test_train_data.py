@@ -1,0 +1,105 @@
+"""The training input path: decoded once into the batch, the same batches from any number of workers, the
+GPU decoding path equal to the CPU one, model inputs cropped and normalised as an independent computation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from eva02at.shards import FrameShards, FrameSpec, decode_jpegs
+from eva02at.train.augment import AugmentConfig, crop_boxes
+from eva02at.train.data import ClipPairs, Collate, EpochBatches, clip_frames, decode_batch, device_frames
+from tests.train_fixtures import WORDS, write_clips
+
+HEIGHT, WIDTH, FRAMES = 24, 32, 3  # stored with room to crop (aspect 4:3) for a 16 px model
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> FrameShards:
+    """10 captioned clips of 3 frames, two views each, stored 24 x 32 px (room to crop for a 16 px model)."""
+    spec = FrameSpec(num_frames=FRAMES, views=2, size=HEIGHT, aspect=WIDTH / HEIGHT)
+    return write_clips(tmp_path_factory.mktemp("shards"), spec, 10)
+
+
+def pillow_frames(jpegs: list[bytes]) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs])  # (T, H, W, 3)
+
+
+def test_decode_matches_pillow_and_keeps_the_decoders_memory_order(shards):
+    clips = [shards.jpegs(c, view=1) for c in shards.clip_ids[:3]]
+    np.testing.assert_array_equal(decode_jpegs(clips[0]), pillow_frames(clips[0]))
+    frames = decode_batch(clips)
+    reference = np.stack([pillow_frames(jpegs) for jpegs in clips])  # (B, T, H, W, 3)
+    assert frames.shape == (3, FRAMES, 3, HEIGHT, WIDTH) and frames.dtype == torch.uint8
+    assert torch.equal(frames, torch.from_numpy(reference).permute(0, 1, 4, 2, 3))
+    assert frames.permute(0, 1, 3, 4, 2).is_contiguous()  # no transpose on the CPU
+    with pytest.raises(ValueError, match="3 JPEGs for 2 frames"):
+        decode_jpegs(clips[0], out=np.empty((2, HEIGHT, WIDTH, 3), dtype=np.uint8))
+
+
+def loader_batches(shards: FrameShards, workers: int, decode_device: str = "cpu") -> list[dict]:
+    pairs = [[(0, 1), (4, 4), (7, 2)], [(9, 9), (2, 3), (5, 5)]]  # (video, caption) batches
+    tokenizer = open_clip.get_tokenizer("EVA02-Tiny-test")
+    loader = DataLoader(
+        ClipPairs(shards, shards.clip_ids, WORDS * 2),
+        batch_sampler=EpochBatches(pairs, epoch=3),
+        collate_fn=Collate(tokenizer, decode_device),
+        num_workers=workers,
+    )
+    return list(loader)
+
+
+def test_workers_build_the_batches_the_main_process_builds(shards):
+    alone, workers = loader_batches(shards, 0), loader_batches(shards, 2)
+    tokenizer = open_clip.get_tokenizer("EVA02-Tiny-test")
+    for one, other in zip(alone, workers, strict=True):
+        assert torch.equal(one["frames"], other["frames"]) and torch.equal(one["tokens"], other["tokens"])
+        assert torch.equal(one["tokens"], tokenizer(one["texts"]))  # tokenized in the workers
+        assert one["epoch"] == other["epoch"] == 3 and one["texts"] == other["texts"]
+        inputs = [clip_frames(b, torch.device("cpu"), 16, MEAN, STD, AugmentConfig(), seed=1) for b in (one, other)]
+        assert torch.equal(*inputs)  # the same crops: boxes depend on (seed, epoch, clip) only
+    first = alone[0]
+    assert first["videos"].tolist() == [0, 4, 7] and first["captions"].tolist() == [1, 4, 2]
+    view = 3 % 2  # epoch 3 reads view 1
+    expected = np.stack([pillow_frames(shards.jpegs(f"c{v}", view)) for v in (0, 4, 7)])
+    assert torch.equal(first["frames"], torch.from_numpy(expected).permute(0, 1, 4, 2, 3))
+
+
+def test_gpu_decoding_path_gives_the_cpu_paths_frames(shards):
+    cpu = torch.device("cpu")
+    for shipped, decoded in zip(loader_batches(shards, 1, "cuda"), loader_batches(shards, 0), strict=True):
+        assert "frames" not in shipped and shipped["jpegs"].dtype == torch.uint8
+        assert torch.equal(device_frames(shipped, cpu), decoded["frames"])
+        crops = [clip_frames(b, cpu, 16, MEAN, STD, AugmentConfig(), seed=2) for b in (shipped, decoded)]
+        assert torch.equal(*crops)
+
+
+def test_model_inputs_are_the_cropped_frames_normalised(shards):
+    batch = loader_batches(shards, 0)[1]
+    inputs = clip_frames(batch, torch.device("cpu"), 16, MEAN, STD, AugmentConfig(), seed=4)
+    assert inputs.shape == (3, FRAMES, 3, 16, 16) and inputs.dtype == torch.float32
+    boxes = crop_boxes(batch["videos"].tolist(), 3, HEIGHT, WIDTH, AugmentConfig(), seed=4)
+    for b, (top, left, h, w) in enumerate(boxes):
+        crop = batch["frames"][b, :, :, top : top + h, left : left + w].double()  # (T, 3, h, w)
+        resized = torch.nn.functional.interpolate(crop, size=(16, 16), mode="bilinear", antialias=True)
+        mean, std = torch.tensor(MEAN, dtype=torch.float64), torch.tensor(STD, dtype=torch.float64)
+        expected = (resized / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+        torch.testing.assert_close(inputs[b].double(), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="smaller than the model's 32 px input"):
+        clip_frames(batch, torch.device("cpu"), 32, MEAN, STD)
+
+
+def test_batches_of_different_frame_counts_are_refused(shards):
+    items = [ClipPairs(shards, shards.clip_ids, WORDS * 2)[(0, v, 0)] for v in (0, 1)]
+    short = (items[1][0][:2], *items[1][1:])
+    with pytest.raises(ValueError, match="clip 1 of the batch has 2 frames"):
+        Collate()([items[0], short])
+    with pytest.raises(ValueError, match="different frame counts"):
+        Collate(decode_device="cuda")([items[0], short])
