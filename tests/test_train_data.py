@@ -4,6 +4,10 @@ GPU decoding path equal to the CPU one, model inputs cropped and normalised as a
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
+import threading
 
 import numpy as np
 import open_clip
@@ -14,8 +18,16 @@ from torch.utils.data import DataLoader
 
 from eva02at.shards import FrameShards, FrameSpec, decode_jpegs
 from eva02at.train.augment import AugmentConfig, crop_boxes
-from eva02at.train.data import ClipPairs, Collate, EpochBatches, clip_frames, decode_batch, device_frames
-from tests.train_fixtures import WORDS, write_clips
+from eva02at.train.data import (
+    ClipPairs,
+    Collate,
+    EpochBatches,
+    clip_frames,
+    decode_batch,
+    device_frames,
+    die_with_parent,
+)
+from tests.train_fixtures import WORDS, alive, wait_until, write_clips
 
 HEIGHT, WIDTH, FRAMES = 24, 32, 3  # stored with room to crop (aspect 4:3) for a 16 px model
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -103,3 +115,32 @@ def test_batches_of_different_frame_counts_are_refused(shards):
         Collate()([items[0], short])
     with pytest.raises(ValueError, match="different frame counts"):
         Collate(decode_device="cuda")([items[0], short])
+
+
+def _orphan_to_be(parent: int, queue) -> None:
+    die_with_parent(parent)
+    queue.put(os.getpid())
+    threading.Event().wait()  # sleeps until killed
+
+
+def _parent_of_a_worker(queue) -> None:
+    multiprocessing.get_context("fork").Process(target=_orphan_to_be, args=(os.getpid(), queue)).start()
+    threading.Event().wait()
+
+
+def test_a_loader_worker_dies_with_its_training_process():
+    """Without the request, a worker whose parent is killed sleeps on as an orphan; torch's own check would
+    end it only later, and a worker stuck outside torch's loop never."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    parent = context.Process(target=_parent_of_a_worker, args=(queue,))
+    parent.start()
+    worker = queue.get()
+    try:
+        assert alive(worker)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.join()
+        wait_until(lambda: not alive(worker), "the worker to die with its parent", limit=60)
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
