@@ -44,7 +44,16 @@ from eva02at.annotations import cut_videos, read_video_list
 from eva02at.extract import extract, resize_crop
 from eva02at.shards import FrameShards, FrameSpec
 from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
-from eva02at.train.data import ClipPairs, Collate, EpochBatches, clip_frames, device_frames, normalize, pack_jpegs
+from eva02at.train.data import (
+    ClipPairs,
+    Collate,
+    EpochBatches,
+    clip_frames,
+    device_frames,
+    normalize,
+    pack_jpegs,
+    recycle_frames,
+)
 from eva02at.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +114,7 @@ def loader_rate(shards: FrameShards, workers: int, args: argparse.Namespace, dev
             frames = clip_frames(batch, device, size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig())
         if index >= args.warmup:
             frames_done += frames.shape[0] * frames.shape[1]
+        recycle_frames(batch)  # as the training step does
     synchronize(sync)
     return frames_done / (time.perf_counter() - start)
 
@@ -184,7 +194,11 @@ def roi_align_crop(frames: torch.Tensor, boxes: Sequence[tuple[int, int, int, in
     batch, count = frames.shape[:2]
     flat = frames.flatten(0, 1).float()  # (B*T, 3, H, W)
     rois = torch.tensor(
-        [[b * count + t, left, top, left + w, top + h] for b, (top, left, h, w) in enumerate(boxes) for t in range(count)],
+        [
+            [b * count + t, left, top, left + w, top + h]
+            for b, (top, left, h, w) in enumerate(boxes)
+            for t in range(count)
+        ],
         dtype=torch.float32,
         device=frames.device,
     )  # (B*T, 5): frame index, x1, y1, x2, y2

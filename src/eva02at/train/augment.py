@@ -5,7 +5,9 @@ size, so a resumed run crops exactly as an uninterrupted one whatever the number
 box serves all T frames of a clip (the peers EVA02-AT builds on crop clips, not frames). The box follows
 torchvision's ``RandomResizedCrop.get_params`` (area fraction uniform in ``scale`` of the stored frame, log
 aspect ratio uniform in ``log(ratio)``, ten tries, then a centred fallback); the crop is resized to the
-model's square with antialiased bilinear interpolation, as ``RandomResizedCrop(antialias=True)`` does.
+model's square with antialiased bilinear interpolation, as ``RandomResizedCrop(antialias=True)`` does, one
+call per clip (exact where ``torchvision.ops.roi_align``'s area sampling is not, and faster on the CPU;
+see BENCHMARKS.md).
 Without augmentation the box is the frame's centred square, resized to the model's size only when the
 frames are stored larger than the model takes them.
 """
@@ -90,12 +92,18 @@ def crop_boxes(
 
 
 def crop_resize(frames: torch.Tensor, boxes: Sequence[Box], size: int) -> torch.Tensor:
-    """uint8 frames (B, T, 3, H, W) on any device to float32 (B, T, 3, size, size) on 0-255, clip b cropped
-    to ``boxes[b]`` (host integers: no device synchronisation) and resized with antialiased bilinear."""
+    """Frames (B, T, 3, H, W), uint8 or float on 0-255, to float32 (B, T, 3, size, size): clip b cropped to
+    ``boxes[b]`` (host integers: no device synchronisation) and resized with antialiased bilinear.
+
+    uint8 frames on the CPU are resized in uint8 (torch's vectorised kernel, 5x faster than in float; it
+    rounds to integers as Pillow and torchvision's uint8 transforms do); anything else in float32.
+    """
     batch, frames_per_clip = frames.shape[:2]
     out = torch.empty((batch, frames_per_clip, 3, size, size), dtype=torch.float32, device=frames.device)
+    in_uint8 = frames.dtype == torch.uint8 and frames.device.type == "cpu"
     for b, (top, left, h, w) in enumerate(boxes):
-        clip = frames[b, :, :, top : top + h, left : left + w].float()  # (T, 3, h, w)
+        clip = frames[b, :, :, top : top + h, left : left + w]  # (T, 3, h, w)
+        clip = clip if in_uint8 else clip.float()
         if (h, w) != (size, size):
             clip = F.interpolate(clip, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[b] = clip

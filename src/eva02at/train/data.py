@@ -11,6 +11,8 @@ resumed run and an uninterrupted one see the same pixels whatever the number of 
 from __future__ import annotations
 
 import ctypes
+import io
+import math
 import os
 import signal
 import sys
@@ -19,6 +21,7 @@ from itertools import islice, pairwise
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -86,13 +89,15 @@ class Collate:
     bytes packed for a batched decode on the GPU (cuda), captions tokenized with ``tokenizer``.
 
     Batch keys: ``frames`` uint8 (B, T, 3, H, W) or ``jpegs`` + ``jpeg_offsets`` + ``frames_per_clip``;
-    ``tokens`` (when a tokenizer is given), ``texts``, ``videos``, ``captions``, ``epoch``.
+    ``tokens`` (when a tokenizer is given), ``texts``, ``videos``, ``captions``, ``epoch``; from a worker,
+    ``release``, which :func:`recycle_frames` calls once the frames have been read.
     """
 
     def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor] | None = None, decode_device: str = "cpu"):
         if decode_device not in DECODE_DEVICES:
             raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}")
         self.tokenizer, self.decode_device = tokenizer, decode_device
+        self._memory: SharedBatchMemory | None = None  # made in each worker process
 
     def __call__(self, items: list[Item]) -> dict:
         clips, texts, videos, captions, epochs = zip(*items, strict=True)
@@ -106,33 +111,81 @@ class Collate:
         }
         if self.tokenizer is not None:
             batch["tokens"] = self.tokenizer(list(texts))  # (B, context_length)
-        if self.decode_device == "cpu":
+        if self.decode_device == "cuda":
+            batch.update(pack_jpegs(clips))
+        elif get_worker_info() is None:
             batch["frames"] = decode_batch(clips)
         else:
-            batch.update(pack_jpegs(clips))
+            self._memory = self._memory or SharedBatchMemory()
+            out, batch["release"] = self._memory.take(batch_frame_shape(clips))
+            batch["frames"] = decode_batch(clips, out)
         return batch
 
 
-def decode_batch(clips: Sequence[list[bytes]]) -> torch.Tensor:
-    """uint8 (B, T, 3, H, W) of the clips' JPEGs, each pixel copied once from the decoder into the batch.
+class FramesRelease:
+    """Called by the training process when it no longer reads a batch's frames: the worker may write the
+    buffer again. (Not a tensor, so the loader's pinning passes it through untouched.)"""
+
+    def __init__(self, in_use: torch.Tensor):
+        self.in_use = in_use  # one byte in shared memory
+
+    def __call__(self) -> None:
+        self.in_use.fill_(0)
+
+
+class SharedBatchMemory:
+    """A loader worker's batch buffers in shared memory, written again once released (``recycle_frames``).
+
+    What it adds to torch's collate: a batch must reach the training process through shared memory, and
+    fresh shared memory is paid in page faults on the first write of every page, which cost about 0.7x the
+    JPEG decoding of the frame on the machine of BENCHMARKS.md, against 0.1x for a copy into mapped memory.
+    A buffer is reused only after its release; beyond ``slots`` buffers in use, fresh ones are handed out.
+    """
+
+    def __init__(self, slots: int = 4):
+        self.slots = slots
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (uint8 buffer, in-use flag), both shared
+
+    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, FramesRelease]:
+        """A free uint8 buffer of ``shape`` and the release that frees it again."""
+        for buffer, in_use in self._buffers:
+            if buffer.shape == shape and not in_use.item():
+                in_use.fill_(1)
+                return buffer, FramesRelease(in_use)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))  # as torch's own collate allocates
+        buffer, in_use = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape), torch.ones(1, dtype=torch.uint8)
+        if len(self._buffers) < self.slots:
+            self._buffers.append((buffer, in_use.share_memory_()))
+        return buffer, FramesRelease(in_use)
+
+
+def recycle_frames(batch: dict) -> None:
+    """Hand a batch's frame buffer back to its loader worker; ``batch["frames"]`` must not be read after."""
+    release = batch.pop("release", None)
+    if release is not None:
+        release()
+
+
+def batch_frame_shape(clips: Sequence[list[bytes]]) -> tuple[int, int, int, int, int]:
+    """(B, T, H, W, 3) of a batch, from its first JPEG's header (nothing is decoded)."""
+    width, height = Image.open(io.BytesIO(clips[0][0])).size
+    return len(clips), len(clips[0]), height, width, 3
+
+
+def decode_batch(clips: Sequence[list[bytes]], out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) of the clips' JPEGs, each pixel copied once from the decoder into the batch
+    (``out``, uint8 (B, T, H, W, 3), e.g. shared memory, when given).
 
     The memory stays as decoded, (B, T, H, W, 3), and the result is a channels-first view of it: the
-    transpose happens on the device, where it is nearly free. In a loader worker the batch is allocated in
-    shared memory, as torch's default collate does, so handing it to the training process copies nothing.
+    transpose happens on the device, where it is nearly free (on the CPU it costs as much as decoding).
     """
-    first = decode_jpegs(clips[0])  # (T, H, W, 3)
-    shape = (len(clips), *first.shape)
-    if get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-        frames = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-    else:
-        frames = torch.empty(shape, dtype=torch.uint8)
-    frames[0] = torch.from_numpy(first)
-    for index, jpegs in enumerate(clips[1:], start=1):
-        if len(jpegs) != shape[1]:
-            raise ValueError(f"clip {index} of the batch has {len(jpegs)} frames, the first has {shape[1]}")
-        decode_jpegs(jpegs, out=frames[index].numpy())
-    return frames.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+    if out is None:
+        out = torch.empty(batch_frame_shape(clips), dtype=torch.uint8)
+    for index, jpegs in enumerate(clips):
+        if len(jpegs) != out.shape[1]:
+            raise ValueError(f"clip {index} of the batch has {len(jpegs)} frames, the first has {out.shape[1]}")
+        decode_jpegs(jpegs, out=out[index].numpy())
+    return out.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
 
 
 def pack_jpegs(clips: Sequence[list[bytes]]) -> dict:
@@ -176,15 +229,20 @@ def clip_frames(
     if min(height, width) < size:
         raise ValueError(f"frames of {height}x{width} pixels are smaller than the model's {size} px input")
     boxes = crop_boxes(batch["videos"].tolist(), batch["epoch"], height, width, augment, seed)
-    return normalize(crop_resize(frames, boxes, size), mean, std)
+    return normalize_(crop_resize(frames, boxes, size), mean, std)
 
 
 def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Pixels [..., 3, H, W] on 0-255 (uint8 or float) to a new float tensor normalised with per-channel mean
-    and std given on 0-1 pixels."""
+    """Pixels [..., 3, H, W] on 0-255 (uint8 or float) to a new float32 tensor normalised with per-channel
+    mean and std given on 0-1 pixels."""
+    return normalize_(frames.to(torch.float32, copy=True), mean, std)
+
+
+def normalize_(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """:func:`normalize` in place, for a float32 tensor the caller owns (no second frame-sized allocation)."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1) * 255.0
     std_t = torch.as_tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1) * 255.0
-    return frames.sub(mean_t).div_(std_t)  # uint8 - float32 promotes: one new float32 tensor, input untouched
+    return frames.sub_(mean_t).div_(std_t)
 
 
 def die_with_parent(parent: int, worker_id: int = 0) -> None:

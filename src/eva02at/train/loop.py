@@ -36,7 +36,15 @@ from tqdm import tqdm
 from eva02at.errors import PipelineError
 from eva02at.models import load_checkpoint_file
 from eva02at.train.augment import AugmentConfig
-from eva02at.train.data import DECODE_DEVICES, ClipPairs, Collate, EpochBatches, clip_frames, die_with_parent
+from eva02at.train.data import (
+    DECODE_DEVICES,
+    ClipPairs,
+    Collate,
+    EpochBatches,
+    clip_frames,
+    die_with_parent,
+    recycle_frames,
+)
 from eva02at.train.distributed import DistInfo
 from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
 from eva02at.train.sampling import RelevantPairSampler
@@ -98,6 +106,7 @@ def train_step(
         last = index == len(micro_batches) - 1
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             frames = clip_frames(batch, setup.device, task.image_size, task.mean, task.std, setup.augment, setup.seed)
+            recycle_frames(batch)  # the worker may write the next batch into the same shared memory
             tokens = batch["tokens"].to(setup.device, non_blocking=True)
             with autocast:
                 loss = task.loss(forward, frames, tokens, batch)
