@@ -4,7 +4,8 @@ Training reads clips from frame shards through the DataLoader path of ``eva02at.
 processes decode JPEGs straight into the batch and tokenize the captions (``ClipPairs`` + ``Collate``); the
 training process moves the uint8 batch to the device, where each clip is cropped to its box, resized and
 normalised (``clip_frames``). The yardstick is ``torchvision.io.decode_jpeg`` alone on the same frames in one
-process: the loader's frames/s per core over it is the share of a core that goes to decoding (target 0.95).
+process: the loader's frames/s per core over it is the share of a core that goes to decoding (target 0.95);
+``decode_jpegs`` alone (decoding plus the one copy into the batch) sits in between.
 What the shards replace is random access into the videos with decord: ``eva02at.video.read_frames`` at
 jittered ``segment_indices`` of a random one-second segment, each frame resized and cropped as the shards are.
 
@@ -42,7 +43,7 @@ from torchvision.ops import roi_align
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.annotations import cut_videos, read_video_list
 from eva02at.extract import extract, resize_crop
-from eva02at.shards import FrameShards, FrameSpec
+from eva02at.shards import FrameShards, FrameSpec, decode_jpegs
 from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
 from eva02at.train.data import (
     ClipPairs,
@@ -119,20 +120,33 @@ def loader_rate(shards: FrameShards, workers: int, args: argparse.Namespace, dev
     return frames_done / (time.perf_counter() - start)
 
 
+def timed_clips(shards: FrameShards, args: argparse.Namespace) -> list[list[bytes]]:
+    """The JPEG bytes of the timed batches' clips, read beforehand."""
+    clip_ids = shards.clip_ids
+    return [shards.jpegs(clip_ids[video]) for row in clip_order(shards, args)[args.warmup :] for video in row]
+
+
 def decoder_rate(shards: FrameShards, args: argparse.Namespace) -> float:
     """Frames/s of ``torchvision.io.decode_jpeg`` alone in this process, on the timed batches' frames
-    (their bytes read and wrapped beforehand): the yardstick of the loader rows."""
-    clip_ids = shards.clip_ids
+    (their bytes wrapped in tensors beforehand): the yardstick of the loader rows."""
     jpegs = [
-        torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        for row in clip_order(shards, args)[args.warmup :]
-        for video in row
-        for data in shards.jpegs(clip_ids[video])
+        torch.frombuffer(bytearray(data), dtype=torch.uint8) for clip in timed_clips(shards, args) for data in clip
     ]
     start = time.perf_counter()
     for data in jpegs:
         decode_jpeg(data, mode=ImageReadMode.RGB)
     return len(jpegs) / (time.perf_counter() - start)
+
+
+def decode_jpegs_rate(shards: FrameShards, args: argparse.Namespace) -> float:
+    """Frames/s of the loader's ``decode_jpegs`` on the same frames, into one reused clip buffer: decoding
+    plus the one copy of each frame into the batch, without the loader's other work."""
+    clips = timed_clips(shards, args)
+    out = decode_jpegs(clips[0])  # (T, H, W, 3)
+    start = time.perf_counter()
+    for jpegs in clips:
+        decode_jpegs(jpegs, out=out)
+    return len(clips) * len(out) / (time.perf_counter() - start)
 
 
 def decord_rate(
@@ -211,6 +225,7 @@ def measure_size(args: argparse.Namespace, size: int, device: torch.device, tmp:
     shards = build_shards(args.videos, tmp / f"frames-{size}", spec, args.clip_seconds, args.max_videos)
     top = max(args.workers)
     rows: dict[tuple[str, int], Callable[[], float]] = {(YARDSTICK, 0): lambda: decoder_rate(shards, args)}
+    rows[("decode_jpegs into the batch", 0)] = lambda: decode_jpegs_rate(shards, args)
     for workers in args.workers:
         rows[("loader", workers)] = lambda n=workers: loader_rate(shards, n, args, None)
     rows[(f"loader + crop + normalise ({device.type})", top)] = lambda: loader_rate(shards, top, args, device)
