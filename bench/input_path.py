@@ -88,11 +88,15 @@ def clip_order(shards: FrameShards, args: argparse.Namespace) -> np.ndarray:
     return np.random.default_rng(0).integers(0, len(shards.clip_ids), size=(args.warmup + args.batches, args.batch))
 
 
-def loader_rate(shards: FrameShards, workers: int, args: argparse.Namespace, device: torch.device | None) -> float:
+def loader_rate(
+    shards: FrameShards, workers: int, args: argparse.Namespace, device: torch.device | None, recycle: bool = True
+) -> float:
     """Frames/s of training batches from DataLoader workers, after ``args.warmup`` batches.
 
     With a ``device`` each batch also becomes model input there (``clip_frames``: crop box, resize, normalise);
-    without, the rate is the workers' side alone, which on a GPU node is all the CPU cores do.
+    without, the rate is the workers' side alone, which on a GPU node is all the CPU cores do. Without
+    ``recycle`` no batch is released, so workers write every batch into fresh shared memory, as torch's
+    default collate does.
     """
     clip_ids = shards.clip_ids
     pairs = [[(int(v), int(v)) for v in row] for row in clip_order(shards, args)]  # (video, caption) pairs
@@ -115,7 +119,8 @@ def loader_rate(shards: FrameShards, workers: int, args: argparse.Namespace, dev
             frames = clip_frames(batch, device, size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig())
         if index >= args.warmup:
             frames_done += frames.shape[0] * frames.shape[1]
-        recycle_frames(batch)  # as the training step does
+        if recycle:
+            recycle_frames(batch)  # as the training step does
     synchronize(sync)
     return frames_done / (time.perf_counter() - start)
 
@@ -228,6 +233,7 @@ def measure_size(args: argparse.Namespace, size: int, device: torch.device, tmp:
     rows[("decode_jpegs into the batch", 0)] = lambda: decode_jpegs_rate(shards, args)
     for workers in args.workers:
         rows[("loader", workers)] = lambda n=workers: loader_rate(shards, n, args, None)
+    rows[("loader, fresh shared memory", 1)] = lambda: loader_rate(shards, 1, args, None, recycle=False)
     rows[(f"loader + crop + normalise ({device.type})", top)] = lambda: loader_rate(shards, top, args, device)
     rows[("decord", 0)] = lambda: decord_rate(shards, args.videos, args.decord_clips, spec, args.clip_seconds)
     rows.update({(path, 0): fn for path, fn in crop_rates(args, size, device).items()})

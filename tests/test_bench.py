@@ -144,6 +144,7 @@ def test_input_path_small_cpu(tmp_path):
         ("decode_jpegs into the batch", 0),
         ("loader", 0),
         ("loader", 1),
+        ("loader, fresh shared memory", 1),
         ("loader + crop + normalise (cpu)", 1),
         ("decord", 0),
         ("crop + resize (augment)", 0),
