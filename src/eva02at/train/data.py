@@ -2,8 +2,9 @@
 
 Workers read a clip's JPEGs, decode them (torchvision's libjpeg-turbo) straight into the batch's shared
 memory (written again once the step has released it) and tokenize the captions, so the training process
-only moves uint8 (4x fewer bytes than float) to the device; crop, resize and normalisation run there (``clip_frames``). With ``decode_device: cuda`` the
-workers ship the JPEG bytes instead and the GPU decodes whole batches. Which view of a clip is used is a
+only moves uint8 (4x fewer bytes than float) to the device; crop, resize and normalisation run there
+(``clip_frames``). With ``decode_device: cuda`` the workers ship the JPEG bytes instead and the GPU decodes
+whole batches. Which view of a clip is used is a
 function of the epoch alone (view = epoch mod views), and the crop box one of (seed, epoch, clip), so a
 resumed run and an uninterrupted one see the same pixels whatever the number of loader workers.
 """
