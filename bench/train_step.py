@@ -6,7 +6,8 @@ the device, cropped and normalised there (``train.data.clip_frames``), ``VideoCL
 the embeddings are gathered (the identity on one process), the loss from ``losses.get_loss`` is
 back-propagated and the AdamW of ``train.optim.build_optimizer`` steps. Inputs are random: a step costs the
 same whatever the pixels and words. Decoding and tokenizing happen in the loader workers, measured apart in
-``bench/input_path.py``.
+``bench/input_path.py``. With ``--augment`` the frames are stored 4:3 and cropped with RandomResizedCrop
+boxes, as with ``train.augment``; without, each clip is its centred square.
 
 FLOPs come from torch's FlopCounterMode on one eager two-clip step without gradient checkpointing, i.e. model
 FLOPs (the forward that checkpointing recomputes is a cost, not useful work), scaled to the batch. MFU
@@ -39,13 +40,26 @@ from bench.common import machine_info, median, synchronize, time_calls, write_js
 from eva02at.losses import get_loss
 from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
 from eva02at.train import loop
+from eva02at.train.augment import AugmentConfig
 from eva02at.train.data import clip_frames
 from eva02at.train.optim import OptimConfig, build_optimizer
 from eva02at.train.tasks import VideoTextTask
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COUNT_BATCH = 2  # clips of the FLOP-counting step: the smallest batch the losses accept
-CONFIG_KEYS = ("model", "frames", "batch", "precision", "compile", "grad_checkpointing", "loss", "steps", "warmup")
+CONFIG_KEYS = (
+    "model",
+    "frames",
+    "batch",
+    "precision",
+    "compile",
+    "grad_checkpointing",
+    "loss",
+    "augment",
+    "steps",
+    "warmup",
+)
+STORED_ASPECT = 4 / 3  # frames of training collections keep room to crop (with --augment)
 ROOT = Path(__file__).resolve().parents[1]
 
 # The GPU table: the anchor's ladder (precision, compile) for B/16 at 4 frames, 16 frames at the fine-tuning
@@ -88,12 +102,14 @@ class SyntheticRelevance:
         return self.matrix[np.ix_(videos, captions)]  # (B, B): C[a, b] = R(video_a, caption_b)
 
 
-def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: int = 0) -> dict:
-    """A batch as the loader workers hand it over: random uint8 frames ``(B, T, 3, H, W)`` in the decoder's
-    (B, T, H, W, 3) memory, pinned for a GPU; tokenized random captions; clips and captions 0..B-1."""
+def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: int = 0, aspect: float = 1.0) -> dict:
+    """A batch as the loader workers hand it over: random uint8 frames ``(B, T, 3, H, W)`` (H the model's
+    size, W = H * ``aspect``) in the decoder's (B, T, H, W, 3) memory, pinned for a GPU; tokenized random
+    captions; clips and captions 0..B-1."""
     generator = torch.Generator().manual_seed(seed)
     size = model.image_size
-    frames = torch.randint(0, 256, (batch, model.num_frames, size, size, 3), generator=generator, dtype=torch.uint8)
+    shape = (batch, model.num_frames, size, round(size * aspect), 3)
+    frames = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
     words = ["person", "picks", "cuts", "opens", "puts", "knife", "onion", "drawer", "plate", "water", "lid"]
     picks = torch.randint(0, len(words), (batch, 8), generator=generator).tolist()
     texts = [" ".join(words[i] for i in row) for row in picks]
@@ -107,14 +123,18 @@ def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: in
     }
 
 
-def make_step(model: VideoCLIP, loss_name: str, precision: str, clips: int) -> Callable[[Callable, dict], torch.Tensor]:
-    """The training loop's step on ``model`` (soft labels for ``clips`` clips), run through ``forward`` (the
-    model itself or its compiled wrapper); returns the loss, on the device."""
+def make_step(
+    model: VideoCLIP, loss_name: str, precision: str, clips: int, augment: bool = False
+) -> Callable[[Callable, dict], torch.Tensor]:
+    """The training loop's step on ``model`` (soft labels for ``clips`` clips, RandomResizedCrop boxes with
+    ``augment``), run through ``forward`` (the model itself or its compiled wrapper); returns the loss, on the
+    device."""
     optimizer = build_optimizer(model, OptimConfig())
     relevancy = SyntheticRelevance(clips) if loss_name != "infonce" else None
     task = VideoTextTask(model, get_loss(loss_name), relevancy)
     device = next(model.parameters()).device
-    setup = loop.StepSetup(device, precision="bf16" if precision == "bf16" else "fp32")
+    crops = AugmentConfig() if augment else None
+    setup = loop.StepSetup(device, precision="bf16" if precision == "bf16" else "fp32", augment=crops)
 
     def step(forward: Callable, batch: dict) -> torch.Tensor:
         return loop.train_step(forward, task, [batch], optimizer, setup)[0]
@@ -271,11 +291,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = from_open_clip(create_image_clip(args.model), args.frames, model_name=args.model).to(device)
     model.train()
-    step = make_step(model, args.loss, args.precision, max(args.batch, COUNT_BATCH))
+    step = make_step(model, args.loss, args.precision, max(args.batch, COUNT_BATCH), args.augment)
     counts = count_per_clip(model, step, args.precision)
     model.set_grad_checkpointing(args.grad_checkpointing)
     forward = torch.compile(model) if args.compile else model
-    batch = synthetic_batch(model, args.batch, device)
+    batch = synthetic_batch(model, args.batch, device, aspect=STORED_ASPECT if args.augment else 1.0)
     losses: list[torch.Tensor] = []
     timing = time_steps(lambda: losses.append(step(forward, batch)), args, device)
     step_s = median(timing["step_seconds"])
@@ -316,9 +336,8 @@ def format_row(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"| `{result['args']}` | failed: {result['error']} |"
     c = result["config"]
-    mode = " ".join(
-        [c["precision"], "compile" if c["compile"] else "eager"] + (["ckpt"] if c["grad_checkpointing"] else [])
-    )
+    flags = (["ckpt"] if c["grad_checkpointing"] else []) + (["augment"] if c.get("augment") else [])
+    mode = " ".join([c["precision"], "compile" if c["compile"] else "eager", *flags])
     return (
         f"| {c['model']} | {c['frames']} | {c['batch']} | {c['loss']} | {mode} | {result['clips_per_s']:.4g} | "
         f"{result['flops_per_clip'] / 1e9:.4g} | {result['tflops']:.4g} | {result['matmul_peak_tflops']:.4g} | "
@@ -361,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--loss", choices=("infonce", "sms"), default="infonce")
+    parser.add_argument("--augment", action="store_true", help="crop 4:3 frames as train.augment does")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

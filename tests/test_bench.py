@@ -95,16 +95,17 @@ def test_the_benchmark_times_the_training_loops_step(monkeypatch):
     calls = []
 
     def spy(forward, task, micro_batches, optimizer, setup):
-        calls.append((type(task).__name__, sorted(micro_batches[0])))
+        calls.append((type(task).__name__, sorted(micro_batches[0]), micro_batches[0]["frames"].shape[-1]))
+        assert setup.augment is not None  # --augment: crops as train.augment makes them
         return real_step(forward, task, micro_batches, optimizer, setup)
 
     real_step = loop.train_step
     monkeypatch.setattr(loop, "train_step", spy)
     argv = f"--model {TINY} --frames 2 --batch 2 --precision fp32 --steps 2 --warmup 1 --device cpu --peak-size 64"
-    assert train_step.main(shlex.split(argv)) == 0
+    assert train_step.main([*shlex.split(argv), "--augment"]) == 0
     assert len(calls) == 1 + 1 + 2  # the FLOP-counting step, the warm-up step, the timed steps
     # a batch as the loader workers hand it over: uint8 frames and tokens made in the workers
-    assert calls[-1] == ("VideoTextTask", ["captions", "epoch", "frames", "texts", "tokens", "videos"])
+    assert calls[-1] == ("VideoTextTask", ["captions", "epoch", "frames", "texts", "tokens", "videos"], 43)
 
 
 def test_sweep_rows_are_valid_commands():
