@@ -1,16 +1,22 @@
-"""Input-path throughput: frames/s from JPEG frame shards to normalised tensors, against decoding video.
+"""Input-path throughput: frames/s from JPEG frame shards to model inputs, against the JPEG decoder alone.
 
 Training reads clips from frame shards through the DataLoader path of ``eva02at.train.data``: worker
-processes decode JPEGs (``ClipPairs`` + ``collate``) into uint8 batches; the main process moves them to the
-device and normalises there (``normalize``). What the shards replace is random access into the videos with
-decord: ``eva02at.video.read_frames`` at jittered ``segment_indices`` of a random one-second segment, each
-frame resized and cropped as the shards are (``eva02at.extract.resize_crop``).
+processes decode JPEGs straight into the batch and tokenize the captions (``ClipPairs`` + ``Collate``); the
+training process moves the uint8 batch to the device, where each clip is cropped to its box, resized and
+normalised (``clip_frames``). The yardstick is ``torchvision.io.decode_jpeg`` alone on the same frames in one
+process: the loader's frames/s per core over it is the share of a core that goes to decoding (target 0.95);
+``decode_jpegs`` alone (decoding plus the one copy into the batch) sits in between.
+What the shards replace is random access into the videos with decord: ``eva02at.video.read_frames`` at
+jittered ``segment_indices`` of a random one-second segment, each frame resized and cropped as the shards are.
+
+The crop rows time ``crop_resize`` per clip on the device, on frames of ``--size`` x ``--size * --aspect``
+(training collections keep room to crop), with RandomResizedCrop boxes, with the centred square
+(augmentation off), and, for comparison, torchvision's ``roi_align`` over the same boxes in one call.
 
 The shards are built here, in a temporary directory, from the sample videos with ``eva02at.extract``, at each
-``--size`` (224: real training JPEGs; 64: the demo's). Rows: JPEG decoding alone in one process (the per-core
-rate a GPU node's cores multiply); the loader's uint8 batches with N workers (per-core rate: the total over
-N); the same, moved to the device and normalised, at the largest N; decord; and with CUDA present, GPU JPEG
-decoding (``torchvision.io.decode_jpeg``).
+``--size`` (224: real training JPEGs; 64: the demo's). Measurements are interleaved (one of each row per
+repeat), so that a busy machine slows every row alike. With CUDA present, GPU JPEG decoding of packed
+batches (``device_frames``, nvJPEG) is a row too.
 
     python -m bench.input_path --size 224 64 --workers 0 1 2 --json input_path.json
 """
@@ -27,22 +33,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader
-from torchvision.io import decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.ops import roi_align
 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.annotations import cut_videos, read_video_list
 from eva02at.extract import extract, resize_crop
-from eva02at.shards import FrameShards, FrameSpec
-from eva02at.train.data import ClipPairs, EpochBatches, collate, normalize
+from eva02at.shards import FrameShards, FrameSpec, decode_jpegs
+from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
+from eva02at.train.data import (
+    ClipPairs,
+    Collate,
+    EpochBatches,
+    clip_frames,
+    device_frames,
+    normalize,
+    pack_jpegs,
+    recycle_frames,
+)
 from eva02at.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "ego4d"
+TOKENIZER = "EVA02-B-16"  # the captions are tokenized in the workers, as in training
 # Frames per second the training step consumes at the throughput targets (clips/s x frames per clip).
 TARGETS = {"B/16, 4 frames, 800 clips/s": 800 * 4, "B/16, 16 frames, 140 clips/s": 140 * 16}
+YARDSTICK = "decode_jpeg alone"
 
 
 def build_shards(video_dir: Path, out_dir: Path, spec: FrameSpec, clip_seconds: float, max_videos: int) -> FrameShards:
@@ -63,51 +83,75 @@ def build_shards(video_dir: Path, out_dir: Path, spec: FrameSpec, clip_seconds: 
     return FrameShards(out_dir)
 
 
-def shard_rate(shards: FrameShards, workers: int, args: argparse.Namespace, device: torch.device | None) -> float:
-    """Frames/s of uint8 batches from DataLoader workers, after ``args.warmup`` batches.
+def clip_order(shards: FrameShards, args: argparse.Namespace) -> np.ndarray:
+    """The clips of every measurement, (warmup + batches, batch) indices: the same frames for every row."""
+    return np.random.default_rng(0).integers(0, len(shards.clip_ids), size=(args.warmup + args.batches, args.batch))
 
-    With a ``device`` each batch is also moved there and normalised (the step's input); without, the rate is
-    the CPU side alone, which on a GPU node is all the cores do.
+
+def loader_rate(
+    shards: FrameShards, workers: int, args: argparse.Namespace, device: torch.device | None, recycle: bool = True
+) -> float:
+    """Frames/s of training batches from DataLoader workers, after ``args.warmup`` batches.
+
+    With a ``device`` each batch also becomes model input there (``clip_frames``: crop box, resize, normalise);
+    without, the rate is the workers' side alone, which on a GPU node is all the CPU cores do. Without
+    ``recycle`` no batch is released, so workers write every batch into fresh shared memory, as torch's
+    default collate does.
     """
     clip_ids = shards.clip_ids
-    order = np.random.default_rng(0).integers(0, len(clip_ids), size=(args.warmup + args.batches, args.batch))
-    pairs = [[(int(v), int(v)) for v in row] for row in order]  # (video, caption) index pairs
+    pairs = [[(int(v), int(v)) for v in row] for row in clip_order(shards, args)]  # (video, caption) pairs
     loader = DataLoader(
-        ClipPairs(shards, clip_ids, captions=clip_ids),
+        ClipPairs(shards, clip_ids, captions=shards.texts(clip_ids)),
         batch_sampler=EpochBatches(pairs, epoch=0),
-        collate_fn=collate,
+        collate_fn=Collate(open_clip.get_tokenizer(TOKENIZER)),
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
     )
     sync = device or torch.device("cpu")
     frames_done, start = 0, 0.0
-    for index, item in enumerate(loader):
+    for index, batch in enumerate(loader):
         if index == args.warmup:
             synchronize(sync)
             start = time.perf_counter()
-        frames = item["frames"]  # (B, T, 3, H, W) uint8
+        frames = batch["frames"]  # (B, T, 3, H, W) uint8
         if device is not None:
-            frames = normalize(frames.to(device, non_blocking=True), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+            size = min(frames.shape[-2:])
+            frames = clip_frames(batch, device, size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig())
         if index >= args.warmup:
             frames_done += frames.shape[0] * frames.shape[1]
+        if recycle:
+            recycle_frames(batch)  # as the training step does
     synchronize(sync)
     return frames_done / (time.perf_counter() - start)
 
 
-def decode_rate(shards: FrameShards, clips: int, seed: int = 0) -> float:
-    """Frames/s of ``ClipPairs`` items read in this process: JPEG decoding alone, on one core.
-
-    The loader rows add what a loader adds (worker processes, transfer, collation; and normalisation, on
-    the CPU here but on the GPU in training); this row is the per-core decoding rate a GPU node scales by.
-    """
+def timed_clips(shards: FrameShards, args: argparse.Namespace) -> list[list[bytes]]:
+    """The JPEG bytes of the timed batches' clips, read beforehand."""
     clip_ids = shards.clip_ids
-    dataset = ClipPairs(shards, clip_ids, captions=clip_ids)
-    videos = np.random.default_rng(seed).integers(0, len(clip_ids), size=clips)
-    frames = 0
+    return [shards.jpegs(clip_ids[video]) for row in clip_order(shards, args)[args.warmup :] for video in row]
+
+
+def decoder_rate(shards: FrameShards, args: argparse.Namespace) -> float:
+    """Frames/s of ``torchvision.io.decode_jpeg`` alone in this process, on the timed batches' frames
+    (their bytes wrapped in tensors beforehand): the yardstick of the loader rows."""
+    jpegs = [
+        torch.frombuffer(bytearray(data), dtype=torch.uint8) for clip in timed_clips(shards, args) for data in clip
+    ]
     start = time.perf_counter()
-    for video in videos:
-        frames += dataset[(0, int(video), int(video))][0].shape[0]  # (T, 3, H, W)
-    return frames / (time.perf_counter() - start)
+    for data in jpegs:
+        decode_jpeg(data, mode=ImageReadMode.RGB)
+    return len(jpegs) / (time.perf_counter() - start)
+
+
+def decode_jpegs_rate(shards: FrameShards, args: argparse.Namespace) -> float:
+    """Frames/s of the loader's ``decode_jpegs`` on the same frames, into one reused clip buffer: decoding
+    plus the one copy of each frame into the batch, without the loader's other work."""
+    clips = timed_clips(shards, args)
+    out = decode_jpegs(clips[0])  # (T, H, W, 3)
+    start = time.perf_counter()
+    for jpegs in clips:
+        decode_jpegs(jpegs, out=out)
+    return len(clips) * len(out) / (time.perf_counter() - start)
 
 
 def decord_rate(
@@ -137,64 +181,94 @@ def decord_rate(
 
 
 def gpu_jpeg_rate(shards: FrameShards, batch: int, repeats: int, device: torch.device) -> float:
-    """Frames/s of nvJPEG batch decoding plus normalisation on the GPU, for the JPEGs of ``batch`` clips."""
+    """Frames/s of the training path's batched GPU decoding (``device_frames`` of packed JPEGs, nvJPEG)."""
     clip_ids = shards.clip_ids
-    jpegs = [
-        torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        for i in range(batch)
-        for data in shards.jpegs(clip_ids[i % len(clip_ids)])
-    ]
-
-    def decode() -> None:
-        frames = torch.stack(decode_jpeg(jpegs, device=device))  # (B*T, 3, H, W) uint8
-        normalize(frames, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
-
-    return len(jpegs) / median(time_calls(decode, repeats, device, warmup=2))
+    packed = pack_jpegs([shards.jpegs(clip_ids[i % len(clip_ids)]) for i in range(batch)])
+    frames = len(packed["jpeg_offsets"]) - 1
+    return frames / median(time_calls(lambda: device_frames(packed, device), repeats, device, warmup=2))
 
 
-def jpeg_bytes_per_frame(shards: FrameShards) -> float:
-    sizes = [len(b) for clip in shards.clip_ids for b in shards.jpegs(clip)]
-    return sum(sizes) / len(sizes)
+def crop_rates(args: argparse.Namespace, size: int, device: torch.device) -> dict[str, Callable[[], float]]:
+    """Frames/s of the crop + resize on ``device`` for uint8 batches of ``size`` x ``size * aspect`` frames in
+    the decoder's memory order (the cost does not depend on the pixels, so they are random)."""
+    width = round(size * args.aspect)
+    shape = (args.batch, args.frames, size, width, 3)
+    frames = torch.randint(0, 256, shape, dtype=torch.uint8).to(device).permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+    videos = list(range(args.batch))
+    random_boxes = crop_boxes(videos, 0, size, width, AugmentConfig(), seed=0)
+    centre_boxes = crop_boxes(videos, 0, size, width, None, seed=0)
+
+    def rate(fn: Callable[[], Any]) -> Callable[[], float]:
+        return lambda: args.batch * args.frames / median(time_calls(fn, 3, device, warmup=1))
+
+    return {
+        "crop + resize (augment)": rate(lambda: crop_resize(frames, random_boxes, size)),
+        "centre crop (augment off)": rate(lambda: crop_resize(frames, centre_boxes, size)),
+        "roi_align (alternative)": rate(lambda: roi_align_crop(frames, random_boxes, size)),
+    }
+
+
+def roi_align_crop(frames: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]], size: int) -> torch.Tensor:
+    """The same crops with one ``roi_align`` call (area-averaged samples, not antialiased bilinear)."""
+    batch, count = frames.shape[:2]
+    flat = frames.flatten(0, 1).float()  # (B*T, 3, H, W)
+    rois = torch.tensor(
+        [
+            [b * count + t, left, top, left + w, top + h]
+            for b, (top, left, h, w) in enumerate(boxes)
+            for t in range(count)
+        ],
+        dtype=torch.float32,
+        device=frames.device,
+    )  # (B*T, 5): frame index, x1, y1, x2, y2
+    return roi_align(flat, rois, size, aligned=True).unflatten(0, (batch, count))  # (B, T, 3, size, size)
 
 
 def measure_size(args: argparse.Namespace, size: int, device: torch.device, tmp: Path) -> list[dict[str, Any]]:
-    """The rows of one frame size: decoding alone, the loader per worker count, decord, nvJPEG on a GPU."""
+    """The rows of one frame size, measured interleaved ``args.repeats`` times."""
     spec = FrameSpec(num_frames=args.frames, size=size)
     shards = build_shards(args.videos, tmp / f"frames-{size}", spec, args.clip_seconds, args.max_videos)
-    rows = []
-
-    def add(path: str, workers: int, measure_once: Callable[[int], float], repeats: int = args.repeats) -> None:
-        rates = [measure_once(r) for r in range(repeats)]
-        row = dict(size=size, frames_per_clip=args.frames, path=path, workers=workers, cores=max(1, workers))
-        rows.append(row | {"rates": rates, "frames_per_s": median(rates)})
-
-    add("decode only", 0, lambda seed: decode_rate(shards, args.batch * args.batches, seed))
-    for workers in args.workers:
-        add("loader", workers, lambda _, n=workers: shard_rate(shards, n, args, None))
     top = max(args.workers)
-    add(f"loader + normalise ({device.type})", top, lambda _: shard_rate(shards, top, args, device))
-    add("decord", 0, lambda seed: decord_rate(shards, args.videos, args.decord_clips, spec, args.clip_seconds, seed))
+    rows: dict[tuple[str, int], Callable[[], float]] = {(YARDSTICK, 0): lambda: decoder_rate(shards, args)}
+    rows[("decode_jpegs into the batch", 0)] = lambda: decode_jpegs_rate(shards, args)
+    for workers in args.workers:
+        rows[("loader", workers)] = lambda n=workers: loader_rate(shards, n, args, None)
+    rows[("loader, fresh shared memory", 1)] = lambda: loader_rate(shards, 1, args, None, recycle=False)
+    rows[(f"loader + crop + normalise ({device.type})", top)] = lambda: loader_rate(shards, top, args, device)
+    rows[("decord", 0)] = lambda: decord_rate(shards, args.videos, args.decord_clips, spec, args.clip_seconds)
+    rows.update({(path, 0): fn for path, fn in crop_rates(args, size, device).items()})
     if device.type == "cuda":
-        add("nvjpeg (GPU)", 0, lambda _: gpu_jpeg_rate(shards, args.batch, 10, device), repeats=1)
-    jpeg_bytes = jpeg_bytes_per_frame(shards)
-    for row in rows:
-        row["frames_per_s_per_core"] = row["frames_per_s"] / row["cores"]
-        row["jpeg_bytes_per_frame"] = jpeg_bytes
-        row["clips_in_shards"] = len(shards.clip_ids)
-    return rows
+        rows[("nvjpeg batch (GPU)", 0)] = lambda: gpu_jpeg_rate(shards, args.batch, 10, device)
+    rates: dict[tuple[str, int], list[float]] = {key: [] for key in rows}
+    for _ in range(args.repeats):
+        for key, measure_once in rows.items():
+            rates[key].append(measure_once())
+    jpeg_bytes = float(np.mean([len(b) for clip in shards.clip_ids for b in shards.jpegs(clip)]))
+    yardstick = median(rates[(YARDSTICK, 0)])
+    results = []
+    for (path, workers), values in rates.items():
+        per_core = median(values) / max(1, workers)
+        results.append(
+            dict(size=size, frames_per_clip=args.frames, path=path, workers=workers, cores=max(1, workers))
+            | {"rates": values, "frames_per_s": median(values), "frames_per_s_per_core": per_core}
+            | {"ms_per_clip": 1000 * args.frames / median(values), "vs_decode_jpeg": per_core / yardstick}
+            | {"jpeg_bytes_per_frame": jpeg_bytes, "clips_in_shards": len(shards.clip_ids)}
+        )
+    return results
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """Markdown table, with the cores each path needs to feed the step at the throughput targets."""
     names = list(TARGETS)
-    columns = ["size", "path", "workers", "frames/s", "frames/s per core", "KiB/frame"]
+    columns = ["size", "path", "workers", "frames/s", "frames/s per core", "vs decode_jpeg", "ms/clip", "KiB/frame"]
     columns += [f"cores for {n}" for n in names]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        cores = " | ".join(f"{TARGETS[n] / r['frames_per_s_per_core']:.1f}" for n in names)
+        cores = " | ".join(f"{TARGETS[n] / r['frames_per_s_per_core']:.2f}" for n in names)
         lines.append(
             f"| {r['size']} | {r['path']} | {r['workers']} | {r['frames_per_s']:.0f} | "
-            f"{r['frames_per_s_per_core']:.0f} | {r['jpeg_bytes_per_frame'] / 1024:.1f} | {cores} |"
+            f"{r['frames_per_s_per_core']:.0f} | {r['vs_decode_jpeg']:.2f} | {r['ms_per_clip']:.2f} | "
+            f"{r['jpeg_bytes_per_frame'] / 1024:.1f} | {cores} |"
         )
     return "\n".join(lines)
 
@@ -210,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per row (the median is reported)")
     parser.add_argument("--decord-clips", type=int, default=30, help="random clips per decord measurement")
     parser.add_argument("--clip-seconds", type=float, default=1.0, help="clip length (EgoClip: about 1 s)")
+    parser.add_argument("--aspect", type=float, default=4 / 3, help="stored width / height of the crop rows")
     parser.add_argument("--videos", type=Path, default=SAMPLE, help="folder with clips.csv and the videos")
     parser.add_argument("--max-videos", type=int, default=0, help="use the first N videos only (0: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,10 +1,13 @@
 """Training-step throughput of EVA02-AT on synthetic clips: clips/s, TFLOP/s, MFU and memory per clip.
 
-The timed step is the library's training step, composed of its own functions: uint8 frames are normalised on
-the device (``train.data.normalize``), ``VideoCLIP`` encodes video and text, the embeddings are gathered
-(``train.distributed.all_gather_with_grad``, the identity on one process), the loss from ``losses.get_loss``
-is back-propagated and the AdamW of ``train.optim.build_optimizer`` steps. Inputs are random: a step costs
-the same whatever the pixels and words. Decoding the inputs is measured apart, in ``bench/input_path.py``.
+The timed step is the one the training stages run, ``train.loop.train_step``, on a batch as the loader
+workers hand it over (uint8 frames in the decoder's memory order, tokenized captions): frames are moved to
+the device, cropped and normalised there (``train.data.clip_frames``), ``VideoCLIP`` encodes video and text,
+the embeddings are gathered (the identity on one process), the loss from ``losses.get_loss`` is
+back-propagated and the AdamW of ``train.optim.build_optimizer`` steps. Inputs are random: a step costs the
+same whatever the pixels and words. Decoding and tokenizing happen in the loader workers, measured apart in
+``bench/input_path.py``. With ``--augment`` the frames are stored 4:3 and cropped with RandomResizedCrop
+boxes, as with ``train.augment``; without, each clip is its centred square.
 
 FLOPs come from torch's FlopCounterMode on one eager two-clip step without gradient checkpointing, i.e. model
 FLOPs (the forward that checkpointing recomputes is a cost, not useful work), scaled to the batch. MFU
@@ -28,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -35,13 +39,27 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.losses import get_loss
 from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
-from eva02at.train.data import normalize
-from eva02at.train.distributed import all_gather_with_grad
+from eva02at.train import loop
+from eva02at.train.augment import AugmentConfig
+from eva02at.train.data import clip_frames
 from eva02at.train.optim import OptimConfig, build_optimizer
+from eva02at.train.tasks import VideoTextTask
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COUNT_BATCH = 2  # clips of the FLOP-counting step: the smallest batch the losses accept
-CONFIG_KEYS = ("model", "frames", "batch", "precision", "compile", "grad_checkpointing", "loss", "steps", "warmup")
+CONFIG_KEYS = (
+    "model",
+    "frames",
+    "batch",
+    "precision",
+    "compile",
+    "grad_checkpointing",
+    "loss",
+    "augment",
+    "steps",
+    "warmup",
+)
+STORED_ASPECT = 4 / 3  # frames of training collections keep room to crop (with --augment)
 ROOT = Path(__file__).resolve().parents[1]
 
 # The GPU table: the anchor's ladder (precision, compile) for B/16 at 4 frames, 16 frames at the fine-tuning
@@ -71,39 +89,55 @@ CPU_ATTENTION_FLOPS = {
     ),
 }
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 frames, tokens, relevance
+
+class SyntheticRelevance:
+    """Soft labels of the synthetic clips: R[i, j] in {0, .25, ..., 1} with R[i, i] = 1, looked up by index."""
+
+    def __init__(self, clips: int, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        matrix = torch.randint(0, 5, (clips, clips), generator=generator) / 4  # (N, N)
+        self.matrix = matrix.fill_diagonal_(1.0).numpy()
+
+    def lookup(self, videos: np.ndarray, captions: np.ndarray) -> np.ndarray:
+        return self.matrix[np.ix_(videos, captions)]  # (B, B): C[a, b] = R(video_a, caption_b)
 
 
-def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: int = 0) -> Batch:
-    """Random uint8 frames ``(B, T, 3, H, W)``, tokenized random captions, soft labels with C[i, i] = 1."""
+def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: int = 0, aspect: float = 1.0) -> dict:
+    """A batch as the loader workers hand it over: random uint8 frames ``(B, T, 3, H, W)`` (H the model's
+    size, W = H * ``aspect``) in the decoder's (B, T, H, W, 3) memory, pinned for a GPU; tokenized random
+    captions; clips and captions 0..B-1."""
     generator = torch.Generator().manual_seed(seed)
     size = model.image_size
-    shape = (batch, model.num_frames, 3, size, size)
-    frames = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)  # (B, T, 3, H, W)
+    shape = (batch, model.num_frames, size, round(size * aspect), 3)
+    frames = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
     words = ["person", "picks", "cuts", "opens", "puts", "knife", "onion", "drawer", "plate", "water", "lid"]
     picks = torch.randint(0, len(words), (batch, 8), generator=generator).tolist()
-    tokens = model.tokenize([" ".join(words[i] for i in row) for row in picks])  # (B, context_length)
-    relevance = torch.randint(0, 5, (batch, batch), generator=generator) / 4  # (B, B) in {0, .25, ..., 1}
-    relevance.fill_diagonal_(1.0)
-    return frames.to(device), tokens.to(device), relevance.to(device)
+    texts = [" ".join(words[i] for i in row) for row in picks]
+    return {
+        "frames": (frames.pin_memory() if device.type == "cuda" else frames).permute(0, 1, 4, 2, 3),
+        "tokens": model.tokenize(texts),  # (B, context_length)
+        "texts": texts,
+        "videos": torch.arange(batch),
+        "captions": torch.arange(batch),
+        "epoch": 0,
+    }
 
 
-def make_step(model: VideoCLIP, loss_name: str, precision: str) -> Callable[[Callable, Batch], torch.Tensor]:
-    """The training step, run through ``forward`` (the model itself or its compiled wrapper)."""
+def make_step(
+    model: VideoCLIP, loss_name: str, precision: str, clips: int, augment: bool = False
+) -> Callable[[Callable, dict], torch.Tensor]:
+    """The training loop's step on ``model`` (soft labels for ``clips`` clips, RandomResizedCrop boxes with
+    ``augment``), run through ``forward`` (the model itself or its compiled wrapper); returns the loss, on the
+    device."""
     optimizer = build_optimizer(model, OptimConfig())
-    loss_fn = get_loss(loss_name)
-    device_type = next(model.parameters()).device.type
+    relevancy = SyntheticRelevance(clips) if loss_name != "infonce" else None
+    task = VideoTextTask(model, get_loss(loss_name), relevancy)
+    device = next(model.parameters()).device
+    crops = AugmentConfig() if augment else None
+    setup = loop.StepSetup(device, precision="bf16" if precision == "bf16" else "fp32", augment=crops)
 
-    def step(forward: Callable, batch: Batch) -> torch.Tensor:
-        frames_u8, tokens, relevance = batch
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            frames = normalize(frames_u8, model.image_mean, model.image_std)  # (B, T, 3, H, W) float32
-            video, text = forward(frames, tokens)
-        loss = loss_fn(all_gather_with_grad(video), all_gather_with_grad(text), relevance)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+    def step(forward: Callable, batch: dict) -> torch.Tensor:
+        return loop.train_step(forward, task, [batch], optimizer, setup)[0]
 
     return step
 
@@ -212,8 +246,9 @@ def count_per_clip(model: VideoCLIP, step: Callable, precision: str) -> dict[str
         flops, by_op = count_flops(lambda: step(model, batch))
 
     def video_only() -> None:
+        frames = clip_frames(batch, device, model.image_size, model.image_mean, model.image_std)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            features = model.video_features(normalize(batch[0], model.image_mean, model.image_std))
+            features = model.video_features(frames)
         features.float().sum().backward()
 
     video_flops, _ = count_flops(video_only)
@@ -256,11 +291,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = from_open_clip(create_image_clip(args.model), args.frames, model_name=args.model).to(device)
     model.train()
-    step = make_step(model, args.loss, args.precision)
+    step = make_step(model, args.loss, args.precision, max(args.batch, COUNT_BATCH), args.augment)
     counts = count_per_clip(model, step, args.precision)
     model.set_grad_checkpointing(args.grad_checkpointing)
     forward = torch.compile(model) if args.compile else model
-    batch = synthetic_batch(model, args.batch, device)
+    batch = synthetic_batch(model, args.batch, device, aspect=STORED_ASPECT if args.augment else 1.0)
     losses: list[torch.Tensor] = []
     timing = time_steps(lambda: losses.append(step(forward, batch)), args, device)
     step_s = median(timing["step_seconds"])
@@ -301,9 +336,8 @@ def format_row(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"| `{result['args']}` | failed: {result['error']} |"
     c = result["config"]
-    mode = " ".join(
-        [c["precision"], "compile" if c["compile"] else "eager"] + (["ckpt"] if c["grad_checkpointing"] else [])
-    )
+    flags = (["ckpt"] if c["grad_checkpointing"] else []) + (["augment"] if c.get("augment") else [])
+    mode = " ".join([c["precision"], "compile" if c["compile"] else "eager", *flags])
     return (
         f"| {c['model']} | {c['frames']} | {c['batch']} | {c['loss']} | {mode} | {result['clips_per_s']:.4g} | "
         f"{result['flops_per_clip'] / 1e9:.4g} | {result['tflops']:.4g} | {result['matmul_peak_tflops']:.4g} | "
@@ -346,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--loss", choices=("infonce", "sms"), default="infonce")
+    parser.add_argument("--augment", action="store_true", help="crop 4:3 frames as train.augment does")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -17,7 +17,7 @@ from eva02at.config import PositiveFloat
 from eva02at.losses import get_loss
 from eva02at.models import create_image_clip, save_image_clip
 from eva02at.shards import FrameShards
-from eva02at.train.data import ClipPairs, OwnCaptions, collate
+from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
 from eva02at.train.distributed import setup
 from eva02at.train.loop import NonFiniteLoss, TrainConfig
 from eva02at.train.optim import OptimConfig
@@ -64,9 +64,10 @@ def main() -> None:
 @torch.no_grad()
 def check_imported(task: ImageTextTask, dataset: ClipPairs, count: int = 16) -> None:
     """Imported weights must give a finite loss on real frames and captions."""
-    batch = collate([dataset[(0, i, i)] for i in range(min(count, len(dataset)))])
+    batch = Collate(task.tokenizer)([dataset[(0, i, i)] for i in range(min(count, len(dataset)))])
+    frames = clip_frames(batch, torch.device("cpu"), task.image_size, task.mean, task.std)
     task.model.eval()
-    loss = task.loss(task.model, batch, torch.device("cpu"))
+    loss = task.loss(task.model, frames, batch["tokens"], batch)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"imported weights give a non-finite loss ({loss.item()}) on the sample frames")
     log.info("imported %s: InfoNCE on %d sample pairs = %.4f", task.model_name, len(batch["texts"]), loss)

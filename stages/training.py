@@ -1,9 +1,10 @@
 """What the three training stages share: process setup, MLflow run with lineage, resumable training, outputs.
 
 Outputs of a training stage ``<name>``: ``<out>/model.pt`` (final weights, in the model's checkpoint format),
-``<out>/history.csv`` (loss, lr and throughput per logged step, a DVC plot); the resumable training state
-lives in ``<checkpoints>/checkpoint.pt``, outside the stage's DVC outputs (which DVC removes before a stage
-runs), so that an interrupted run continues where it stopped.
+``<out>/history.csv`` (loss and lr per logged step, a DVC plot; the same bytes for the same inputs, so
+throughput goes to MLflow and the log only); the resumable training state lives in
+``<checkpoints>/checkpoint.pt``, outside the stage's DVC outputs (which DVC removes before a stage runs), so
+that an interrupted run continues where it stopped, in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,30 +22,34 @@ from typing import Any
 from eva02at.atomic import write_text
 from eva02at.config import ConfigError
 from eva02at.shards import read_frame_spec
-from eva02at.tracking import Tracker, read_settings
+from eva02at.tracking import Tracker, end_abandoned_runs, read_settings
 from eva02at.train.data import ClipPairs
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
-from eva02at.train.loop import train
+from eva02at.train.loop import resumable_state, train
 from eva02at.train.sampling import CandidateSource, RelevantPairSampler
 from eva02at.train.tasks import Task
 from stages.common import lineage_tags
 
 log = logging.getLogger(__name__)
 EXECUTION_ONLY = ("workers", "log_every", "checkpoint_every", "stop_after_steps")  # train keys results ignore
+HISTORY_COLUMNS = ("step", "epoch", "loss", "lr")
 
 
 def check_frames(directory: str | Path, num_frames: int, image_size: int) -> None:
-    """Fail before any work when the decoded frames do not fit the model (frame count, image size)."""
+    """Fail before any work when the decoded frames do not fit the model (frame count, image size).
+
+    Frames may be stored larger than the model's input (training collections keep room to crop): the step
+    crops and resizes them to the model's square."""
     spec = read_frame_spec(directory)
     if spec.num_frames != num_frames and num_frames != 1:
         raise ConfigError(
             f"{directory} holds {spec.num_frames} frames per clip but the model takes {num_frames}: "
             "decode the collection with the model's frame count (frames.collections.*.num_frames)"
         )
-    if spec.size != image_size:
+    if min(spec.height, spec.width) < image_size:
         raise ConfigError(
-            f"{directory} holds {spec.size} px frames but the model takes {image_size} px: "
-            "set frames.size to the model's image size"
+            f"{directory} holds {spec.height}x{spec.width} px frames but the model takes {image_size} px: "
+            "set frames.size to at least the model's image size"
         )
 
 
@@ -74,14 +80,12 @@ def run_training(
     whatever else defines the run (all of it but the output paths is logged and fingerprinted).
     """
     config = {k: v for k, v in asdict(params).items() if k not in ("out", "checkpoints")}
-    tracking = read_settings(params_file)
     lead = dist.rank == 0
     tags = lineage_tags(stage) if lead else {}
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
     fingerprint = broadcast(run_fingerprint(config, deps))
-    out = Path(params.out)
-    tracker = Tracker(tracking.experiment, stage, tracking.uri, enabled=lead and tracking.enabled, tags=tags)
-    with tracker:
+    out, checkpoint = Path(params.out), Path(params.checkpoints) / "checkpoint.pt"
+    with open_tracker(stage, params_file, tags, checkpoint, fingerprint, enabled=lead) as tracker:
         tracker.log_params(config)
         result = train(
             task,
@@ -89,12 +93,13 @@ def run_training(
             dataset,
             params.train,
             params.optim,
-            Path(params.checkpoints) / "checkpoint.pt",
+            checkpoint,
             dist,
             fingerprint,
             on_log=lambda row: tracker.log_metrics(
                 {k: row[k] for k in ("loss", "lr", "clips_per_s")}, step=row["step"]
             ),
+            run_id=tracker.run_id,
         )
         if lead:
             task.save(out / "model.pt", {"train_steps": result.steps})
@@ -112,6 +117,28 @@ def run_training(
     cleanup()
 
 
+def open_tracker(
+    stage: str, params_file: str, tags: dict[str, str], checkpoint: Path, fingerprint: str, enabled: bool
+) -> Tracker:
+    """The MLflow run of this training: the run of a resumable checkpoint, continued, or a new one.
+
+    Runs of this stage on this checkpoint and host that are still RUNNING belong to killed executions and
+    are marked KILLED first (DVC never runs a stage twice at once in one project).
+    """
+    tracking = read_settings(params_file)
+    if not (enabled and tracking.enabled):
+        return Tracker(tracking.experiment, stage, enabled=False)
+    execution = {"dvc.stage": stage, "train.checkpoint": str(checkpoint.resolve()), "train.host": socket.gethostname()}
+    run_id = resumable_state(checkpoint, fingerprint).get("run_id")
+    ended = end_abandoned_runs(tracking.experiment, execution, keep=run_id, uri=tracking.uri)
+    if ended:
+        log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
+    tracker = Tracker(tracking.experiment, stage, tracking.uri, tags={**tags, **execution}, run_id=run_id)
+    if tracker.continued:
+        log.info("continuing MLflow run %s of the resumed training", tracker.run_id)
+    return tracker
+
+
 def run_fingerprint(params: dict, deps: dict[str, str]) -> str:
     """A digest of what defines a run's result: its params and inputs, not how it is executed (loader workers,
     logging and checkpoint intervals, an early stop), so that a run stopped early resumes."""
@@ -122,7 +149,7 @@ def run_fingerprint(params: dict, deps: dict[str, str]) -> str:
 def write_history(out: Path, rows: list[dict]) -> None:
     """``<out>/history.csv``: one row per logged optimizer step (only the header when nothing was trained)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["step", "epoch", "loss", "lr", "clips_per_s"])
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "history.csv", buffer.getvalue())

@@ -14,6 +14,8 @@ from torch import nn
 
 from bench import input_path, train_step
 from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
+from eva02at.train import loop
+from eva02at.train.augment import crop_resize
 
 TINY = "EVA02-Tiny-test"
 
@@ -89,6 +91,23 @@ def test_train_step_tiny_cpu_numbers_are_consistent(tmp_path):
     assert any("scaled_dot_product" in op for op in result["flops_by_op_per_clip"])
 
 
+def test_the_benchmark_times_the_training_loops_step(monkeypatch):
+    calls = []
+
+    def spy(forward, task, micro_batches, optimizer, setup):
+        calls.append((type(task).__name__, sorted(micro_batches[0]), micro_batches[0]["frames"].shape[-1]))
+        assert setup.augment is not None  # --augment: crops as train.augment makes them
+        return real_step(forward, task, micro_batches, optimizer, setup)
+
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", spy)
+    argv = f"--model {TINY} --frames 2 --batch 2 --precision fp32 --steps 2 --warmup 1 --device cpu --peak-size 64"
+    assert train_step.main([*shlex.split(argv), "--augment"]) == 0
+    assert len(calls) == 1 + 1 + 2  # the FLOP-counting step, the warm-up step, the timed steps
+    # a batch as the loader workers hand it over: uint8 frames and tokens made in the workers
+    assert calls[-1] == ("VideoTextTask", ["captions", "epoch", "frames", "texts", "tokens", "videos"], 43)
+
+
 def test_sweep_rows_are_valid_commands():
     parser = train_step.build_parser()
     known = set(open_clip.list_models())
@@ -121,9 +140,30 @@ def test_input_path_small_cpu(tmp_path):
     assert input_path.main([*shlex.split(argv), "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     paths = [(r["path"], r["workers"]) for r in rows]
-    expected = [("decode only", 0), ("loader", 0), ("loader", 1), ("loader + normalise (cpu)", 1), ("decord", 0)]
+    expected = [
+        ("decode_jpeg alone", 0),
+        ("decode_jpegs into the batch", 0),
+        ("loader", 0),
+        ("loader", 1),
+        ("loader, fresh shared memory", 1),
+        ("loader + crop + normalise (cpu)", 1),
+        ("decord", 0),
+        ("crop + resize (augment)", 0),
+        ("centre crop (augment off)", 0),
+        ("roi_align (alternative)", 0),
+    ]
     assert paths == expected
+    yardstick = rows[0]["frames_per_s"]
     for row in rows:
         assert row["size"] == 64 and row["frames_per_clip"] == 2
         assert row["frames_per_s"] > 0 and row["jpeg_bytes_per_frame"] > 0
         assert row["frames_per_s_per_core"] == pytest.approx(row["frames_per_s"] / max(1, row["workers"]))
+        assert row["vs_decode_jpeg"] == pytest.approx(row["frames_per_s_per_core"] / yardstick)
+        assert row["ms_per_clip"] == pytest.approx(2000 / row["frames_per_s"])
+
+
+def test_roi_align_alternative_crops_the_same_boxes():
+    """The comparison row crops what ``crop_resize`` crops: equal where no resampling filter is involved."""
+    frames = torch.randint(0, 256, (2, 3, 3, 20, 28), dtype=torch.uint8)
+    boxes = [(2, 5, 12, 12), (0, 0, 12, 12)]  # already the output size: pure crops
+    torch.testing.assert_close(input_path.roi_align_crop(frames, boxes, 12), crop_resize(frames, boxes, 12))

@@ -11,17 +11,17 @@ refer to those frames by position, so a frame that several jittered views share 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from eva02at.atomic import atomic_path
 from eva02at.errors import MissingInput, PipelineError
@@ -263,6 +263,23 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
     return table
 
 
-def decode_jpegs(jpegs: list[bytes]) -> np.ndarray:
-    """JPEG bytes to uint8 [T, H, W, 3] RGB (Pillow's libjpeg-turbo; it releases the GIL while decoding)."""
-    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs])
+def decode_jpegs(jpegs: Sequence[bytes], out: np.ndarray | None = None) -> np.ndarray:
+    """JPEG bytes to uint8 [T, H, W, 3] RGB with torchvision's libjpeg-turbo decoder.
+
+    ``out`` (uint8 [T, H, W, 3], e.g. a slice of a batch in shared memory) receives the frames, so that a
+    loader copies each decoded frame once. The decoder writes rows of pixels (H, W, 3); that memory is kept,
+    because transposing it to channels-first on the CPU would cost about as much as decoding.
+    """
+    if out is not None and len(out) != len(jpegs):
+        raise ValueError(f"{len(jpegs)} JPEGs for {len(out)} frames of output")
+    for t, data in enumerate(jpegs):
+        frame = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        pixels = frame.permute(1, 2, 0).numpy()  # (H, W, 3), the decoder's own memory order: no copy
+        if out is None:
+            out = np.empty((len(jpegs), *pixels.shape), dtype=np.uint8)
+        if out.shape[1:] != pixels.shape:
+            raise ValueError(f"frame {t} is {pixels.shape[:2]} pixels, expected {out.shape[1:3]}")
+        out[t] = pixels
+    if out is None:
+        raise ValueError("no JPEG to decode")
+    return out

@@ -3,11 +3,16 @@
 A run records the params, per-step metrics, the final checkpoint and resolved config as artifacts, and
 lineage tags given by the caller (git commit, pipeline stage, dependency hashes). Queries return plain
 records (``RunRecord``, ``ModelVersion``) so that callers never handle MLflow objects.
+
+A training run interrupted and resumed is one MLflow run: the resumed execution continues the run whose id
+its checkpoint holds (``Tracker(run_id=...)``), and runs that a killed execution left RUNNING are marked
+KILLED when the stage starts again (``end_abandoned_runs``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ from typing import Any
 from eva02at.config import from_dict, read_params
 from eva02at.errors import MissingInput
 
+log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -55,7 +61,11 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """An MLflow run, or nothing at all when ``enabled`` is false (non-zero ranks, tracking switched off)."""
+    """An MLflow run, or nothing at all when ``enabled`` is false (non-zero ranks, tracking switched off).
+
+    With ``run_id`` the run of an earlier, interrupted execution is continued (set RUNNING again, ``tags``
+    added); a run that this store does not have, or cannot continue, is replaced by a new one, with a warning.
+    """
 
     def __init__(
         self,
@@ -64,9 +74,11 @@ class Tracker:
         uri: str | None = None,
         enabled: bool = True,
         tags: dict[str, str] | None = None,
+        run_id: str | None = None,
     ):
         self.enabled = enabled
         self.run_id: str | None = None
+        self.continued = False
         if not enabled:
             return
         import mlflow
@@ -74,15 +86,33 @@ class Tracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri(uri))
         mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name, tags=tags or {})
+        run = self._continue(run_id, run_name, tags or {}) if run_id else None
+        self.continued = run is not None
+        run = run or mlflow.start_run(run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id
 
+    def _continue(self, run_id: str, run_name: str, tags: dict[str, str]):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
+        except MlflowException as err:
+            log.warning("cannot continue MLflow run %s (%s); starting a new run", run_id, err.message)
+            return None
+
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.enabled:
-            flat = flatten(params)
-            keys = sorted(flat)
-            for start in range(0, len(keys), 100):  # MLflow accepts at most 100 params per batch
-                self._mlflow.log_params({k: flat[k] for k in keys[start : start + 100]})
+        """Log ``params``; on a continued run, only those it lacks (MLflow never changes a logged param), and
+        any value that changed on resuming (an execution-only knob) as a ``resumed.<key>`` tag."""
+        if not self.enabled:
+            return
+        flat = flatten(params)
+        logged = self._mlflow.get_run(self.run_id).data.params if self.continued else {}
+        keys = sorted(k for k in flat if k not in logged)
+        for start in range(0, len(keys), 100):  # MLflow accepts at most 100 params per batch
+            self._mlflow.log_params({k: flat[k] for k in keys[start : start + 100]})
+        changed = {f"resumed.{k}": v for k, v in flat.items() if k in logged and logged[k] != v}
+        if changed:
+            self._mlflow.set_tags(changed)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.enabled:
@@ -156,6 +186,34 @@ def _record(run) -> RunRecord:
         metrics=dict(run.data.metrics),
         tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
     )
+
+
+def end_abandoned_runs(
+    experiment: str, tags: dict[str, str], keep: str | None = None, uri: str | None = None
+) -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment`` whose tags include all of ``tags`` (e.g. one stage on
+    one checkpoint on one host), except ``keep``: runs of executions that were killed before they could end
+    them. Returns their ids."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    abandoned, token = [], None
+    while True:  # all pages first: ending runs while paging would shift the pages
+        page = client.search_runs(
+            [found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000, page_token=token
+        )
+        abandoned += [
+            run.info.run_id
+            for run in page
+            if run.info.run_id != keep and all(run.data.tags.get(k) == v for k, v in tags.items())
+        ]
+        token = page.token
+        if not token:
+            break
+    for run_id in abandoned:
+        client.set_terminated(run_id, status="KILLED")
+    return abandoned
 
 
 def find_runs(experiment: str, uri: str | None = None) -> list[RunRecord]:

@@ -1,27 +1,45 @@
-"""The training input path: frame shards to uint8 clip tensors on the CPU, normalised floats on the device.
+"""The training input path: frame shards to uint8 batches in loader workers, model inputs on the device.
 
-Workers decode JPEGs and ship uint8 (4x fewer bytes than float); normalisation runs on the device. Which
-view of a clip is used is a function of the epoch alone (view = epoch mod views), so a resumed run and an
-uninterrupted one see the same pixels whatever the number of loader workers.
+Workers read a clip's JPEGs, decode them (torchvision's libjpeg-turbo) straight into the batch's shared
+memory (written again once the step has released it) and tokenize the captions, so the training process
+only moves uint8 (4x fewer bytes than float) to the device; crop, resize and normalisation run there
+(``clip_frames``). With ``decode_device: cuda`` the workers ship the JPEG bytes instead and the GPU decodes
+whole batches. Which view of a clip is used is a
+function of the epoch alone (view = epoch mod views), and the crop box one of (seed, epoch, clip), so a
+resumed run and an uninterrupted one see the same pixels whatever the number of loader workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import ctypes
+import io
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice, pairwise
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from PIL import Image
+from torch.utils.data import Dataset, Sampler, get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from eva02at.errors import BadInput
 from eva02at.shards import FrameShards, decode_jpegs
+from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
+
+DECODE_DEVICES = ("cpu", "cuda")
+Item = tuple[list[bytes], str, int, int, int]  # JPEG bytes in time order, caption text, video, caption, epoch
 
 
 class ClipPairs(Dataset):
-    """Items ``(epoch, video, caption)`` to ``(frames, caption text, video, caption)``.
+    """Items ``(epoch, video, caption)`` to ``(JPEG bytes, caption text, video, caption, epoch)``.
 
     ``clip_ids[video]`` names the clip in the shards and ``captions[caption]`` the sentence. With
-    ``single_frame`` the middle frame alone is returned (image-CLIP training on video data).
+    ``single_frame`` the middle frame alone is returned (image-CLIP training on video data). Decoding is
+    left to :class:`Collate`, which writes the pixels straight into the batch.
     """
 
     def __init__(
@@ -43,45 +61,203 @@ class ClipPairs(Dataset):
     def __len__(self) -> int:
         return len(self.clip_ids)
 
-    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, str, int, int]:
+    def __getitem__(self, item: tuple[int, int, int]) -> Item:
         epoch, video, caption = item
         clip = self.clip_ids[video]
         jpegs = self.shards.jpegs(clip, view=epoch % self.shards.num_views(clip))
         if self.single_frame:
             jpegs = [jpegs[len(jpegs) // 2]]
-        frames = torch.from_numpy(decode_jpegs(jpegs)).permute(0, 3, 1, 2)  # (T, 3, H, W)
-        return frames, self.captions[caption], video, caption
+        return jpegs, self.captions[caption], video, caption, epoch
 
 
 class EpochBatches(Sampler[list[tuple[int, int, int]]]):
-    """Tags every pair of a (video, caption) batch sampler with the epoch, for :class:`ClipPairs`."""
+    """Tags every pair of a (video, caption) batch sampler with the epoch, for :class:`ClipPairs`;
+    ``count`` keeps only the first batches (the whole optimizer steps of an epoch)."""
 
-    def __init__(self, pairs, epoch: int):
+    def __init__(self, pairs, epoch: int, count: int | None = None):
         self.pairs, self.epoch = pairs, epoch
+        self.count = len(pairs) if count is None else min(count, len(pairs))
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return self.count
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for batch in self.pairs:
+        for batch in islice(self.pairs, self.count):
             yield [(self.epoch, v, c) for v, c in batch]
 
 
-def collate(items: list[tuple[torch.Tensor, str, int, int]]) -> dict:
-    frames, texts, videos, captions = zip(*items, strict=True)
+class Collate:
+    """Builds a batch in a loader worker: frames decoded into shared memory (``decode_device`` cpu) or JPEG
+    bytes packed for a batched decode on the GPU (cuda), captions tokenized with ``tokenizer``.
+
+    Batch keys: ``frames`` uint8 (B, T, 3, H, W) or ``jpegs`` + ``jpeg_offsets`` + ``frames_per_clip``;
+    ``tokens`` (when a tokenizer is given), ``texts``, ``videos``, ``captions``, ``epoch``; from a worker,
+    ``release``, which :func:`recycle_frames` calls once the frames have been read.
+    """
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor] | None = None, decode_device: str = "cpu"):
+        if decode_device not in DECODE_DEVICES:
+            raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}")
+        self.tokenizer, self.decode_device = tokenizer, decode_device
+        self._memory: SharedBatchMemory | None = None  # made in each worker process
+
+    def __call__(self, items: list[Item]) -> dict:
+        clips, texts, videos, captions, epochs = zip(*items, strict=True)
+        if len(set(epochs)) != 1:
+            raise ValueError(f"a batch mixes epochs {sorted(set(epochs))}")
+        batch = {
+            "texts": list(texts),
+            "videos": torch.tensor(videos, dtype=torch.long),
+            "captions": torch.tensor(captions, dtype=torch.long),
+            "epoch": epochs[0],
+        }
+        if self.tokenizer is not None:
+            batch["tokens"] = self.tokenizer(list(texts))  # (B, context_length)
+        if self.decode_device == "cuda":
+            batch.update(pack_jpegs(clips))
+        elif get_worker_info() is None:
+            batch["frames"] = decode_batch(clips)
+        else:
+            self._memory = self._memory or SharedBatchMemory()
+            out, batch["release"] = self._memory.take(batch_frame_shape(clips))
+            batch["frames"] = decode_batch(clips, out)
+        return batch
+
+
+class FramesRelease:
+    """Called by the training process when it no longer reads a batch's frames: the worker may write the
+    buffer again. (Not a tensor, so the loader's pinning passes it through untouched.)"""
+
+    def __init__(self, in_use: torch.Tensor):
+        self.in_use = in_use  # one byte in shared memory
+
+    def __call__(self) -> None:
+        self.in_use.fill_(0)
+
+
+class SharedBatchMemory:
+    """A loader worker's batch buffers in shared memory, written again once released (``recycle_frames``).
+
+    What it adds to torch's collate: a batch must reach the training process through shared memory, and
+    fresh shared memory is paid in page faults on the first write of every page, which cost about 0.7x the
+    JPEG decoding of the frame on the machine of BENCHMARKS.md, against 0.1x for a copy into mapped memory.
+    A buffer is reused only after its release; beyond ``slots`` buffers in use, fresh ones are handed out.
+    """
+
+    def __init__(self, slots: int = 4):
+        self.slots = slots
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (uint8 buffer, in-use flag), both shared
+
+    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, FramesRelease]:
+        """A free uint8 buffer of ``shape`` and the release that frees it again."""
+        for buffer, in_use in self._buffers:
+            if buffer.shape == shape and not in_use.item():
+                in_use.fill_(1)
+                return buffer, FramesRelease(in_use)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))  # as torch's own collate allocates
+        buffer, in_use = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape), torch.ones(1, dtype=torch.uint8)
+        if len(self._buffers) < self.slots:
+            self._buffers.append((buffer, in_use.share_memory_()))
+        return buffer, FramesRelease(in_use)
+
+
+def recycle_frames(batch: dict) -> None:
+    """Hand a batch's frame buffer back to its loader worker; ``batch["frames"]`` must not be read after."""
+    release = batch.pop("release", None)
+    if release is not None:
+        release()
+
+
+def batch_frame_shape(clips: Sequence[list[bytes]]) -> tuple[int, int, int, int, int]:
+    """(B, T, H, W, 3) of a batch, from its first JPEG's header (nothing is decoded)."""
+    width, height = Image.open(io.BytesIO(clips[0][0])).size
+    return len(clips), len(clips[0]), height, width, 3
+
+
+def decode_batch(clips: Sequence[list[bytes]], out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) of the clips' JPEGs, each pixel copied once from the decoder into the batch
+    (``out``, uint8 (B, T, H, W, 3), e.g. shared memory, when given).
+
+    The memory stays as decoded, (B, T, H, W, 3), and the result is a channels-first view of it: the
+    transpose happens on the device, where it is nearly free (on the CPU it costs as much as decoding).
+    """
+    if out is None:
+        out = torch.empty(batch_frame_shape(clips), dtype=torch.uint8)
+    for index, jpegs in enumerate(clips):
+        if len(jpegs) != out.shape[1]:
+            raise ValueError(f"clip {index} of the batch has {len(jpegs)} frames, the first has {out.shape[1]}")
+        decode_jpegs(jpegs, out=out[index].numpy())
+    return out.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+
+
+def pack_jpegs(clips: Sequence[list[bytes]]) -> dict:
+    """The JPEG bytes of a batch as one uint8 tensor and B*T+1 offsets: two tensors to ship, not B*T."""
+    counts = {len(jpegs) for jpegs in clips}
+    if len(counts) != 1:
+        raise ValueError(f"clips of one batch have different frame counts {sorted(counts)}")
+    flat = [data for jpegs in clips for data in jpegs]
+    offsets = np.concatenate([[0], np.cumsum([len(data) for data in flat])])
     return {
-        "frames": torch.stack(frames),  # (B, T, 3, H, W) uint8
-        "texts": list(texts),
-        "videos": torch.tensor(videos, dtype=torch.long),
-        "captions": torch.tensor(captions, dtype=torch.long),
+        "jpegs": torch.frombuffer(bytearray(b"".join(flat)), dtype=torch.uint8),
+        "jpeg_offsets": torch.from_numpy(offsets.astype(np.int64)),
+        "frames_per_clip": counts.pop(),
     }
 
 
+def device_frames(batch: dict, device: torch.device) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) of a batch on ``device``: moved there, or decoded there from packed JPEGs
+    (nvJPEG batches on a GPU; the same call with the CPU decodes on the CPU)."""
+    if "frames" in batch:
+        return batch["frames"].to(device, non_blocking=True)
+    data, offsets = batch["jpegs"], batch["jpeg_offsets"].tolist()
+    pieces = [data[start:end] for start, end in pairwise(offsets)]
+    frames = decode_jpeg(pieces, mode=ImageReadMode.RGB, device=device)  # B*T tensors (3, H, W)
+    return torch.stack(frames).unflatten(0, (-1, batch["frames_per_clip"]))  # (B, T, 3, H, W)
+
+
+def clip_frames(
+    batch: dict,
+    device: torch.device,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The model's input of a batch: float32 (B, T, 3, size, size) on ``device``, each clip cropped to its
+    box (random with ``augment``, else the centred square), resized to ``size`` and normalised."""
+    frames = device_frames(batch, device)
+    height, width = frames.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(f"frames of {height}x{width} pixels are smaller than the model's {size} px input")
+    boxes = crop_boxes(batch["videos"].tolist(), batch["epoch"], height, width, augment, seed)
+    return normalize_(crop_resize(frames, boxes, size), mean, std)
+
+
 def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 [..., 3, H, W] (0-255) to float normalised with per-channel mean and std given on 0-1 pixels."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1)
-    return (frames.float().div_(255.0) - mean_t) / std_t
+    """Pixels [..., 3, H, W] on 0-255 (uint8 or float) to a new float32 tensor normalised with per-channel
+    mean and std given on 0-1 pixels."""
+    return normalize_(frames.to(torch.float32, copy=True), mean, std)
+
+
+def normalize_(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """:func:`normalize` in place, for a float32 tensor the caller owns (no second frame-sized allocation)."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1) * 255.0
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1) * 255.0
+    return frames.sub_(mean_t).div_(std_t)
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """Loader worker start-up (``functools.partial(die_with_parent, os.getpid())``): ask Linux to kill this
+    process when the training process ``parent`` dies, even by SIGKILL, so that no worker outlives a killed
+    stage (torch's own check notices only seconds later)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL) != 0:  # 1 = PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 class OwnCaptions:

@@ -1,24 +1,35 @@
 """The one training loop behind image-CLIP training, pretraining and fine-tuning.
 
 One process per device (torchrun for several; DDP), bf16 autocast on GPU and float32 on the CPU,
-gradient accumulation, seeded data order, checkpoints every N optimizer steps that hold everything needed
-to continue exactly (model, optimizer, scheduler, RNG states, data position), and a hard stop on a
+gradient accumulation, seeded data order and crops, checkpoints every N optimizer steps that hold everything
+needed to continue exactly (model, optimizer, scheduler, RNG states, data position), and a hard stop on a
 non-finite loss that leaves the last good checkpoint in place.
+
+Accumulation: an optimizer step takes ``accum_steps`` micro-batches of one epoch. The batches of an epoch
+beyond its last whole step are not used in that epoch (as the sampler drops an incomplete global batch; the
+next epoch's order is fresh), so every step has the same global batch and no gradient crosses an epoch end.
+
+Losses stay on the device: the host reads them only at log and checkpoint points, where the first
+non-finite one is reported with its step and batch, before any checkpoint could save weights it touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -26,7 +37,16 @@ from tqdm import tqdm
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.errors import PipelineError
 from eva02at.models import load_checkpoint_file
-from eva02at.train.data import ClipPairs, EpochBatches, collate
+from eva02at.train.augment import AugmentConfig
+from eva02at.train.data import (
+    DECODE_DEVICES,
+    ClipPairs,
+    Collate,
+    EpochBatches,
+    clip_frames,
+    die_with_parent,
+    recycle_frames,
+)
 from eva02at.train.distributed import DistInfo
 from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
 from eva02at.train.sampling import RelevantPairSampler
@@ -48,6 +68,8 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     stop_after_steps: NonNegativeInt = 0  # stop early without changing the schedule (0: train every epoch)
+    augment: AugmentConfig | None = None  # RandomResizedCrop per clip; None: the centred square
+    decode_device: Literal["cpu", "cuda"] = "cpu"  # cpu: loader workers decode; cuda: the GPU decodes JPEG batches
 
 
 class NonFiniteLoss(PipelineError):
@@ -60,6 +82,89 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one row per logged optimizer step
 
 
+@dataclass(frozen=True)
+class StepSetup:
+    """What a step needs besides the model and the batches: where it runs, in which precision, the crops."""
+
+    device: torch.device
+    precision: str = "auto"
+    grad_clip: float = 0.0
+    augment: AugmentConfig | None = None
+    seed: int = 0
+
+
+def train_step(
+    forward: nn.Module, task: Task, micro_batches: Sequence[dict], optimizer: torch.optim.Optimizer, setup: StepSetup
+) -> torch.Tensor:
+    """One optimizer step over ``micro_batches`` (loader batches): model inputs made on the device, forward
+    through ``forward`` (the model, or its DDP / compiled wrapper), the mean loss back-propagated, the
+    gradients clipped when asked, the optimizer stepped. Returns the micro-batch losses (n,) on the device,
+    unread, so that the host never waits for the device here. ``bench/train_step.py`` times this function.
+    """
+    autocast = _autocast(setup.precision, setup.device)
+    no_sync = getattr(forward, "no_sync", None)  # DDP: all-reduce gradients on the last micro-batch only
+    losses = []
+    for index, batch in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            frames = clip_frames(batch, setup.device, task.image_size, task.mean, task.std, setup.augment, setup.seed)
+            recycle_frames(batch)  # the worker may write the next batch into the same shared memory
+            tokens = batch["tokens"].to(setup.device, non_blocking=True)
+            with autocast:
+                loss = task.loss(forward, frames, tokens, batch)
+            (loss / len(micro_batches)).backward()
+        losses.append(loss.detach().float())
+    if setup.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), setup.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack(losses)
+
+
+@dataclass
+class _Pending:
+    """An optimizer step whose losses the host has not looked at yet."""
+
+    step: int
+    epoch: int
+    first_batch: int  # index in the epoch of its first micro-batch
+    losses: torch.Tensor  # (accum_steps,) on the device
+    videos: list[torch.Tensor]  # per micro-batch, to name them if a loss is bad
+
+
+class _Monitor:
+    """The host's view of training: losses read once per log or checkpoint point (and checked there), the
+    history rows, the throughput of each log window, the progress bar."""
+
+    def __init__(self, history: list[dict], clips_per_step: int, checkpoint: Path, on_log, bar: tqdm):
+        self.history, self.clips_per_step, self.checkpoint = history, clips_per_step, checkpoint
+        self.on_log, self.bar = on_log, bar
+        self.pending: list[_Pending] = []
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def add(self, step: _Pending) -> None:
+        self.pending.append(step)
+        self.window_steps += 1
+        self.bar.update(1)
+
+    def check(self) -> float:
+        """The last step's mean loss, after checking every pending loss (the one host sync of a window)."""
+        if not self.pending:
+            return self.history[-1]["loss"]
+        loss = _checked_mean_loss(self.pending, self.checkpoint)
+        self.pending = []
+        return loss
+
+    def log(self, step: int, epoch: int, lr: float) -> None:
+        row = {"step": step, "epoch": epoch, "loss": self.check(), "lr": lr}
+        self.history.append(row)
+        speed = self.window_steps * self.clips_per_step / max(time.perf_counter() - self.window_start, 1e-9)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", clips_s=f"{speed:.1f}")
+        if self.on_log is not None:
+            self.on_log({**row, "clips_per_s": speed})
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+
 def train(
     task: Task,
     sampler: RelevantPairSampler,
@@ -70,12 +175,17 @@ def train(
     dist: DistInfo,
     fingerprint: str,
     on_log: Callable[[dict], None] | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
     """Train ``task.model`` on the batches of ``sampler`` (a resumable pair sampler) over ``dataset``.
 
     A checkpoint whose ``fingerprint`` (a digest of everything that defines the run) matches is resumed from;
-    any other is ignored with a warning and overwritten at the next save.
+    any other is ignored with a warning and overwritten at the next save. ``run_id`` (the tracking run this
+    training belongs to) is kept in every checkpoint, so a resumed execution can continue that run.
+    ``on_log`` (rank 0) receives each logged row with the throughput since the last one (``clips_per_s``);
+    the returned history leaves it out, so that it is the same for the same inputs.
     """
+    _check(config, dist)
     torch.manual_seed(config.seed)
     model = task.model.to(dist.device)
     if config.grad_checkpointing:
@@ -89,70 +199,89 @@ def train(
     total_steps = config.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, total_steps, steps_per_epoch, optim)
     state = _resume(checkpoint, fingerprint, task, optimizer, scheduler)
-    step, history = state.get("step", 0), list(state.get("history", []))
-    stop = min(total_steps, config.stop_after_steps or total_steps)
-    wrapped = DistributedDataParallel(model) if dist.world_size > 1 else model
+    step, stop = state.get("step", 0), min(total_steps, config.stop_after_steps or total_steps)
+    forward = DistributedDataParallel(model) if dist.world_size > 1 else model
     if config.compile:
-        wrapped = torch.compile(wrapped)
-    autocast = _autocast(config.precision, dist.device)
-    global_batch = config.batch_size * dist.world_size * config.accum_steps
-    desc = f"train {checkpoint.parent.name}"
-    bar = tqdm(total=stop, initial=step, unit="step", disable=dist.rank != 0, desc=desc)
-    window_start, window_steps = time.perf_counter(), 0
+        forward = torch.compile(forward)
+    setup = StepSetup(dist.device, config.precision, optim.grad_clip, config.augment, config.seed)
+    bar = tqdm(total=stop, initial=step, unit="step", disable=dist.rank != 0, desc=f"train {checkpoint.parent.name}")
+    clips_per_step = config.batch_size * dist.world_size * config.accum_steps
+    monitor = _Monitor(
+        list(state.get("history", [])), clips_per_step, checkpoint, on_log if dist.rank == 0 else None, bar
+    )
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, start_step=offset * config.accum_steps)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=EpochBatches(sampler, epoch),
-            collate_fn=collate,
-            num_workers=config.workers,
-            pin_memory=dist.device.type == "cuda",
-        )
         model.train()
-        for micro, batch in enumerate(loader):
-            last = (micro + 1) % config.accum_steps == 0
-            sync = contextlib.nullcontext() if last or dist.world_size == 1 else wrapped.no_sync()
-            with sync:
-                with autocast:
-                    loss = task.loss(wrapped, batch, dist.device)
-                value = loss.item()
-                if not np.isfinite(value):
-                    raise NonFiniteLoss(
-                        f"loss is {value} at optimizer step {step + 1} (epoch {epoch}, batch "
-                        f"{offset * config.accum_steps + micro} of the epoch, videos "
-                        f"{batch['videos'][:8].tolist()}...); the last good checkpoint {checkpoint} is kept"
-                    )
-                (loss / config.accum_steps).backward()
-            if not last:
-                continue
-            if optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-            optimizer.step()
+        for micro_batches in _chunks(
+            _epoch_loader(task, sampler, dataset, config, dist, epoch, offset), config.accum_steps
+        ):
+            losses = train_step(forward, task, micro_batches, optimizer, setup)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, window_steps = step + 1, window_steps + 1
-            bar.update(1)
+            first_batch = (step - epoch * steps_per_epoch) * config.accum_steps
+            step += 1
+            monitor.add(_Pending(step, epoch, first_batch, losses, [b["videos"] for b in micro_batches]))
+            save = dist.rank == 0 and (step % config.checkpoint_every == 0 or step == stop)
             if step % config.log_every == 0 or step == stop:
-                elapsed = time.perf_counter() - window_start
-                row = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": value,
-                    "lr": scheduler.get_last_lr()[0],
-                    "clips_per_s": window_steps * global_batch / max(elapsed, 1e-9),
-                }
-                history.append(row)
-                bar.set_postfix(loss=f"{value:.4f}", clips_s=f"{row['clips_per_s']:.1f}")
-                if on_log is not None and dist.rank == 0:
-                    on_log(row)
-                window_start, window_steps = time.perf_counter(), 0
-            if dist.rank == 0 and (step % config.checkpoint_every == 0 or step == stop):
-                _save(checkpoint, task, optimizer, scheduler, step, history, fingerprint)
+                monitor.log(step, epoch, scheduler.get_last_lr()[0])
+            if save:
+                monitor.check()  # never save weights that a bad loss has touched
+                _save(checkpoint, task, optimizer, scheduler, step, monitor.history, fingerprint, run_id)
             if step >= stop:
                 break
     bar.close()
-    return TrainResult(step, history)
+    return TrainResult(step, monitor.history)
+
+
+def _epoch_loader(
+    task: Task,
+    sampler: RelevantPairSampler,
+    dataset: ClipPairs,
+    config: TrainConfig,
+    dist: DistInfo,
+    epoch: int,
+    offset: int,
+) -> DataLoader:
+    """The loader of epoch ``epoch`` from optimizer step ``offset``: whole steps only (see the module doc)."""
+    sampler.set_epoch(epoch, start_step=offset * config.accum_steps)
+    steps = sampler.steps_per_epoch // config.accum_steps
+    return DataLoader(
+        dataset,
+        batch_sampler=EpochBatches(sampler, epoch, (steps - offset) * config.accum_steps),
+        collate_fn=Collate(task.tokenizer, config.decode_device),
+        num_workers=config.workers,
+        pin_memory=dist.device.type == "cuda",
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()),
+    )
+
+
+def _check(config: TrainConfig, dist: DistInfo) -> None:
+    if config.decode_device not in DECODE_DEVICES:
+        raise ValueError(f"train.decode_device must be one of {DECODE_DEVICES}, got {config.decode_device!r}")
+    if config.decode_device == "cuda" and dist.device.type != "cuda":
+        raise ValueError(f"train.decode_device cuda needs a CUDA training device; this process trains on {dist.device}")
+
+
+def _chunks(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Consecutive groups of ``size`` batches (the loader's length is a multiple of ``size``)."""
+    iterator = iter(batches)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _checked_mean_loss(pending: list[_Pending], checkpoint: Path) -> float:
+    """Read the pending steps' losses in one transfer; the last step's mean, or NonFiniteLoss naming the
+    first bad micro-batch (its optimizer step, epoch, batch of the epoch and videos)."""
+    values = torch.stack([p.losses for p in pending]).cpu().numpy()  # (steps, accum_steps)
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, micro = bad[0]
+        where = pending[row]
+        raise NonFiniteLoss(
+            f"loss is {values[row, micro]} at optimizer step {where.step} (epoch {where.epoch}, batch "
+            f"{where.first_batch + micro} of the epoch, videos {where.videos[micro][:8].tolist()}...); "
+            f"the last good checkpoint {checkpoint} is kept"
+        )
+    return float(values[-1].mean())
 
 
 def _autocast(precision: str, device: torch.device):
@@ -163,7 +292,9 @@ def _autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _save(path: Path, task: Task, optimizer, scheduler, step: int, history: list, fingerprint: str) -> None:
+def _save(
+    path: Path, task: Task, optimizer, scheduler, step: int, history: list, fingerprint: str, run_id: str | None
+) -> None:
     """Atomically write the training state: the model's own checkpoint format, loop state in ``extra``."""
     extra = {
         "fingerprint": fingerprint,
@@ -172,9 +303,23 @@ def _save(path: Path, task: Task, optimizer, scheduler, step: int, history: list
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
+        "run_id": run_id,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     task.save(path, extra)
+
+
+def resumable_state(path: Path, fingerprint: str) -> dict:
+    """The loop state (``extra``) of the checkpoint ``path`` when it continues the run ``fingerprint``, else
+    {}. Cheap: tensors are memory-mapped, not read. An unreadable file gives {} here and its clear error
+    when :func:`train` loads it."""
+    if not path.is_file():
+        return {}
+    try:
+        extra = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("extra", {})
+    except Exception:  # reported by train(), which reads the file for real
+        return {}
+    return extra if extra.get("fingerprint") == fingerprint else {}
 
 
 def _resume(path: Path, fingerprint: str, task: Task, optimizer, scheduler) -> dict:

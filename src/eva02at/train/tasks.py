@@ -1,5 +1,7 @@
 """What a training step computes: embeddings of a batch, gathered over ranks, and a loss over them.
 
+A task also says what its inputs look like (image size, pixel mean and std, the tokenizer the loader
+workers run), so that the step turns any batch into model inputs the same way (``train.data.clip_frames``).
 Every rank computes the loss of the whole global batch (embeddings gathered with gradients), and the soft
 labels of fine-tuning are rebuilt from the full relevancy table with the gathered (video, caption) indices.
 """
@@ -14,7 +16,6 @@ import torch
 from torch import nn
 
 from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
-from eva02at.train.data import normalize
 from eva02at.train.distributed import all_gather_indices, all_gather_with_grad
 
 LossFn = Callable[..., torch.Tensor]  # (video, text, relevance=None) -> scalar
@@ -22,8 +23,15 @@ LossFn = Callable[..., torch.Tensor]  # (video, text, relevance=None) -> scalar
 
 class Task(Protocol):
     model: nn.Module
+    image_size: int  # the model's square input, in pixels
+    mean: tuple[float, float, float]  # per-channel pixel statistics on 0-1 pixels
+    std: tuple[float, float, float]
+    tokenizer: Callable[[list[str]], torch.Tensor]  # texts to tokens, run in the loader workers
 
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The global-batch loss of normalised ``frames`` (B, T, 3, S, S) and ``tokens`` (B, L) on the device;
+        ``batch`` gives the (video, caption) indices."""
+        ...
 
     def save(self, path, extra: dict) -> None: ...
 
@@ -50,11 +58,10 @@ class VideoTextTask:
 
     def __init__(self, model: VideoCLIP, loss_fn: LossFn, relevancy: RelevanceLookup | None = None):
         self.model, self.loss_fn, self.relevancy = model, loss_fn, relevancy
+        self.image_size, self.mean, self.std = model.image_size, model.image_mean, model.image_std
+        self.tokenizer = model.tokenizer
 
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        frames = batch["frames"].to(device, non_blocking=True)  # (B, T, 3, H, W) uint8
-        frames = normalize(frames, self.model.image_mean, self.model.image_std)
-        tokens = self.model.tokenize(batch["texts"]).to(device)
+    def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
         video, text = model(frames, tokens)  # (B, D) each
         return global_loss(video, text, batch, self.loss_fn, self.relevancy)
 
@@ -69,14 +76,13 @@ class ImageTextTask:
         self.model, self.model_name, self.loss_fn = model, model_name, loss_fn
         model.logit_scale.requires_grad_(False)  # the temperature is fixed by the loss
         preprocess = open_clip.get_model_preprocess_cfg(model)
-        self.mean, self.std = preprocess["mean"], preprocess["std"]
+        self.mean, self.std = tuple(preprocess["mean"]), tuple(preprocess["std"])
+        self.image_size = int(model.visual.image_size[0])
         self.tokenizer = open_clip.get_tokenizer(model_name)
 
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        images = batch["frames"][:, 0].to(device, non_blocking=True)  # (B, 3, H, W): the single frame
-        images = normalize(images, self.mean, self.std)
-        tokens = self.tokenizer(batch["texts"]).to(device)
-        image, text = model(images, tokens)[:2]  # open_clip returns (image, text, logit_scale, ...)
+    def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
+        # frames (B, 1, 3, S, S): the single frame; open_clip returns (image, text, logit_scale, ...)
+        image, text = model(frames[:, 0], tokens)[:2]
         return global_loss(image, text, batch, self.loss_fn, None)
 
     def save(self, path, extra: dict) -> None:

@@ -1,0 +1,78 @@
+"""Tiny frame collections for the training tests, written in the frames stage's format; process probes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from eva02at.extract import encode_jpeg
+from eva02at.shards import FrameShards, FrameSpec, write_manifest, write_shard
+
+WORDS = ["take plate", "open drawer", "wash cup", "cut onion", "put knife", "close fridge"]
+
+
+def write_clips(root: Path, spec: FrameSpec, clips: int, seed: int = 0) -> FrameShards:
+    """``clips`` captioned clips of random ``spec.height x spec.width`` frames, ``max(1, spec.views)`` views
+    each, smooth enough (4 x 4 blocks) for JPEG to keep them recognisable."""
+    rng = np.random.default_rng(seed)
+    views, indices = max(1, spec.views), list(range(spec.num_frames))
+    rows, manifest = [], []
+    for i in range(clips):
+        for view in range(views):
+            blocks = rng.integers(
+                0, 255, (spec.num_frames, -(-spec.height // 4), -(-spec.width // 4), 3), dtype=np.uint8
+            )
+            frames = np.kron(blocks, np.ones((1, 4, 4, 1), dtype=np.uint8))[:, : spec.height, : spec.width]
+            jpegs = [encode_jpeg(np.ascontiguousarray(frame), spec.jpeg_quality) for frame in frames]
+            rows.append({"clip_id": f"c{i}", "view": view, "frame_indices": indices, "jpeg": jpegs})
+        manifest.append(
+            {
+                "clip_id": f"c{i}",
+                "source": "x.mp4",
+                "line": i + 2,
+                "start": 0.0,
+                "end": 1.0,
+                "text": WORDS[i % len(WORDS)],
+                "frame_indices": [indices] * views,
+                "height": spec.height,
+                "width": spec.width,
+                "status": "ok",
+                "error": "",
+                "shard": "shard-00000.arrow",
+            }
+        )
+    write_shard(root / "shards" / "shard-00000.arrow", rows)
+    write_manifest(root / "manifest.parquet", manifest, spec.metadata())
+    return FrameShards(root)
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has finished; only its parent's bookkeeping remains)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], bool], what: str, limit: float = 300.0) -> None:
+    """Poll ``condition`` until it holds; ``limit`` only bounds a failure, it is not a timing assumption."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
