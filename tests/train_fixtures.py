@@ -18,7 +18,9 @@ def write_clips(root: Path, spec: FrameSpec, clips: int, seed: int = 0) -> Frame
     """``clips`` captioned clips of random ``spec.height x spec.width`` frames, ``max(1, spec.views)`` views
     each, smooth enough (4 x 4 blocks) for JPEG to keep them recognisable."""
     rng = np.random.default_rng(seed)
-    views, indices = max(1, spec.views), list(range(spec.num_frames))
+    views = max(1, spec.views)
+    # each view its own frames of the video (a frame shared by views is one picture in the shard)
+    indices = [list(range(v * spec.num_frames, (v + 1) * spec.num_frames)) for v in range(views)]
     rows, manifest = [], []
     for i in range(clips):
         for view in range(views):
@@ -27,7 +29,7 @@ def write_clips(root: Path, spec: FrameSpec, clips: int, seed: int = 0) -> Frame
             )
             frames = np.kron(blocks, np.ones((1, 4, 4, 1), dtype=np.uint8))[:, : spec.height, : spec.width]
             jpegs = [encode_jpeg(np.ascontiguousarray(frame), spec.jpeg_quality) for frame in frames]
-            rows.append({"clip_id": f"c{i}", "view": view, "frame_indices": indices, "jpeg": jpegs})
+            rows.append({"clip_id": f"c{i}", "view": view, "frame_indices": indices[view], "jpeg": jpegs})
         manifest.append(
             {
                 "clip_id": f"c{i}",
@@ -36,7 +38,7 @@ def write_clips(root: Path, spec: FrameSpec, clips: int, seed: int = 0) -> Frame
                 "start": 0.0,
                 "end": 1.0,
                 "text": WORDS[i % len(WORDS)],
-                "frame_indices": [indices] * views,
+                "frame_indices": indices,
                 "height": spec.height,
                 "width": spec.width,
                 "status": "ok",
