@@ -19,11 +19,12 @@ import networkx as nx
 from dvc.repo import Repo
 from prefect import get_run_logger
 
-# Nothing the flows start reports usage to outside services, whatever the caller's environment says.
+# Nothing the flows start reports usage to outside services, whatever the caller's environment says: the one
+# place these are set (MLflow's own switch is set by eva02at.tracking, the only module that imports MLflow; the
+# project's .dvc/config also turns DVC's analytics off).
 QUIET = {
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 for _name, _value in QUIET.items():

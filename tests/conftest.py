@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from flows.common import QUIET
 from tests.project_fixtures import reproduced_tiny_project
+
+os.environ.update(QUIET)  # every test and everything it starts: no usage reports (see flows/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"

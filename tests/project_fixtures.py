@@ -23,6 +23,7 @@ import yaml
 
 from eva02at.config import read_params
 from eva02at.tracking import aliased_version
+from flows.common import QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATE_STAGE = "candidate/dvc.yaml:model"
@@ -103,11 +104,8 @@ def quiet_env(prefect_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
     env.update(
         PREFECT_HOME=str(prefect_home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        **QUIET,
         PREFECT_SERVER_UI_ENABLED="false",
-        DO_NOT_TRACK="1",
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
         NO_PROXY="127.0.0.1,localhost",  # servers under test listen on loopback only
         no_proxy="127.0.0.1,localhost",
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

@@ -46,10 +46,7 @@ def worker_env() -> dict[str, str]:
     """This environment, with this checkout importable (``eva02at`` and ``tests``) by drivers and workers."""
     path = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PYTHONPATH": path, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"} | {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "DO_NOT_TRACK": "1",
-    }
+    return {**os.environ, "PYTHONPATH": path, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
 def start_cluster(num_cpus: int = 2) -> LocalCluster:

@@ -251,7 +251,7 @@ def test_the_params_dvc_records_are_the_params_the_stage_used(tmp_path):
         f"stages:\n  dump:\n    cmd: {sys.executable} dump.py\n    deps: [dump.py]\n"
         "    params: [tricky]\n    outs: [used.pkl]\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     for command in (
         ["git", "init", "-q"],
         [sys.executable, "-m", "dvc", "init", "-q"],

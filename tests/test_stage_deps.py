@@ -169,7 +169,7 @@ stages:
 
 def run(args: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(PYTHONPATH=str(cwd), DVC_NO_ANALYTICS="1")
+    env.update(PYTHONPATH=str(cwd))
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
 
 

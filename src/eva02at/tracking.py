@@ -24,6 +24,9 @@ from eva02at.errors import MissingInput
 
 log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
+# MLflow reports usage unless told not to; set before MLflow is first imported (always from here), so that
+# neither a stage nor anything it starts does.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def tracking_uri(configured: str | None = None) -> str:
