@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from eva02at import compare as tables
 from eva02at.config import ConfigError
 from eva02at.errors import PipelineError
+from eva02at.text_table import format_table
 from eva02at.tracking import find_runs, read_settings
 
 DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search clips."
@@ -48,7 +49,7 @@ def compare(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in experiment {experiment!r}" + (f" for stage {args.stage!r}" if args.stage else ""))
         return 0
-    print(tables.format_table(tables.build_table(runs, args.sort, args.metric, args.param)))
+    print(format_table(tables.build_table(runs, args.sort, args.metric, args.param)))
     return 0
 
 

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from eva02at.text_table import Table
 from eva02at.tracking import RunRecord
 
 DEP_PREFIX = "dvc.dep."
 MISSING = "-"
-
-
-@dataclass(frozen=True)
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
 
 
 def step_of(run: RunRecord) -> str:
@@ -87,13 +81,6 @@ def build_table(
         for run in runs
     ]
     return Table(list(columns), rows)
-
-
-def format_table(table: Table) -> str:
-    """Left-aligned text columns separated by two spaces, a rule under the header."""
-    widths = [max(len(cell) for cell in column) for column in zip(table.columns, *table.rows, strict=True)]
-    lines = [table.columns, ["-" * width for width in widths], *table.rows]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def _deps(run: RunRecord) -> dict[str, str]:

@@ -24,6 +24,7 @@ from eva02at.models import load_video_clip
 from eva02at.plots import Tile, clip_strip, contact_sheet
 from eva02at.search_index import IndexConfig, build_index
 from eva02at.shards import FrameShards
+from eva02at.text_table import Table, format_table
 
 
 class SearchError(PipelineError, ValueError):
@@ -115,11 +116,9 @@ def search(
 
 def format_hits(hits: list[Hit]) -> str:
     """Hits as an aligned text table."""
-    header = ("rank", "score", "clip_id", "source", "start", "end")
-    rows = [(str(h.rank), f"{h.score:.4f}", h.clip_id, h.source, f"{h.start:.2f}", f"{h.end:.2f}") for h in hits]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
-    return "\n".join(line.rstrip() for line in lines)
+    header = ["rank", "score", "clip_id", "source", "start", "end"]
+    rows = [[str(h.rank), f"{h.score:.4f}", h.clip_id, h.source, f"{h.start:.2f}", f"{h.end:.2f}"] for h in hits]
+    return format_table(Table(header, rows))
 
 
 def draw_hits(query: str, hits: list[Hit], frames: str | os.PathLike, out: str | os.PathLike) -> tuple[int, int]:
