@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from eva02at.config import ConfigError
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+class LossFn(Protocol):
+    """A loss over a (global) batch of video and text embeddings; soft labels for the losses that use them."""
+
+    def __call__(
+        self, video: torch.Tensor, text: torch.Tensor, relevance: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
 
 def infonce_loss(video: torch.Tensor, text: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

@@ -15,10 +15,9 @@ import open_clip
 import torch
 from torch import nn
 
+from eva02at.losses import LossFn
 from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
 from eva02at.train.distributed import all_gather_indices, all_gather_with_grad
-
-LossFn = Callable[..., torch.Tensor]  # (video, text, relevance=None) -> scalar
 
 
 class Task(Protocol):
