@@ -1,11 +1,14 @@
-"""``export`` stage: video and text embeddings of every evaluation collection, for every model, to Parquet.
+"""``export`` stage: video embeddings of every benchmark's collection and of the search collections, and text
+embeddings of every benchmark's queries, for every model, to Parquet.
 
-Writes ``<out>/<model>/<collection>_video.parquet`` (every clip that decoded), with ``export.codes`` its compact
-codes ``<collection>_video.codes.parquet``, and, for collections with query texts,
-``<out>/<model>/<collection>_text.parquet``. The whole output folder is replaced at the end, so an interrupted
-run leaves the previous exports (or none), never a partial set. Launched with ``train_launcher``: under torchrun
-every rank embeds its share of each collection and rank 0 writes the files a single process would. One MLflow
-run "export" records the params, the lineage tags and how many clips and texts each export holds.
+Writes ``<out>/<model>/<collection>_video.parquet`` (every clip that decoded; a collection shared by several
+benchmarks once), with ``export.codes`` its compact codes ``<collection>_video.codes.parquet``, and
+``<out>/<model>/<benchmark>_text.parquet``. Benchmarks are the ``benchmarks`` params' entries, their queries
+read from the copies the ``benchmark`` stage froze. The whole output folder is replaced at the end, so an
+interrupted run leaves the previous exports (or none), never a partial set. Launched with ``train_launcher``:
+under torchrun every rank embeds its share of each collection and rank 0 writes the files a single process
+would. One MLflow run "export" records the params, the lineage tags and how many clips and texts each export
+holds.
 """
 
 from __future__ import annotations
@@ -15,40 +18,31 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field
 
 from eva02at.atomic import atomic_path
+from eva02at.benchmarks import BENCHMARKS, BenchmarkParams
 from eva02at.codes import CodesConfig, codes_path, make_codes, write_codes
 from eva02at.config import NonNegativeInt, PositiveInt
 from eva02at.embeddings import TEXT, VIDEO, export_path, file_sha256, read_embeddings
-from eva02at.evaluation import read_texts
 from eva02at.inference import export_texts, export_videos, resolve_device
 from eva02at.models import load_video_clip
 from eva02at.tracking import Tracker, read_settings
 from eva02at.train.distributed import DistInfo, broadcast, cleanup, setup
+from stages.benchmark import frozen_benchmarks, require_frozen
 from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ExportCollection:
-    frames: str  # the frames stage's folder of the collection
-    texts: str | None = None  # file of the query texts; None for uncaptioned collections
-    text_format: Literal["ek100_sentences", "egomcq_queries", "charades_classes"] | None = None
-
-    def __post_init__(self) -> None:
-        if (self.texts is None) != (self.text_format is None):
-            raise ValueError("give both texts and text_format, or neither")
-
-
-@dataclass
 class ExportParams:
     out: str
+    frames: str  # the frames stage's folder: collection <name> is read from <frames>/<name>
     models: dict[str, str]  # name (zero_shot, finetuned) -> video checkpoint
-    collections: dict[str, ExportCollection]
+    collections: list[str] = field(default_factory=list)  # exported besides the benchmarks' collections: videos only
     batch_size: PositiveInt = 32
     text_batch_size: PositiveInt = 256
     workers: NonNegativeInt = 1  # frame-decoding loader processes (per rank)
@@ -57,10 +51,15 @@ class ExportParams:
     codes: CodesConfig = field(default_factory=CodesConfig)  # compact codes beside each video export
 
 
+def video_collections(benchmarks: dict[str, BenchmarkParams], params: ExportParams) -> list[str]:
+    """The collections whose clips are exported: every benchmark's, then the search collections, each once."""
+    return list(dict.fromkeys([entry.collection for entry in benchmarks.values()] + params.collections))
+
+
 def export_model(
     name: str,
     checkpoint: str,
-    collections: dict[str, ExportCollection],
+    benchmarks: dict[str, BenchmarkParams],
     params: ExportParams,
     out: Path,
     dist: DistInfo,
@@ -70,12 +69,12 @@ def export_model(
     digest = file_sha256(checkpoint)
     device = dist.device if dist.world_size > 1 else resolve_device(params.device)
     counts = {}
-    for collection, spec in collections.items():
+    for collection in video_collections(benchmarks, params):
         path = export_path(out, name, collection, VIDEO)
         counts[f"clips.{name}.{collection}"] = export_videos(
             model,
             checkpoint,
-            spec.frames,
+            Path(params.frames) / collection,
             path,
             collection,
             batch_size=params.batch_size,
@@ -87,16 +86,15 @@ def export_model(
         if params.codes.enabled and dist.rank == 0:
             videos = read_embeddings(path, VIDEO)
             write_codes(codes_path(path), make_codes(videos.ids, videos.vectors, videos.info, params.codes))
-        if spec.texts is None:
-            continue
-        ids, texts = read_texts(spec.text_format or "", spec.texts)
-        counts[f"texts.{name}.{collection}"] = export_texts(
+    for benchmark, entry in benchmarks.items():
+        ids, texts = BENCHMARKS[benchmark].read_queries(entry)
+        counts[f"texts.{name}.{benchmark}"] = export_texts(
             model,
             checkpoint,
             ids,
             texts,
-            export_path(out, name, collection, TEXT),
-            collection,
+            export_path(out, name, benchmark, TEXT),
+            entry.collection,  # the collection the queries are for (the file is named after the benchmark)
             batch_size=params.text_batch_size,
             device=device,
             checkpoint_sha256=digest,
@@ -121,16 +119,20 @@ def output_folder(target: str, dist: DistInfo) -> Iterator[Path]:
 @stage_main
 def main() -> None:
     params, args = stage_params("export", ExportParams, __doc__)
+    benchmarks = frozen_benchmarks(args.params)
+    require_frozen(benchmarks)
     dist = setup("gloo" if resolve_device(params.device).type == "cpu" else None)
     tracking = read_settings(args.params)
     lead = dist.rank == 0
     tags = lineage_tags("export") if lead else {}
     with Tracker(tracking.experiment, "export", tracking.uri, lead and tracking.enabled, tags) as tracker:
-        tracker.log_params(asdict(params))
+        tracker.log_params(
+            {**asdict(params), "benchmarks": {name: asdict(entry) for name, entry in benchmarks.items()}}
+        )
         counts = {}
         with output_folder(params.out, dist) as out:
             for name, checkpoint in params.models.items():
-                counts.update(export_model(name, checkpoint, params.collections, params, out, dist))
+                counts.update(export_model(name, checkpoint, benchmarks, params, out, dist))
         tracker.log_metrics(counts)
     cleanup()
 

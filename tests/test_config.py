@@ -22,6 +22,7 @@ from eva02at.config import ConfigError, from_dict, read_params
 from eva02at.models.config import VideoCLIPConfig
 from eva02at.synthetic import SampleConfig
 from eva02at.tracking import TrackingSettings
+from stages.benchmark import BenchmarksParams, typed_entries
 from stages.evaluate import EvaluateParams
 from stages.export import ExportParams
 from stages.finetune import FinetuneParams
@@ -39,11 +40,12 @@ SCHEMAS = {
     "image_clip": ImageClipParams,
     "pretrain": PretrainParams,
     "finetune": FinetuneParams,
+    "benchmarks": BenchmarksParams,
     "export": ExportParams,
     "evaluate": EvaluateParams,
     "tracking": TrackingSettings,
 }
-ARGUMENTS = {"frames": ["egoclip"]}  # the stages' positional arguments
+ARGUMENTS = {"frames": ["egoclip"], "benchmark": ["egomcq"]}  # the stages' positional arguments
 DROP = object()  # the key is removed
 
 # (stage whose entry point runs, key path, bad value, what is allowed): the stage's one line must read
@@ -71,7 +73,10 @@ BAD_VALUES = [
     ("finetune", "finetune.loss", "triplet", "Input should be 'sms', 'adaptive_mi_mm' or 'mi_mm'"),
     ("finetune", "finetune.losses.mi_mm.margin", "0.2", "Input should be a valid number"),
     ("finetune", "finetune.relevance_threshold", 1.1, "Input should be less than or equal to 1"),
-    ("export", "export.collections.egomcq.text_format", "json", "Input should be 'ek100_sentences'"),
+    ("benchmark", "benchmarks.entries.egomcq.collection", 3, "Input should be a valid string"),
+    ("benchmark", "benchmarks.out", None, "Input should be a valid string"),
+    ("export", "benchmarks.entries.ek100_mir.truth", ["a.npz"], "Input should be a valid string"),
+    ("export", "export.collections", "ego4d_clips", "Input should be a valid array"),
     ("export", "export.models.finetuned", 1, "Input should be a valid string"),
     ("export", "export.device", "gpu", "String should match pattern"),
     ("export", "export.batch_size", 0, "Input should be greater than 0"),
@@ -91,7 +96,10 @@ BAD_KEYS = [
     ("pretrain", "pretrain.init", DROP, "pretrain.init: missing (required)"),
     ("finetune", "finetune.optim.betas", [0.9, 1.5], "finetune.optim.betas.1 = 1.5: Input should be less than 1"),
     ("sample", "sample.segment_seconds", [2.5, 1.5], "sample: sample.segment_seconds: expected [low, high] with"),
-    ("export", "export.collections.egomcq.text_format", DROP, "export.collections.egomcq: give both texts and"),
+    ("benchmark", "benchmarks.entries.egomcq.queries", DROP, "benchmarks.entries.egomcq.queries: missing (required)"),
+    ("export", "benchmarks.entries.egomcq.answers", "a.json", "benchmarks.entries.egomcq.answers: unknown key; known"),
+    ("evaluate", "benchmarks.entries.mcq", {}, "benchmarks.entries.mcq: no benchmark module registers 'mcq'; known"),
+    ("evaluate", "evaluate.grid.benchmark", "egomcq", "evaluate.grid.benchmark = 'egomcq': not a benchmark with"),
     ("evaluate", "evaluate.grid.model", "other", "evaluate: grid.model 'other' is not one of models"),
 ]
 
@@ -146,7 +154,9 @@ def test_every_section_of_the_projects_params_fits_its_schema():
     assert isinstance(built["pretrain"].optim.lr, float) and built["pretrain"].optim.lr == 3.0e-4
     assert built["frames"].collections["ek100_train"].views == 2
     assert built["soft_labels"].splits["ek100_test"].videos.endswith("EPIC_100_retrieval_test.csv")
-    assert built["export"].collections["ego4d_clips"].texts is None
+    assert built["export"].collections == ["ego4d_clips"]
+    entries = typed_entries(built["benchmarks"], "params.yaml")  # each entry against its benchmark's params
+    assert entries["ek100_mir"].truth.endswith("ek100_test.npz") and entries["egomcq"].collection == "egomcq"
     assert built["finetune"].losses.sms == {"margin": 0.6, "threshold": 0.1, "lam": pytest.approx(1.1 / 240)}
 
 

@@ -1,6 +1,6 @@
-"""Evaluation from exports: hand-made EK100 MIR, EgoMCQ and Charades-Ego cases against independent
-computations (rows shuffled in the files, so only matching by id gives the right answer), the random
-baseline against its closed form, and the export and evaluate stages end to end on tiny shards."""
+"""Evaluation from exports: the three benchmark modules on hand-made EK100 MIR, EgoMCQ and Charades-Ego cases
+against independent computations (rows shuffled in the files, so only matching by id gives the right answer),
+the chance row against its closed form, and the benchmark, export and evaluate stages end to end on tiny shards."""
 
 from __future__ import annotations
 
@@ -17,19 +17,10 @@ import yaml
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
+from eva02at.benchmarks import BenchmarkParams, chance, flatten_metrics, load_benchmark, score_model
 from eva02at.codes import read_codes
 from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, write_embeddings
-from eva02at.evaluation import (
-    Benchmarks,
-    CharadesLabels,
-    McqQuestions,
-    evaluate_model,
-    flatten_metrics,
-    random_baseline,
-    read_charades_labels,
-    read_class_names,
-    read_mcq,
-)
+from eva02at.errors import BadInput
 from eva02at.labels import RelevancyTable
 from tests.test_embeddings import make_checkpoint, make_shards
 
@@ -103,18 +94,26 @@ def write_mcq(path) -> None:
     path.write_text(json.dumps(questions))
 
 
+def write_benchmark_files(root: Path) -> dict[str, BenchmarkParams]:
+    """The three benchmarks' files (EK100 sentences and relevancy, EgoMCQ, Charades-Ego) and their entries."""
+    RelevancyTable.build(EK100_VIDEOS, EK100_SENTENCES).save(root / "ek100_test.npz")
+    sentences = pd.DataFrame({"narration_id": EK100_SENTENCES["narration_id"], "narration": ["a", "b", "c", "d"]})
+    sentences.to_csv(root / "sentences.csv", index=False)
+    write_mcq(root / "egomcq.json")
+    (root / "classes.txt").write_text("c0 open door\nc1 close door\n\nc2 wash cup\n")
+    (root / "charades.csv").write_text(CHARADES_CSV)
+    return {
+        "egomcq": BenchmarkParams("egomcq", str(root / "egomcq.json"), str(root / "egomcq.json")),
+        "ek100_mir": BenchmarkParams("ek100_test", str(root / "sentences.csv"), str(root / "ek100_test.npz")),
+        "charades_ego": BenchmarkParams("charades_ego", str(root / "classes.txt"), str(root / "charades.csv")),
+    }
+
+
 @pytest.fixture
 def hand_made(tmp_path):
-    """Benchmarks, exports with shuffled rows, and the similarities in annotation order."""
+    """Benchmarks read from their files, exports with shuffled rows, and the similarities in annotation order."""
     rng = np.random.default_rng(0)
-    table = RelevancyTable.build(EK100_VIDEOS, EK100_SENTENCES)
-    write_mcq(tmp_path / "egomcq.json")
-    (tmp_path / "classes.txt").write_text("c0 open door\nc1 close door\n\nc2 wash cup\n")
-    (tmp_path / "charades.csv").write_text(CHARADES_CSV)
-    class_ids, _ = read_class_names(tmp_path / "classes.txt")
-    benchmarks = Benchmarks(
-        table, read_mcq(tmp_path / "egomcq.json"), read_charades_labels(tmp_path / "charades.csv", class_ids)
-    )
+    benchmarks = {name: load_benchmark(name, entry) for name, entry in write_benchmark_files(tmp_path).items()}
     video, sentence = unit_rows(rng, 5), unit_rows(rng, 4)
     basis = np.eye(D)
     # EgoMCQ: query q is basis vector q; the clip of score 1 is the answer for inter-video questions and a
@@ -124,11 +123,12 @@ def hand_made(tmp_path):
         clips[q, answer if wrong is None else wrong] = basis[q]
     charades_video, charades_text = unit_rows(rng, 5), unit_rows(rng, 3)
     mcq_ids = [f"{q}_{c}" for q in range(4) for c in range(5)]
+    ek100_ids = list(benchmarks["ek100_mir"].video_ids)
     shuffle = rng.permutation
     embeddings = {
         "ek100_mir": (
-            write_export(tmp_path / "ek_v.parquet", VIDEO, list(table.video_ids), video, shuffle(5)),
-            write_export(tmp_path / "ek_t.parquet", TEXT, list(table.sentence_ids), sentence, shuffle(4)),
+            write_export(tmp_path / "ek_v.parquet", VIDEO, ek100_ids, video, shuffle(5)),
+            write_export(tmp_path / "ek_t.parquet", TEXT, benchmarks["ek100_mir"].sentence_ids, sentence, shuffle(4)),
         ),
         "egomcq": (
             write_export(tmp_path / "mcq_v.parquet", VIDEO, mcq_ids, clips.reshape(20, D), shuffle(20)),
@@ -136,7 +136,7 @@ def hand_made(tmp_path):
         ),
         "charades_ego": (
             write_export(tmp_path / "ch_v.parquet", VIDEO, ["X0", "X1", "X2", "X3", "X4"], charades_video, shuffle(5)),
-            write_export(tmp_path / "ch_t.parquet", TEXT, class_ids, charades_text, shuffle(3)),
+            write_export(tmp_path / "ch_t.parquet", TEXT, ["c0", "c1", "c2"], charades_text, shuffle(3)),
         ),
     }
     return benchmarks, embeddings, video @ sentence.T, charades_video @ charades_text.T
@@ -144,9 +144,9 @@ def hand_made(tmp_path):
 
 def test_ek100_mir_matches_by_id(hand_made):
     benchmarks, embeddings, sim, _ = hand_made
-    rel = benchmarks.relevancy.dense()
+    rel = benchmarks["ek100_mir"].relevancy
     assert rel[3, 1] == 0.75 and rel[2, 0] == 1  # soft and shared relevance are both present
-    got = evaluate_model(embeddings, benchmarks)["ek100_mir"]
+    got = score_model(benchmarks, embeddings)["ek100_mir"]
     expected = brute_force_mir(sim, rel)
     assert got == pytest.approx(expected, abs=1e-6)
     videos, texts = embeddings["ek100_mir"]
@@ -156,61 +156,81 @@ def test_ek100_mir_matches_by_id(hand_made):
 
 def test_egomcq_accuracies_carry_their_names(hand_made):
     benchmarks, embeddings, _, _ = hand_made
-    assert benchmarks.questions.answers.tolist() == [3, 0, 2, 4]
-    assert benchmarks.questions.types.tolist() == [1, 1, 2, 2]
-    got = evaluate_model(embeddings, benchmarks)["egomcq"]
+    assert benchmarks["egomcq"].answers.tolist() == [3, 0, 2, 4]
+    assert benchmarks["egomcq"].types.tolist() == [1, 1, 2, 2]
+    got = score_model(benchmarks, embeddings)["egomcq"]
     assert got == {"inter_video": 1.0, "intra_video": 0.0, "overall": 0.5}
 
 
 def test_charades_map_matches_a_peer_library(hand_made):
     benchmarks, embeddings, _, scores = hand_made
-    labels = benchmarks.charades
-    assert labels.class_ids == ["c0", "c1", "c2"]
-    assert labels.labels.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 1]]
-    labelled = labels.labels.any(axis=1)  # the unlabeled video ranks last, where it changes no AP
-    expected = np.mean([average_precision_score(labels.labels[labelled, k], scores[labelled, k]) for k in range(3)])
-    got = evaluate_model(embeddings, benchmarks)["charades_ego"]["mAP"]
+    charades = benchmarks["charades_ego"]
+    assert charades.class_ids == ["c0", "c1", "c2"]
+    assert charades.labels.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 1]]
+    labels = charades.labels
+    labelled = labels.any(axis=1)  # the unlabeled video ranks last, where it changes no AP
+    expected = np.mean([average_precision_score(labels[labelled, k], scores[labelled, k]) for k in range(3)])
+    got = score_model(benchmarks, embeddings)["charades_ego"]["mAP"]
     assert got == pytest.approx(expected, abs=1e-6)
 
 
-def test_exports_of_different_checkpoints_are_refused(hand_made, tmp_path):
-    benchmarks, embeddings, _, _ = hand_made
+def test_exports_of_different_checkpoints_are_refused_but_any_pair_can_be_scored(hand_made, tmp_path):
+    benchmarks, embeddings, sim, _ = hand_made
     videos, texts = embeddings["ek100_mir"]
     other = write_export(tmp_path / "other.parquet", TEXT, texts.ids, texts.vectors, np.arange(4), sha="1" * 64)
-    with pytest.raises(ValueError, match="different checkpoints"):
-        evaluate_model({**embeddings, "ek100_mir": (videos, other)}, benchmarks)
+    with pytest.raises(BadInput, match="different checkpoints"):
+        score_model(benchmarks, {**embeddings, "ek100_mir": (videos, other)})
+    # a benchmark itself scores any pair (one model's queries against another's gallery), by id
+    got = benchmarks["ek100_mir"].score(videos, other)
+    assert got == pytest.approx(brute_force_mir(sim, benchmarks["ek100_mir"].relevancy), abs=1e-6)
 
 
 def test_annotation_errors_name_the_row(tmp_path):
-    (tmp_path / "a.csv").write_text("id,actions\nX0,c0 0 1;c9 1 2\n")
-    with pytest.raises(ValueError, match=r"line 2: action class 'c9'"):
-        read_charades_labels(tmp_path / "a.csv", ["c0"])
-    (tmp_path / "q.json").write_text(
-        json.dumps({"7": {"query": {"clip_text": "x"}, "choices": {"0": {}}, "answer": 0, "types": 3}})
-    )
-    with pytest.raises(ValueError, match="question 7: types 3"):
-        read_mcq(tmp_path / "q.json")
+    entries = write_benchmark_files(tmp_path)
+    (tmp_path / "charades.csv").write_text("id,actions\nX0,c0 0 1;c9 1 2\n")
+    with pytest.raises(BadInput, match=r"charades.csv: line 2: action class 'c9'"):
+        load_benchmark("charades_ego", entries["charades_ego"])
+    questions = json.loads((tmp_path / "egomcq.json").read_text())
+    questions["2"]["types"] = 3
+    (tmp_path / "egomcq.json").write_text(json.dumps(questions))
+    with pytest.raises(BadInput, match=r"question 2: .*types 3 is neither 1 nor 2"):
+        load_benchmark("egomcq", entries["egomcq"])
+    (tmp_path / "classes.txt").write_text("c0 open door\nc1\n")
+    with pytest.raises(BadInput, match=r"classes.txt:2: expected '<class id> <class name>'"):
+        load_benchmark("charades_ego", entries["charades_ego"])
 
 
-def test_random_baseline_matches_chance():
-    """One relevant sentence per video: AP of a random ranking is E[1/rank] = H_n / n, nDCG P(rank 1) = 1/n."""
+def test_chance_matches_its_closed_form(tmp_path):
+    """One relevant sentence per video: AP of a random ranking is E[1/rank] = H_n / n, nDCG P(rank 1) = 1/n;
+    EgoMCQ with five choices: 1/5; Charades-Ego with one positive video of three per class: H_3 / 3."""
     n = 10
     videos = pd.DataFrame({"narration_id": [str(i) for i in range(n)], "verb_class": range(n)})
     videos["all_noun_classes"] = [f"[{i}]" for i in range(n)]
-    table = RelevancyTable.build(videos, videos[["narration_id"]])
-    questions = McqQuestions(
-        [str(q) for q in range(40)], [""] * 40, [[""] * 5] * 40, np.arange(40) % 5, np.arange(40) % 2 + 1
-    )
-    labels = CharadesLabels([str(i) for i in range(6)], ["a", "b", "c"], np.eye(6, 3, dtype=np.uint8))
-    benchmarks = Benchmarks(table, questions, labels)
-    got = random_baseline(benchmarks, seed=0, draws=200)
+    RelevancyTable.build(videos, videos[["narration_id"]]).save(tmp_path / "relevancy.npz")
+    choices = {str(c): {"video_uid": "v", "clip_start": c, "clip_end": c + 1} for c in range(5)}
+    mcq = {
+        str(q): {"query": {"clip_text": ""}, "choices": choices, "answer": q % 5, "types": q % 2 + 1} for q in range(40)
+    }
+    (tmp_path / "egomcq.json").write_text(json.dumps(mcq))
+    (tmp_path / "classes.txt").write_text("a x\nb y\nc z\n")
+    labelled = "".join(f"{i},{name} 0 1\n" for i, name in enumerate("abc"))  # one video per class
+    (tmp_path / "charades.csv").write_text("id,actions\n" + labelled + "3,\n4,\n5,\n")  # and three unlabeled
+    entries = {
+        "egomcq": BenchmarkParams("mcq", str(tmp_path / "egomcq.json"), str(tmp_path / "egomcq.json")),
+        "ek100_mir": BenchmarkParams("ek", "unused.csv", str(tmp_path / "relevancy.npz")),
+        "charades_ego": BenchmarkParams("ch", str(tmp_path / "classes.txt"), str(tmp_path / "charades.csv")),
+    }
+    benchmarks = {name: load_benchmark(name, entry) for name, entry in entries.items()}
+    got = chance(benchmarks, seed=0, draws=200)
     harmonic = sum(1 / k for k in range(1, n + 1)) / n
     assert got["ek100_mir"]["mAP_avg"] == pytest.approx(harmonic, abs=0.03)
     assert got["ek100_mir"]["nDCG_avg"] == pytest.approx(1 / n, abs=0.03)
     assert got["egomcq"]["inter_video"] == pytest.approx(0.2, abs=0.03)
     assert got["egomcq"]["intra_video"] == pytest.approx(0.2, abs=0.03)
-    assert random_baseline(benchmarks, seed=3, draws=2) == random_baseline(benchmarks, seed=3, draws=2)
-    assert random_baseline(benchmarks, seed=3, draws=2) != random_baseline(benchmarks, seed=4, draws=2)
+    # a class's one positive among three labelled videos (unlabeled ones rank last): E[1/rank] = H_3 / 3
+    assert got["charades_ego"]["mAP"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3, abs=0.04)
+    assert chance(benchmarks, seed=3, draws=2) == chance(benchmarks, seed=3, draws=2)
+    assert chance(benchmarks, seed=3, draws=2) != chance(benchmarks, seed=4, draws=2)
 
 
 def test_flatten_metrics():
@@ -246,22 +266,29 @@ def run_stage(module, params, monkeypatch) -> None:
 
 
 def write_mini_project(root: Path) -> Path:
-    """Annotations, frame shards, two tiny checkpoints and a params file for the export and evaluate stages."""
-    RelevancyTable.build(EK100_VIDEOS, EK100_SENTENCES).save(root / "ek100_test.npz")
-    sentences = pd.DataFrame({"narration_id": EK100_SENTENCES["narration_id"], "narration": ["a", "b", "c", "d"]})
-    sentences.to_csv(root / "sentences.csv", index=False)
-    write_mcq(root / "egomcq.json")
-    (root / "classes.txt").write_text("c0 open door\nc1 close door\nc2 wash cup\n")
-    (root / "charades.csv").write_text(CHARADES_CSV)
-    make_shards(root / "frames/ek100", [{"clip_id": c} for c in EK100_VIDEOS["narration_id"]], num_frames=8)
-    make_shards(root / "frames/mcq", [{"clip_id": f"{q}_{c}"} for q in range(4) for c in range(5)])
-    make_shards(root / "frames/charades", [{"clip_id": f"X{i}"} for i in range(5)], num_frames=8)
-    make_shards(root / "frames/clips", [{"clip_id": "k0"}, {"clip_id": "k1", "status": "error"}], num_frames=8)
+    """Benchmark files, frame shards, two tiny checkpoints and a params file for the benchmark, export and
+    evaluate stages (paths relative to ``root``)."""
+    entries = write_benchmark_files(root)
+    make_shards(root / "frames/ek100_test", [{"clip_id": c} for c in EK100_VIDEOS["narration_id"]], num_frames=8)
+    make_shards(root / "frames/egomcq", [{"clip_id": f"{q}_{c}"} for q in range(4) for c in range(5)])
+    make_shards(root / "frames/charades_ego", [{"clip_id": f"X{i}"} for i in range(5)], num_frames=8)
+    make_shards(root / "frames/ego4d_clips", [{"clip_id": "k0"}, {"clip_id": "k1", "status": "error"}], num_frames=8)
     history = pd.DataFrame({"step": [1, 2, 3], "epoch": 0, "loss": [3.0, 2.0, 1.5], "lr": [1e-4, 1e-4, 5e-5]})
     history.assign(clips_per_s=10.0).to_csv(root / "history.csv", index=False)
     params = {
+        "benchmarks": {
+            "out": "benchmarks",
+            "entries": {
+                name: {
+                    key: str(Path(value).relative_to(root)) if key != "collection" else value
+                    for key, value in vars(entry).items()
+                }
+                for name, entry in entries.items()
+            },
+        },
         "export": {
             "out": str(root / "exports"),
+            "frames": "frames",
             "batch_size": 4,
             "workers": 0,
             "codes": {"int8": True, "binary": {"bits_per_dim": 2, "rotation": "pca"}},
@@ -269,79 +296,86 @@ def write_mini_project(root: Path) -> Path:
                 "zero_shot": str(make_checkpoint(root / "pretrain.pt", num_frames=4, seed=0)),
                 "finetuned": str(make_checkpoint(root / "finetune.pt", num_frames=8, seed=1)),
             },
-            "collections": {
-                "ek100_test": {"frames": "frames/ek100", "texts": "sentences.csv", "text_format": "ek100_sentences"},
-                "egomcq": {"frames": "frames/mcq", "texts": "egomcq.json", "text_format": "egomcq_queries"},
-                "charades_ego": {
-                    "frames": "frames/charades",
-                    "texts": "classes.txt",
-                    "text_format": "charades_classes",
-                },
-                "ego4d_clips": {"frames": "frames/clips"},
-            },
+            "collections": ["ego4d_clips"],
         },
         "evaluate": {
             "exports": "exports",
             "models": ["zero_shot", "finetuned"],
-            "ek100_mir": {"collection": "ek100_test", "relevancy": "ek100_test.npz"},
-            "egomcq": {"collection": "egomcq", "questions": "egomcq.json"},
-            "charades_ego": {"collection": "charades_ego", "annotations": "charades.csv", "classes": "classes.txt"},
             "histories": {"finetune": "history.csv", "pretrain": "missing.csv"},
             "random": {"seed": 0, "draws": 3},
-            "grid": {"model": "finetuned", "queries": 2, "top": 3},
+            "grid": {"benchmark": "ek100_mir", "model": "finetuned", "queries": 2, "top": 3},
         },
     }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml"
 
 
-def test_export_and_evaluate_stages(tmp_path, monkeypatch):
-    from stages import evaluate, export
+def run_pipeline(params: Path, monkeypatch) -> list[RecordingTracker]:
+    """The benchmark stage for every entry, then export and evaluate; the runs they record."""
+    from stages import benchmark, evaluate, export
 
-    monkeypatch.chdir(tmp_path)  # relative paths of the params; the stage's git and DVC lookups find no project
-    runs = []
+    runs: list[RecordingTracker] = []
     monkeypatch.setattr(evaluate, "Tracker", functools.partial(RecordingTracker, runs))
     monkeypatch.setattr(export, "Tracker", functools.partial(RecordingTracker, runs))
-    params = write_mini_project(tmp_path)
+    for name in yaml.safe_load(params.read_text())["benchmarks"]["entries"]:
+        monkeypatch.setattr(sys, "argv", ["benchmark", name, "--params", str(params)])
+        benchmark.main()
     run_stage(export, params, monkeypatch)
+    run_stage(evaluate, params, monkeypatch)
+    return runs
+
+
+def test_benchmark_export_and_evaluate_stages(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths of the params; the stage's git and DVC lookups find no project
+    params = write_mini_project(tmp_path)
+    export_run, run = run_pipeline(params, monkeypatch)
+    frozen = sorted(p.relative_to(tmp_path / "benchmarks").as_posix() for p in (tmp_path / "benchmarks").rglob("*"))
+    assert frozen == [
+        "charades_ego",
+        "charades_ego/queries.txt",
+        "charades_ego/truth.csv",
+        "egomcq",
+        "egomcq/queries.json",
+        "egomcq/truth.json",
+        "ek100_mir",
+        "ek100_mir/queries.csv",
+        "ek100_mir/truth.npz",
+    ]
+    assert (tmp_path / "benchmarks/ek100_mir/truth.npz").read_bytes() == (tmp_path / "ek100_test.npz").read_bytes()
     written = sorted(p.relative_to(tmp_path / "exports").as_posix() for p in (tmp_path / "exports").rglob("*.parquet"))
-    assert len(written) == 14 + 8 and "finetuned/ego4d_clips_video.parquet" in written
-    assert "finetuned/ego4d_clips_text.parquet" not in written  # uncaptioned: no texts
+    assert len(written) == 2 * (4 * 2 + 3) and "finetuned/ego4d_clips_video.parquet" in written
+    assert "finetuned/ek100_mir_text.parquet" in written and "finetuned/ek100_test_video.codes.parquet" in written
     assert read_embeddings(tmp_path / "exports/zero_shot/ego4d_clips_video.parquet").ids == ["k0"]
     assert read_embeddings(tmp_path / "exports/zero_shot/ek100_test_video.parquet").info.num_frames == 8
     videos = read_embeddings(tmp_path / "exports/finetuned/egomcq_video.parquet")
     codes = read_codes(tmp_path / "exports/finetuned/egomcq_video.codes.parquet")
     assert codes.ids == videos.ids and codes.info == videos.info
     assert codes.binary.shape == (20, 4) and codes.int8.shape == (20, 16)  # 16-d embeddings, 2 bits per dimension
-    (export_run,) = runs
     assert export_run.run_name == "export" and export_run.tags["dvc.stage"] == "export"
     assert export_run.params["codes"]["binary"]["bits_per_dim"] == 2
     assert export_run.metrics == {
-        f"{kind}.{model}.{collection}": count
+        f"{kind}.{model}.{name}": count
         for model in ("zero_shot", "finetuned")
-        for kind, collection, count in [
-            ("clips", "ek100_test", 5),
-            ("texts", "ek100_test", 4),
+        for kind, name, count in [
             ("clips", "egomcq", 20),
-            ("texts", "egomcq", 4),
+            ("clips", "ek100_test", 5),
             ("clips", "charades_ego", 5),
-            ("texts", "charades_ego", 3),
             ("clips", "ego4d_clips", 1),
+            ("texts", "egomcq", 4),
+            ("texts", "ek100_mir", 4),
+            ("texts", "charades_ego", 3),
         ]
     }
-    runs.clear()
 
-    run_stage(evaluate, params, monkeypatch)
     metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert list(metrics) == ["zero_shot", "finetuned", "random"]
     for row in metrics.values():
-        assert set(row) == {"ek100_mir", "egomcq", "charades_ego"}
+        assert list(row) == ["egomcq", "ek100_mir", "charades_ego"]  # the params' order
         assert set(row["ek100_mir"]) == {"mAP_v2t", "mAP_t2v", "mAP_avg", "nDCG_v2t", "nDCG_t2v", "nDCG_avg"}
         assert all(0 <= v <= 1 for v in flatten_metrics(row).values())
     for name in ("training_curves", "metric_bars", "retrieval_grid"):
         with Image.open(tmp_path / f"plots/{name}.png") as image:
             assert image.format == "PNG"
-    (run,) = runs
     assert run.run_name == "evaluate" and run.tags["dvc.stage"] == "evaluate"
     assert run.metrics == pytest.approx(flatten_metrics(metrics)) and "finetuned.egomcq.intra_video" in run.metrics
     assert run.artifacts == ["eval.json", "training_curves.png", "metric_bars.png", "retrieval_grid.png"]

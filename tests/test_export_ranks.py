@@ -33,33 +33,37 @@ def write_project(root: Path) -> None:
     make_checkpoint(root / "model.pt")
     make_shards(root / "frames/many", [{"clip_id": f"m{i}", "text": f"clip {i}"} for i in range(7)])
     make_shards(root / "frames/one", [{"clip_id": "k0"}, {"clip_id": "k1", "status": "error"}])
-    texts = "narration_id,narration\n" + "".join(f"s{i},put item {i} in the box\n" for i in range(5))
-    (root / "sentences.csv").write_text(texts)
+    (root / "classes.txt").write_text("".join(f"c{i} put item {i} in the box\n" for i in range(5)))
+    (root / "labels.csv").write_text("id,actions\n" + "".join(f"m{i},c{i % 5} 0 1\n" for i in range(7)))
+    benchmarks = {
+        "out": "frozen",
+        "entries": {"charades_ego": {"collection": "many", "queries": "classes.txt", "truth": "labels.csv"}},
+    }
     for name in ("one_process", "two_processes"):
         export = {
             "out": name,
+            "frames": "frames",
             "batch_size": 2,  # 7 clips: batches of 2, 2, 2, 1 over two ranks; "one" has fewer batches than ranks
             "text_batch_size": 2,
             "workers": 0,
             "device": "cpu",
             "codes": {"int8": True, "binary": {"bits_per_dim": 2}},
             "models": {"tiny": "model.pt"},
-            "collections": {
-                "many": {"frames": "frames/many", "texts": "sentences.csv", "text_format": "ek100_sentences"},
-                "one": {"frames": "frames/one"},
-            },
+            "collections": ["one"],
         }
-        (root / f"{name}.yaml").write_text(yaml.safe_dump({"export": export, "tracking": {"enabled": False}}))
+        params = {"benchmarks": benchmarks, "export": export, "tracking": {"enabled": False}}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(params))
 
 
 @pytest.mark.slow
 def test_two_processes_write_the_files_of_one(tmp_path):
     write_project(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    freeze = [sys.executable, "-m", "stages.benchmark", "charades_ego", "--params", "one_process.yaml"]
     one = [sys.executable, "-m", "stages.export", "--params", "one_process.yaml"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     two += ["-m", "stages.export", "--params", "two_processes.yaml"]
-    for command in (one, two):
+    for command in (freeze, one, two):
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
 
@@ -69,7 +73,7 @@ def test_two_processes_write_the_files_of_one(tmp_path):
 
     single, sharded = files("one_process"), files("two_processes")
     assert sorted(single) == [
-        "tiny/many_text.parquet",
+        "tiny/charades_ego_text.parquet",
         "tiny/many_video.codes.parquet",
         "tiny/many_video.parquet",
         "tiny/one_video.codes.parquet",

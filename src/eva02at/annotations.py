@@ -231,7 +231,7 @@ def read_mcq_questions(json_path: str | os.PathLike) -> list[McqQuestion]:
     """The questions of an EgoMCQ file for evaluation, which needs every one: a malformed question is an error."""
     parsed = parse_egomcq(json_path)
     if parsed.question_errors:
-        raise ValueError(str(parsed.question_errors[0]))
+        raise BadInput(str(parsed.question_errors[0]))
     return parsed.questions
 
 

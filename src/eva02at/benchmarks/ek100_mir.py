@@ -1,0 +1,70 @@
+"""EPIC-KITCHENS-100 multi-instance retrieval: mAP and nDCG, video-to-text and text-to-video.
+
+Queries: the test split's sentence CSV (``narration_id``, ``narration``). Ground truth: the soft relevancy
+table of the test split that the ``soft_labels`` stage writes (``eva02at.labels``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from eva02at.benchmarks import (
+    Benchmark,
+    BenchmarkParams,
+    Queries,
+    RetrievalExample,
+    RetrievedClip,
+    register_benchmark,
+    similarity,
+)
+from eva02at.embeddings import Embeddings
+from eva02at.errors import BadInput
+from eva02at.labels import RelevancyTable
+from eva02at.metrics import ek100_mir
+
+
+def read_sentences(path: str | os.PathLike) -> Queries:
+    """(narration_id, narration) of an EK100 sentence CSV, in file order."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("narration_id", "narration") if c not in frame.columns]
+    if missing:
+        raise BadInput(f"{path}: missing column(s) {missing}")
+    return frame["narration_id"].tolist(), frame["narration"].tolist()
+
+
+@register_benchmark("ek100_mir")
+class Ek100Mir(Benchmark):
+    def __init__(self, params: BenchmarkParams) -> None:
+        super().__init__(params)
+        self.table = RelevancyTable.load(params.truth)
+        self.relevancy = self.table.dense()  # (videos, sentences) float64
+        self.video_ids, self.sentence_ids = list(self.table.video_ids), list(self.table.sentence_ids)
+
+    @classmethod
+    def read_queries(cls, params: BenchmarkParams) -> Queries:
+        return read_sentences(params.queries)
+
+    def score(self, videos: Embeddings, texts: Embeddings) -> dict[str, float]:
+        return ek100_mir(similarity(videos, texts, self.video_ids, self.sentence_ids, "EK100 MIR"), self.relevancy)
+
+    def chance(self, rng: np.random.Generator) -> dict[str, float]:
+        return ek100_mir(rng.standard_normal(self.relevancy.shape, dtype=np.float32), self.relevancy)
+
+    def examples(self, videos: Embeddings, texts: Embeddings, count: int = 4, top: int = 5) -> list[RetrievalExample]:
+        """Text-to-video results of ``count`` sentences spread evenly over the sentence list."""
+        text_of = dict(zip(texts.ids, texts.table["text"].to_pylist(), strict=True))
+        picked = np.unique(np.linspace(0, len(self.sentence_ids) - 1, count).round().astype(int))
+        query_ids = [self.sentence_ids[j] for j in picked]
+        scores = similarity(videos, texts, self.video_ids, query_ids, "the retrieval grid")  # (videos, picked)
+        relevance = self.table.lookup(np.arange(len(self.video_ids)), picked)  # (videos, picked)
+        examples = []
+        for column, query_id in enumerate(query_ids):
+            order = np.argsort(-scores[:, column], kind="stable")[:top]
+            hits = [
+                RetrievedClip(self.video_ids[i], float(scores[i, column]), float(relevance[i, column])) for i in order
+            ]
+            examples.append(RetrievalExample(query_id, text_of[query_id], hits))
+        return examples
