@@ -266,20 +266,23 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
 def decode_jpegs(jpegs: Sequence[bytes], out: np.ndarray | None = None) -> np.ndarray:
     """JPEG bytes to uint8 [T, H, W, 3] RGB with torchvision's libjpeg-turbo decoder.
 
-    ``out`` (uint8 [T, H, W, 3], e.g. a slice of a batch in shared memory) receives the frames, so that a
-    loader copies each decoded frame once. The decoder writes rows of pixels (H, W, 3); that memory is kept,
-    because transposing it to channels-first on the CPU would cost about as much as decoding.
+    ``out`` (uint8 [T, H, W, 3], e.g. a batch in shared memory) receives the frames, so that a loader copies
+    each decoded frame once. All frames go to the decoder in one call: per call, its Python wrapper costs
+    about a tenth of decoding a 224 px frame (BENCHMARKS.md, input path). The decoder writes rows of pixels
+    (H, W, 3); that memory is kept, because transposing it to channels-first on the CPU would cost about as
+    much as decoding.
     """
     if out is not None and len(out) != len(jpegs):
         raise ValueError(f"{len(jpegs)} JPEGs for {len(out)} frames of output")
-    for t, data in enumerate(jpegs):
-        frame = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    if not jpegs:
+        raise ValueError("no JPEG to decode")
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB)  # T tensors (3, H, W)
+    for t, frame in enumerate(decoded):
         pixels = frame.permute(1, 2, 0).numpy()  # (H, W, 3), the decoder's own memory order: no copy
         if out is None:
             out = np.empty((len(jpegs), *pixels.shape), dtype=np.uint8)
         if out.shape[1:] != pixels.shape:
             raise ValueError(f"frame {t} is {pixels.shape[:2]} pixels, expected {out.shape[1:3]}")
         out[t] = pixels
-    if out is None:
-        raise ValueError("no JPEG to decode")
     return out

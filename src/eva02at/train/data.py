@@ -175,8 +175,8 @@ def batch_frame_shape(clips: Sequence[list[bytes]]) -> tuple[int, int, int, int,
 
 
 def decode_batch(clips: Sequence[list[bytes]], out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (B, T, 3, H, W) of the clips' JPEGs, each pixel copied once from the decoder into the batch
-    (``out``, uint8 (B, T, H, W, 3), e.g. shared memory, when given).
+    """uint8 (B, T, 3, H, W) of the clips' JPEGs, decoded in one call and each pixel copied once from the
+    decoder into the batch (``out``, uint8 (B, T, H, W, 3), e.g. shared memory, when given).
 
     The memory stays as decoded, (B, T, H, W, 3), and the result is a channels-first view of it: the
     transpose happens on the device, where it is nearly free (on the CPU it costs as much as decoding).
@@ -186,7 +186,7 @@ def decode_batch(clips: Sequence[list[bytes]], out: torch.Tensor | None = None) 
     for index, jpegs in enumerate(clips):
         if len(jpegs) != out.shape[1]:
             raise ValueError(f"clip {index} of the batch has {len(jpegs)} frames, the first has {out.shape[1]}")
-        decode_jpegs(jpegs, out=out[index].numpy())
+    decode_jpegs([data for jpegs in clips for data in jpegs], out=out.view(-1, *out.shape[2:]).numpy())
     return out.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
 
 
