@@ -46,7 +46,7 @@ def problem():
 def global_loss(name, model, pairs, video_features, sentence_features, relevancy):
     """What each rank computes: local embeddings, gathered with gradients, global soft labels, the loss."""
     video, text = model(video_features[pairs[:, 0]], sentence_features[pairs[:, 1]])
-    all_pairs = distributed.all_gather_indices(pairs)  # (W*B, 2)
+    all_pairs = distributed.all_gather_no_grad(pairs)  # (W*B, 2)
     soft = relevancy[all_pairs[:, 0]][:, all_pairs[:, 1]]  # (W*B, W*B): C[a, b] = R(video_a, caption_b)
     all_video = distributed.all_gather_with_grad(video)
     all_text = distributed.all_gather_with_grad(text)
@@ -112,7 +112,7 @@ def test_single_process_helpers_are_identities(monkeypatch):
     x = torch.randn(3, 2, requires_grad=True)
     assert distributed.all_gather_with_grad(x) is x
     idx = torch.arange(3)
-    assert distributed.all_gather_indices(idx) is idx
+    assert distributed.all_gather_no_grad(idx) is idx
     distributed.cleanup()
 
 
