@@ -57,10 +57,12 @@ def harness(tmp_path_factory):
 
 @pytest.fixture
 def project(harness, tmp_path, monkeypatch):
-    """A committed tiny project as the working directory, with an empty MLflow store."""
+    """A committed tiny project as the working directory, with an empty MLflow store. Its URI is absolute:
+    MLflow keeps one database engine per URI for the process, so a relative one would reach an earlier test's."""
     project = make_tiny_project(tmp_path / "project")
     shutil.copy(harness, project / "mlflow.db")
     monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     return project
 
 
