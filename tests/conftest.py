@@ -16,6 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_elsewhere():
+    """Each test starts without ``MLFLOW_TRACKING_URI``: MLflow exports the URI a test tracked to, and a later
+    test would otherwise log to, or read from, that test's store (or to a user's server)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def ego4d_dir() -> Path:
     return SAMPLE / "ego4d"

@@ -72,8 +72,9 @@ def start_cluster(num_cpus: int = 2) -> LocalCluster:
     deadline = time.monotonic() + START_DEADLINE_S
     while READY not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
+            output = log.read_text()  # before stopping: that removes the folder
             stop_cluster(cluster)
-            raise RuntimeError(f"ray start did not come up:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"ray start did not come up:\n{output[-3000:]}")
         time.sleep(0.2)
     return cluster
 

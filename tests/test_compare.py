@@ -96,7 +96,6 @@ def test_build_and_format_table():
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # MLflow puts the artifacts of new experiments under the working directory
     path = tmp_path / "mlflow.db"
     shutil.copy(empty_mlflow_store(), path)

@@ -61,9 +61,8 @@ def test_second_repro_runs_nothing(tiny_pipeline):
     assert "Data and pipelines are up to date" in run(project, env, "dvc", "status").stdout
 
 
-def test_runs_carry_the_lineage_of_dvc_lock(tiny_pipeline, monkeypatch):
+def test_runs_carry_the_lineage_of_dvc_lock(tiny_pipeline):
     project, _, _ = tiny_pipeline
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow exports it when an earlier test tracked
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     head = git(project, "rev-parse", "HEAD").strip()
     runs = {run.tags.get("dvc.stage"): run for run in find_runs("eva02at", f"sqlite:///{project / 'mlflow.db'}")}

@@ -110,8 +110,7 @@ def reproduced_copy(tiny_pipeline: tuple[Path, dict, str], dest: Path) -> Path:
     return dest
 
 
-def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tiny_pipeline, tmp_path, start, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_nightly_deployment_runs_on_a_worker_and_registers_a_model(tiny_pipeline, tmp_path, start):
     project = reproduced_copy(tiny_pipeline, tmp_path / "project")
     port = free_port()
     base = f"http://127.0.0.1:{port}/api"

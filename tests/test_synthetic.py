@@ -18,7 +18,7 @@ import pytest
 from numpy._core._multiarray_umath import __cpu_dispatch__
 from scipy import stats
 
-from eva02at.annotations import EK100_COLUMNS, parse_timestamp, read_egoclip, read_ek100
+from eva02at.annotations import EK100_COLUMNS, Source, parse_timestamp, read_segments
 from eva02at.config import ConfigError, from_dict
 from eva02at.synthetic import SampleConfig, generate_sample
 from eva02at.synthetic import generate as generate_module
@@ -138,7 +138,7 @@ def test_ek100_tables_have_real_columns_and_segments_inside_videos(sample):
         path = folder / f"EPIC_100_retrieval_{split}.csv"
         columns, rows = _rows(path)
         assert tuple(columns) == EK100_COLUMNS
-        segments, errors = read_ek100(path, "{participant_id}/{video_id}.MP4")
+        segments, errors = read_segments("ek100", Source(str(path)))
         assert errors == [] and len(segments) == len(rows) > 0
         people[split] = {r["participant_id"] for r in rows}
         frames = {s.video: _frame_count(videos / s.video) for s in segments}
@@ -198,7 +198,7 @@ def test_egoclip_and_egomcq_formats(sample):
     folder, videos = sample / "ego4d" / "annotations", sample / "ego4d" / "videos"
     columns, rows = _rows(folder / "egoclip.csv", delimiter="\t")
     assert columns[:4] == ["video_uid", "video_dur", "narration_source", "narration_ind"]
-    segments, errors = read_egoclip(folder / "egoclip.csv")
+    segments, errors = read_segments("egoclip", Source(str(folder / "egoclip.csv")))
     assert errors == [] and len(segments) == len(rows) == 30
     for row in rows:
         assert row["clip_text"].startswith("#C C ")

@@ -35,7 +35,6 @@ def project(tmp_path, monkeypatch) -> Path:
     save_image_clip(create_image_clip("EVA02-Tiny-test"), "EVA02-Tiny-test", tmp_path / "image_clip.pt")
     shutil.copy(empty_mlflow_store(), tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
 
 
