@@ -7,6 +7,14 @@ run that registered it holds the metrics it was judged by. Every execution logs 
 after its DVC experiment and tagged ``prefect.flow=retrain``, whose tags ``retrain.decision`` and
 ``retrain.reason`` say what happened to the candidate and why.
 
+Compatibility with the champion (README, Compatible retraining): the champion's file is downloaded from the
+registry (``<champions>/<model>/v<N>/``, a path per version, so DVC sees a new champion as a changed param) and
+brought into the experiment by params overrides: exported as model ``champion`` and compared with the candidate
+by the evaluation's cross-model rows, and, with ``train_compatible``, fine-tuned against. The run records the
+criterion's verdict (tags ``retrain.compatible``, ``retrain.compatibility``; metrics ``compatibility.*``), a
+registered version that passed it carries the tag ``compatible_with`` (the champion's version), and
+``require_compatible`` promotes only such candidates.
+
 A checkout that was clean when the flow started is clean again when it ends: the experiment lives on in
 DVC (``dvc exp show``, ``dvc exp apply NAME``), so the next scheduled run pulls and starts from HEAD.
 
@@ -31,12 +39,23 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from eva02at.config import parse_yaml
-from eva02at.tracking import Tracker, aliased_version, get_run, read_settings, register_model
+from eva02at.tracking import (
+    ModelVersion,
+    Tracker,
+    aliased_version,
+    download_version,
+    get_run,
+    read_settings,
+    register_model,
+)
 from flows.common import dvc, query, read_metrics, run
 from stages.common import git_commit
 
 DEFAULT_METRIC = "finetuned.ek100_mir.mAP_avg"
 ALIAS = "champion"
+CHAMPION_MODEL = "champion"  # the champion's name among the experiment's export models
+CANDIDATE_MODEL = "finetuned"  # the export model that is the candidate (the file at model_path)
+CRITERION = "compatibility.criterion"  # the evaluation's compatibility criterion (metrics under this name)
 
 
 @dataclass(frozen=True)
@@ -45,17 +64,56 @@ class Decision:
     reason: str
 
 
+@dataclass(frozen=True)
+class Compatibility:
+    """Whether the candidate's queries may search the champion's galleries, as the experiment measured it."""
+
+    compatible: bool | None  # None: not measured (no champion, or the experiment did not evaluate it)
+    reason: str
+
+    @property
+    def tag(self) -> str:
+        return {True: "yes", False: "no", None: "unknown"}[self.compatible]
+
+
+def compatibility(metrics: dict[str, float], champion: int | None) -> Compatibility:
+    """The verdict of the evaluation's criterion on champion version ``champion``, read from the metrics."""
+    if champion is None:
+        return Compatibility(None, "no champion to be compatible with")
+    prefix = f"{CRITERION}."
+    found = {key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)}
+    if "compatible" not in found:
+        return Compatibility(None, f"the experiment did not measure compatibility with champion v{champion}")
+    compatible = found["compatible"] == 1.0
+    cross = min(found["new_text_old_video"], found["old_text_new_video"])
+    return Compatibility(
+        compatible,
+        f"cross-model {cross:.4g} {'>=' if compatible else '<'} champion v{champion}'s own {found['old_old']:.4g} "
+        f"(candidate's own {found['new_new']:.4g})",
+    )
+
+
 def decide(
-    metric: str, value: float | None, model: Path, champion: int | None, champion_value: float | None
+    metric: str,
+    value: float | None,
+    model: Path,
+    champion: int | None,
+    champion_value: float | None,
+    compatible: Compatibility | None = None,
+    require_compatible: bool = False,
 ) -> Decision:
     """Register the candidate only if it has the metric, a model file, and a strictly higher value than
-    champion version ``champion`` (any value wins when there is no champion or it lacks the metric)."""
+    champion version ``champion`` (any value wins when there is no champion or it lacks the metric); with
+    ``require_compatible``, only if it is also ``compatible`` with that champion."""
     if value is None or math.isnan(value):
         return Decision(False, f"the experiment produced no value for metric {metric!r}")
     if not model.is_file():
         return Decision(False, f"the experiment produced no model file {model}")
     if champion is None:
         return Decision(True, f"{metric}={value:.6g} and no champion yet")
+    if require_compatible and not (compatible and compatible.compatible):
+        why = compatible.reason if compatible else "not measured"
+        return Decision(False, f"not compatible with champion v{champion}, which promotion requires: {why}")
     if champion_value is None or math.isnan(champion_value):
         return Decision(True, f"{metric}={value:.6g}; champion v{champion} has no value for it")
     if value > champion_value:
@@ -98,9 +156,45 @@ def pull_data() -> str:
 
 
 @task(cache_policy=NO_CACHE)
+def fetch_champion(model_name: str, champions: str) -> tuple[ModelVersion | None, Path | None]:
+    """The champion version and its model file, downloaded from the registry into ``<champions>/<model>/v<N>``;
+    (None, None) when there is no champion yet."""
+    settings = read_settings()
+    champion = aliased_version(model_name, ALIAS, settings.uri)
+    if champion is None:
+        get_run_logger().info("no champion of %s yet: nothing to be compatible with", model_name)
+        return None, None
+    path = download_version(champion, Path(champions) / model_name / f"v{champion.version}", settings.uri)
+    get_run_logger().info("champion %s v%d: %s", model_name, champion.version, path)
+    return champion, path
+
+
+def champion_overrides(path: Path, train_compatible: bool) -> dict[str, Any]:
+    """Params that bring the champion's file into the experiment: exported as model ``champion`` (``++`` adds
+    the key), compared with the candidate by the evaluation, and with ``train_compatible`` fine-tuned against."""
+    overrides: dict[str, Any] = {
+        f"++export.models.{CHAMPION_MODEL}": str(path),
+        "evaluate.compatibility": {"old": CHAMPION_MODEL, "new": CANDIDATE_MODEL},
+    }
+    if train_compatible:
+        overrides["finetune.compatible_with"] = str(path)
+    return overrides
+
+
+def override_value(value: Any) -> str:
+    """A params value in the override syntax of ``dvc exp run --set-param`` (Hydra's): JSON, except that a
+    mapping's keys are bare (``{old: "champion"}``)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {override_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(override_value(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+@task(cache_policy=NO_CACHE)
 def run_experiment(name: str, overrides: dict[str, Any], targets: list[str]) -> None:
     """``dvc exp run`` in the workspace: DVC runs what changed, records the experiment under ``name``."""
-    settings = [f"--set-param={key}={json.dumps(value)}" for key, value in overrides.items()]
+    settings = [f"--set-param={key}={override_value(value)}" for key, value in overrides.items()]
     run(dvc("exp", "run", "--name", name, *settings, *targets))
 
 
@@ -148,15 +242,24 @@ def lineage(candidate: Candidate, metric: str, model: Path) -> dict[str, str]:
 
 
 @task(cache_policy=NO_CACHE)
-def judge_and_register(candidate: Candidate, metric: str, model: Path, model_name: str) -> dict[str, Any]:
-    """Compare the candidate with the champion, log the flow's MLflow run, register the model if better."""
+def judge_and_register(
+    candidate: Candidate,
+    metric: str,
+    model: Path,
+    model_name: str,
+    champion: ModelVersion | None,
+    require_compatible: bool = False,
+) -> dict[str, Any]:
+    """Compare the candidate with ``champion``, log the flow's MLflow run, register the model if better (and,
+    with ``require_compatible``, compatible with it)."""
     settings = read_settings()  # the registry needs MLflow, so tracking.enabled does not apply here
-    champion = aliased_version(model_name, ALIAS, settings.uri)
     best = get_run(champion.run_id, settings.uri).metrics.get(metric) if champion and champion.run_id else None
+    compatible = compatibility(candidate.metrics, champion and champion.version)
     if candidate.error:
         decision = Decision(False, f"the experiment failed: {candidate.error}")
     else:
-        decision = decide(metric, candidate.metrics.get(metric), model, champion and champion.version, best)
+        value = candidate.metrics.get(metric)
+        decision = decide(metric, value, model, champion and champion.version, best, compatible, require_compatible)
     tags = {
         "prefect.flow": "retrain",
         "prefect.flow_run": str(flow_run.id),
@@ -165,17 +268,19 @@ def judge_and_register(candidate: Candidate, metric: str, model: Path, model_nam
         "retrain.decision": "registered" if decision.register else "not registered",
         "retrain.reason": decision.reason,
         "retrain.pulled": "; ".join(candidate.pulled),
+        "retrain.compatible": compatible.tag,
+        "retrain.compatibility": compatible.reason,
     }
+    overrides = {key.lstrip("+"): value for key, value in candidate.overrides.items()}  # MLflow names take no "+"
     with Tracker(settings.experiment, candidate.experiment, settings.uri, tags=tags) as tracker:
-        tracker.log_params(
-            {"overrides": candidate.overrides, "targets": ",".join(candidate.targets) or "all", "metric": metric}
-        )
+        tracker.log_params({"overrides": overrides, "targets": ",".join(candidate.targets) or "all", "metric": metric})
         tracker.log_metrics(candidate.metrics)
         version = None
         if decision.register:
-            registered = register_model(
-                model_name, model, tracker.run_id, lineage(candidate, metric, model), ALIAS, settings.uri
-            )
+            version_tags = lineage(candidate, metric, model)
+            if compatible.compatible:
+                version_tags["compatible_with"] = str(champion.version)
+            registered = register_model(model_name, model, tracker.run_id, version_tags, ALIAS, settings.uri)
             version = registered.version
             tracker.set_tags({"registry.model": model_name, "registry.version": str(version)})
     get_run_logger().info("%s: %s", "registered" if decision.register else "not registered", decision.reason)
@@ -184,6 +289,7 @@ def judge_and_register(candidate: Candidate, metric: str, model: Path, model_nam
         "reason": decision.reason,
         "version": version,
         "previous_champion": champion and champion.version,
+        "compatible": compatible.compatible,
         "mlflow_run": tracker.run_id,
     }
 
@@ -207,6 +313,9 @@ def retrain(
     name: str | None = None,
     retries: int = 1,
     retry_delay_s: float = 60.0,
+    train_compatible: bool = False,
+    require_compatible: bool = False,
+    champions: str = "models/registry",
 ) -> dict[str, Any]:
     """Pull, run the pipeline as a DVC experiment, and promote the model to champion only if it is better.
 
@@ -220,12 +329,19 @@ def retrain(
         name: DVC experiment name; default `retrain-<UTC time>`.
         retries: Retries of the pulls and of the experiment after a failure (transient errors).
         retry_delay_s: Seconds before the first retry; each further retry waits twice as long.
+        train_compatible: Fine-tune against the champion (`finetune.compatible_with`), so that the candidate's
+            queries can search galleries the champion exported.
+        require_compatible: Promote only a candidate that the evaluation finds compatible with the champion.
+        champions: Folder the champion's file is downloaded into (`<champions>/<model_name>/v<N>/`).
     """
     overrides, targets = overrides or {}, targets or []
     name = name or f"retrain-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     options = {"retries": retries, "retry_delay_seconds": exponential_backoff(retry_delay_s)}
     clean = is_clean()
     pulled = [pull_code.with_options(**options)(clean), pull_data.with_options(**options)()]
+    champion, champion_file = fetch_champion.with_options(**options)(model_name, champions)
+    if champion_file is not None:  # the caller's overrides win
+        overrides = {**champion_overrides(champion_file, train_compatible), **overrides}
     commit, failure, metrics = git_commit(), None, {}
     try:
         try:
@@ -235,7 +351,7 @@ def retrain(
             failure = err
         error = str(failure)[-1000:] if failure else None
         candidate = Candidate(name, commit, pulled, overrides, targets, metrics, error)
-        result = judge_and_register(candidate, metric, Path(model_path), model_name)
+        result = judge_and_register(candidate, metric, Path(model_path), model_name, champion, require_compatible)
     finally:
         if clean:  # every change is the experiment's, and DVC keeps it
             run(["git", "checkout", "HEAD", "--", "."])

@@ -4,6 +4,9 @@ and plots.
 Writes ``metrics`` (JSON, nested ``<row>.<benchmark>.<metric>``, fractions; rows are the export stage's
 models plus ``random``, benchmarks the entries of the ``benchmarks`` params in their order) and three PNGs
 under ``plots``: training curves, metric bars and a text-to-video retrieval grid of one benchmark's queries.
+With ``compatibility`` (an old and a new model), ``metrics`` also holds ``compatibility``: the cross-model rows
+``new_text_old_video`` and ``old_text_new_video`` (``<row>.<benchmark>.<metric>`` below it, drawn in the metric
+bars too) and the ``criterion`` on one benchmark's metric (``eva02at.compatibility.criterion``).
 Ground truth is read from the copies the ``benchmark`` stage froze. One MLflow run "evaluate" holds the
 flattened metrics, the params, the lineage tags and the files.
 """
@@ -28,6 +31,7 @@ from eva02at.benchmarks import (
     load_benchmark,
     score_model,
 )
+from eva02at.compatibility import criterion
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
 from eva02at.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
@@ -55,6 +59,20 @@ class GridParams:
 
 
 @dataclass
+class CompatibilityParams:
+    """Cross-model rows of two exported models, and the criterion that says whether the new is compatible."""
+
+    old: str  # export model whose galleries must stay searchable (e.g. the champion)
+    new: str = "finetuned"
+    benchmark: str = "ek100_mir"  # the criterion: cross-model <metric> of this benchmark >= the old model's own
+    metric: str = "mAP_avg"
+
+    def __post_init__(self) -> None:
+        if self.old == self.new:
+            raise ValueError(f"old and new are both {self.old!r}: compatibility compares two models")
+
+
+@dataclass
 class EvaluateParams:
     exports: str
     models: Annotated[list[str], Field(min_length=1)]  # export stage model names, e.g. [zero_shot, finetuned]
@@ -63,10 +81,17 @@ class EvaluateParams:
     metrics: str = "metrics/eval.json"
     plots: str = "plots"
     random: RandomParams = field(default_factory=RandomParams)
+    compatibility: CompatibilityParams | None = None  # its two models are rows too, listed in models or not
 
     def __post_init__(self) -> None:
         if self.grid.model not in self.models:
             raise ValueError(f"grid.model {self.grid.model!r} is not one of models {self.models}")
+
+    @property
+    def rows(self) -> list[str]:
+        """The models scored: ``models``, then the compatibility's two if not among them."""
+        pair = [self.compatibility.old, self.compatibility.new] if self.compatibility else []
+        return list(dict.fromkeys([*self.models, *pair]))
 
 
 def load_exports(
@@ -110,6 +135,46 @@ def draw_grid(params: EvaluateParams, benchmark: Benchmark, path: Path) -> None:
     retrieval_grid(rows, path)
 
 
+def check_compatibility(params: EvaluateParams, entries: dict[str, BenchmarkParams], params_file: str) -> None:
+    """The criterion's benchmark must be one of the entries."""
+    compat = params.compatibility
+    if compat is not None and compat.benchmark not in entries:
+        raise ConfigError(
+            f"{params_file}: evaluate.compatibility.benchmark = {compat.benchmark!r}: not one of "
+            f"benchmarks.entries {list(entries)}"
+        )
+
+
+def cross_model(params: EvaluateParams, benchmarks: dict[str, Benchmark], results: dict, params_file: str) -> dict:
+    """The ``compatibility`` metrics: every benchmark on the two cross-model export pairs, and the criterion on
+    ``compatibility.metric`` of ``compatibility.benchmark`` (``results`` holds the old and new models' rows)."""
+    compat = params.compatibility
+    old, new = load_exports(params, benchmarks, compat.old), load_exports(params, benchmarks, compat.new)
+    rows = {
+        "new_text_old_video": {name: b.score(old[name][0], new[name][1]) for name, b in benchmarks.items()},
+        "old_text_new_video": {name: b.score(new[name][0], old[name][1]) for name, b in benchmarks.items()},
+    }
+    scored = results[compat.old][compat.benchmark]
+    if compat.metric not in scored:
+        raise ConfigError(
+            f"{params_file}: evaluate.compatibility.metric = {compat.metric!r}: {compat.benchmark} gives {list(scored)}"
+        )
+    old_old, new_new, *cross = (
+        row[compat.benchmark][compat.metric] for row in (results[compat.old], results[compat.new], *rows.values())
+    )
+    return {**rows, "criterion": criterion(old_old, new_new, *cross)}
+
+
+def bar_rows(params: EvaluateParams, results: dict) -> dict:
+    """The metric bars' rows: the models, chance, and the cross-model rows named after their two models."""
+    rows = {name: metrics for name, metrics in results.items() if name != "compatibility"}
+    if params.compatibility:
+        old, new = params.compatibility.old, params.compatibility.new
+        rows[f"{new} text, {old} videos"] = results["compatibility"]["new_text_old_video"]
+        rows[f"{old} text, {new} videos"] = results["compatibility"]["old_text_new_video"]
+    return rows
+
+
 def draw_plots(params: EvaluateParams, results: dict, grid: Benchmark) -> list[Path]:
     out = Path(params.plots)
     histories = {}
@@ -119,7 +184,7 @@ def draw_plots(params: EvaluateParams, results: dict, grid: Benchmark) -> list[P
         else:
             log.warning("no training history %s for %s; left out of the curves", path, stage)
     training_curves(histories, out / PLOTS["curves"])
-    metric_bars(results, out / PLOTS["bars"])
+    metric_bars(bar_rows(params, results), out / PLOTS["bars"])
     draw_grid(params, grid, out / PLOTS["grid"])
     return [out / name for name in PLOTS.values()]
 
@@ -138,14 +203,19 @@ def main() -> None:
     tracking = read_settings(args.params)
     entries = frozen_benchmarks(args.params)
     check_grid(params, entries, args.params)
+    check_compatibility(params, entries, args.params)
     require_frozen(entries)
     benchmarks = {name: load_benchmark(name, entry) for name, entry in entries.items()}
     with Tracker(tracking.experiment, "evaluate", tracking.uri, tracking.enabled, lineage_tags("evaluate")) as tracker:
         tracker.log_params({**asdict(params), "benchmarks": {name: asdict(b.params) for name, b in benchmarks.items()}})
-        results = {model: score_model(benchmarks, load_exports(params, benchmarks, model)) for model in params.models}
+        results = {model: score_model(benchmarks, load_exports(params, benchmarks, model)) for model in params.rows}
         results["random"] = chance(benchmarks, params.random.seed, params.random.draws)
-        for row, metrics in results.items():
+        if params.compatibility:
+            results["compatibility"] = cross_model(params, benchmarks, results, args.params)
+        for row, metrics in bar_rows(params, results).items():
             log.info("%-10s %s", row, summary(metrics))
+        if params.compatibility:
+            log.info("compatibility criterion %s", results["compatibility"]["criterion"])
         write_text(params.metrics, json.dumps(results, indent=2) + "\n")
         tracker.log_metrics(flatten(results))
         tracker.log_artifact(params.metrics)

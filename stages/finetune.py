@@ -2,7 +2,9 @@
 
 Starts from the pretrained video model (its temporal embedding interpolated to the fine-tuning frame count),
 pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
-``loss`` (``sms``, ``adaptive_mi_mm`` or ``mi_mm``) on the relevance of the gathered global batch.
+``loss`` (``sms``, ``adaptive_mi_mm`` or ``mi_mm``) on the relevance of the gathered global batch. With
+``compatible_with`` (an earlier video checkpoint, e.g. the champion), the same loss on the cross pairs with
+that frozen model is added (``eva02at.compatibility``), and the new checkpoint records the chain.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Literal
 
 import pandas as pd
 
-from eva02at.config import Fraction, NonNegativeFloat, PositiveInt
+from eva02at.compatibility import load_reference
+from eva02at.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from eva02at.errors import BadInput
 from eva02at.labels import RelevancyTable
 from eva02at.losses import get_loss
@@ -25,6 +28,8 @@ from eva02at.train.optim import OptimConfig
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
 from stages.training import check_frames, pair_sampler, run_training
+
+PROBE_TEXTS = 64  # training captions on which the reference must tokenize as the new model does
 
 
 @dataclass
@@ -48,6 +53,8 @@ class FinetuneParams:
     loss: Literal["sms", "adaptive_mi_mm", "mi_mm"] = "sms"
     losses: LossParams = field(default_factory=LossParams)  # e.g. {sms: {margin: 0.6}}
     relevance_threshold: Fraction = 0.1  # captions drawn among those with R above this
+    compatible_with: str | None = None  # an earlier video checkpoint whose galleries the new model must search
+    compatibility_weight: PositiveFloat = 1.0  # of the cross-model term against it (the task loss's weight is 1)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -70,11 +77,16 @@ def main() -> None:
         model.set_num_frames(params.num_frames)  # linear interpolation of the temporal embedding
     check_frames(params.frames, params.num_frames, model.image_size)
     table = RelevancyTable.load(params.relevancy)
-    dataset = ClipPairs(FrameShards(params.frames), list(table.video_ids), captions(params.sentences, table))
+    texts = captions(params.sentences, table)
+    dataset = ClipPairs(FrameShards(params.frames), list(table.video_ids), texts)
+    reference, inputs = None, {}
+    if params.compatible_with is not None:
+        reference = load_reference(params.compatible_with, model, params.compatibility_weight, texts[:PROBE_TEXTS])
+        inputs = {"compatible_with.sha256": reference.sha256}
     dist = setup()
     sampler = pair_sampler(table, params, dist, threshold=params.relevance_threshold)
-    task = VideoTextTask(model, loss, relevancy=table)
-    run_training("finetune", params, task, sampler, dataset, dist, args.params)
+    task = VideoTextTask(model, loss, relevancy=table, reference=reference)
+    run_training("finetune", params, task, sampler, dataset, dist, args.params, inputs)
 
 
 if __name__ == "__main__":

@@ -73,16 +73,19 @@ def run_training(
     dataset: ClipPairs,
     dist: DistInfo,
     params_file: str,
+    inputs: dict[str, str] | None = None,
 ) -> None:
     """Train, track and write the stage's outputs; rank 0 alone tracks and writes.
 
     ``params`` is the stage's params dataclass: ``train``, ``optim``, ``out`` and ``checkpoints`` fields and
-    whatever else defines the run (all of it but the output paths is logged and fingerprinted).
+    whatever else defines the run (all of it but the output paths is logged and fingerprinted). ``inputs``
+    name inputs that DVC does not hash (e.g. the compatibility reference, ``{"compatible_with.sha256": ...}``):
+    fingerprinted beside the DVC deps and tagged.
     """
     config = {k: v for k, v in asdict(params).items() if k not in ("out", "checkpoints")}
     lead = dist.rank == 0
-    tags = lineage_tags(stage) if lead else {}
-    deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}
+    tags = {**lineage_tags(stage), **(inputs or {})} if lead else {}
+    deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")} | (inputs or {})
     fingerprint = broadcast(run_fingerprint(config, deps))
     out, checkpoint = Path(params.out), Path(params.checkpoints) / "checkpoint.pt"
     with open_tracker(stage, params_file, tags, checkpoint, fingerprint, enabled=lead) as tracker:

@@ -3,7 +3,9 @@
 The copy holds the repository's tracked and untracked-but-not-ignored files (so no virtual environment,
 pipeline outputs or local MLflow store), params shrunk so that stages run in seconds, and a git history
 of its own. A stand-in stage ``candidate/dvc.yaml:model`` writes a model file and a metric from one
-param, so that the registry logic of ``retrain`` runs for real without the training stages.
+param, so that the registry logic of ``retrain`` runs for real without the training stages; given the
+project's compatibility params (as ``retrain`` sets them), it also writes the evaluation's compatibility
+criterion against the champion's file, compatible only when fine-tuned against that file.
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ stages:
   model:
     cmd: python make.py
     deps: [make.py]
-    params: [score]
+    params:
+      - score
+      - ../params.yaml:
+          - finetune.compatible_with
+          - export.models
+          - evaluate.compatibility
     outs: [model.pt]
     metrics:
       - metrics.json:
@@ -83,7 +90,16 @@ import yaml
 
 score = yaml.safe_load(Path("params.yaml").read_text())["score"]
 Path("model.pt").write_bytes(f"weights {score!r}".encode())
-Path("metrics.json").write_text(json.dumps({"candidate": {"score": score}}))
+metrics = {"candidate": {"score": score}}
+project = yaml.safe_load(Path("../params.yaml").read_text())
+compatibility = project["evaluate"]["compatibility"]
+if compatibility:  # the evaluation's criterion, played: compatible when fine-tuned against the old model
+    old_file = project["export"]["models"][compatibility["old"]]
+    old = float(Path("..", old_file).read_bytes().split()[1])
+    cross = old + 0.01 if project["finetune"]["compatible_with"] == old_file else old / 2
+    criterion = {"old_old": old, "new_new": score, "new_text_old_video": cross, "old_text_new_video": cross}
+    metrics["compatibility"] = {"criterion": {**criterion, "compatible": float(cross >= old)}}
+Path("metrics.json").write_text(json.dumps(metrics))
 """,
     "params.yaml": "score: 0.5\n",
 }

@@ -73,6 +73,8 @@ BAD_VALUES = [
     ("finetune", "finetune.loss", "triplet", "Input should be 'sms', 'adaptive_mi_mm' or 'mi_mm'"),
     ("finetune", "finetune.losses.mi_mm.margin", "0.2", "Input should be a valid number"),
     ("finetune", "finetune.relevance_threshold", 1.1, "Input should be less than or equal to 1"),
+    ("finetune", "finetune.compatibility_weight", 0, "Input should be greater than 0"),
+    ("finetune", "finetune.compatible_with", 3, "Input should be a valid string"),
     ("benchmark", "benchmarks.entries.egomcq.collection", 3, "Input should be a valid string"),
     ("benchmark", "benchmarks.out", None, "Input should be a valid string"),
     ("export", "benchmarks.entries.ek100_mir.truth", ["a.npz"], "Input should be a valid string"),
@@ -101,6 +103,8 @@ BAD_KEYS = [
     ("evaluate", "benchmarks.entries.mcq", {}, "benchmarks.entries.mcq: no benchmark module registers 'mcq'; known"),
     ("evaluate", "evaluate.grid.benchmark", "egomcq", "evaluate.grid.benchmark = 'egomcq': not a benchmark with"),
     ("evaluate", "evaluate.grid.model", "other", "evaluate: grid.model 'other' is not one of models"),
+    ("evaluate", "evaluate.compatibility", {"old": "finetuned"}, "evaluate.compatibility: old and new are both"),
+    ("evaluate", "evaluate.compatibility", {"old": "zero_shot", "benchmark": "mir"}, "evaluate.compatibility.bench"),
 ]
 
 

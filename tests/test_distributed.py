@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) computing the global-batch loss match one process on the whole batch."""
+"""Two CPU processes (gloo) computing the global-batch loss match one process on the whole batch, with and
+without a frozen reference model (compatible fine-tuning)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from eva02at.losses import get_loss
-from eva02at.train import distributed
+from eva02at.train import distributed, tasks
 
 WORLD, LOCAL_BATCH, VIDEOS, SENTENCES = 2, 4, 12, 10
-LOSS_NAMES = ("sms", "infonce")
+LOSS_NAMES = ("sms", "infonce", "sms+reference")
 
 
 class TwoTowers(torch.nn.Module):
@@ -43,10 +44,32 @@ def problem():
     return model, pairs, video_features, sentence_features, relevancy
 
 
+class Lookup:
+    """The relevancy table's interface over the dense matrix."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix.numpy()
+
+    def lookup(self, videos, captions):
+        return self.matrix[videos][:, captions]
+
+
+def frozen_reference() -> TwoTowers:
+    torch.manual_seed(1)
+    return TwoTowers().double().eval().requires_grad_(False)
+
+
 def global_loss(name, model, pairs, video_features, sentence_features, relevancy):
-    """What each rank computes: local embeddings, gathered with gradients, global soft labels, the loss."""
+    """What each rank computes: local embeddings, gathered with gradients, global soft labels, the loss; for
+    ``sms+reference`` the training task's own global loss with a frozen model's embeddings of the same pairs."""
     video, text = model(video_features[pairs[:, 0]], sentence_features[pairs[:, 1]])
-    all_pairs = distributed.all_gather_indices(pairs)  # (W*B, 2)
+    if name == "sms+reference":
+        video.retain_grad()
+        old = frozen_reference()(video_features[pairs[:, 0]], sentence_features[pairs[:, 1]])
+        batch = {"videos": pairs[:, 0], "captions": pairs[:, 1]}
+        loss = tasks.global_loss(video, text, batch, get_loss("sms"), Lookup(relevancy), old, 0.5)
+        return loss, video, distributed.all_gather_no_grad(pairs)
+    all_pairs = distributed.all_gather_no_grad(pairs)  # (W*B, 2)
     soft = relevancy[all_pairs[:, 0]][:, all_pairs[:, 1]]  # (W*B, W*B): C[a, b] = R(video_a, caption_b)
     all_video = distributed.all_gather_with_grad(video)
     all_text = distributed.all_gather_with_grad(text)
@@ -112,7 +135,7 @@ def test_single_process_helpers_are_identities(monkeypatch):
     x = torch.randn(3, 2, requires_grad=True)
     assert distributed.all_gather_with_grad(x) is x
     idx = torch.arange(3)
-    assert distributed.all_gather_indices(idx) is idx
+    assert distributed.all_gather_no_grad(idx) is idx
     distributed.cleanup()
 
 

@@ -305,6 +305,7 @@ def write_mini_project(root: Path) -> Path:
             "histories": {"finetune": "history.csv", "pretrain": "missing.csv"},
             "random": {"seed": 0, "draws": 3},
             "grid": {"benchmark": "ek100_mir", "model": "finetuned", "queries": 2, "top": 3},
+            "compatibility": {"old": "zero_shot", "new": "finetuned"},
         },
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -369,8 +370,13 @@ def test_benchmark_export_and_evaluate_stages(tmp_path, monkeypatch):
     }
 
     metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
-    assert list(metrics) == ["zero_shot", "finetuned", "random"]
-    for row in metrics.values():
+    assert list(metrics) == ["zero_shot", "finetuned", "random", "compatibility"]
+    compatibility = metrics["compatibility"]
+    assert list(compatibility) == ["new_text_old_video", "old_text_new_video", "criterion"]
+    rows = [metrics[name] for name in ("zero_shot", "finetuned", "random")] + [
+        compatibility[name] for name in ("new_text_old_video", "old_text_new_video")
+    ]
+    for row in rows:
         assert list(row) == ["egomcq", "ek100_mir", "charades_ego"]  # the params' order
         assert set(row["ek100_mir"]) == {"mAP_v2t", "mAP_t2v", "mAP_avg", "nDCG_v2t", "nDCG_t2v", "nDCG_avg"}
         assert all(0 <= v <= 1 for v in flatten(row).values())
@@ -378,5 +384,31 @@ def test_benchmark_export_and_evaluate_stages(tmp_path, monkeypatch):
         with Image.open(tmp_path / f"plots/{name}.png") as image:
             assert image.format == "PNG"
     assert run.run_name == "evaluate" and run.tags["dvc.stage"] == "evaluate"
-    assert run.metrics == pytest.approx(flatten(metrics)) and "finetuned.egomcq.intra_video" in run.metrics
+    assert "finetuned.egomcq.intra_video" in run.metrics and "compatibility.criterion.compatible" in run.metrics
+    assert run.metrics == pytest.approx(flatten(metrics))
     assert run.artifacts == ["eval.json", "training_curves.png", "metric_bars.png", "retrieval_grid.png"]
+
+    # cross-model rows: one model's texts against the other's videos, checked by brute force
+    relevancy = RelevancyTable.load(tmp_path / "ek100_test.npz")
+    ids = list(relevancy.video_ids), list(relevancy.sentence_ids)
+
+    def cross(video_model: str, text_model: str) -> dict[str, float]:
+        videos = read_embeddings(tmp_path / f"exports/{video_model}/ek100_test_video.parquet").select(ids[0], "test")
+        texts = read_embeddings(tmp_path / f"exports/{text_model}/ek100_mir_text.parquet").select(ids[1], "test")
+        return brute_force_mir(videos.astype(np.float64) @ texts.T.astype(np.float64), relevancy.dense())
+
+    new_text_old_video, old_text_new_video = cross("zero_shot", "finetuned"), cross("finetuned", "zero_shot")
+    assert compatibility["new_text_old_video"]["ek100_mir"] == pytest.approx(new_text_old_video, abs=1e-6)
+    assert compatibility["old_text_new_video"]["ek100_mir"] == pytest.approx(old_text_new_video, abs=1e-6)
+    old_old, new_new = metrics["zero_shot"]["ek100_mir"]["mAP_avg"], metrics["finetuned"]["ek100_mir"]["mAP_avg"]
+    cross_maps = [new_text_old_video["mAP_avg"], old_text_new_video["mAP_avg"]]
+    assert compatibility["criterion"] == pytest.approx(
+        {
+            "old_old": old_old,
+            "new_new": new_new,
+            "new_text_old_video": cross_maps[0],
+            "old_text_new_video": cross_maps[1],
+            "compatible": float(min(cross_maps) >= old_old),
+        },
+        abs=1e-6,
+    )

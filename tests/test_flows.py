@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 from dvc.repo import Repo
+from dvc.utils.hydra import apply_overrides
 from prefect.testing.utilities import prefect_test_harness
 
+from eva02at.config import read_params
 from eva02at.tracking import aliased_version, find_runs
 from flows.common import CommandError, order_stages, parse_metrics_show
 from flows.reproduce import reproduce, reproduce_single
-from flows.retrain import decide, retrain
+from flows.retrain import Compatibility, champion_overrides, compatibility, decide, override_value, retrain
 from tests.project_fixtures import (
     CANDIDATE_METRIC,
     CANDIDATE_MODEL,
@@ -55,10 +57,12 @@ def harness(tmp_path_factory):
 
 @pytest.fixture
 def project(harness, tmp_path, monkeypatch):
-    """A committed tiny project as the working directory, with an empty MLflow store."""
+    """A committed tiny project as the working directory, with an empty MLflow store. Its URI is absolute:
+    MLflow keeps one database engine per URI for the process, so a relative one would reach an earlier test's."""
     project = make_tiny_project(tmp_path / "project")
     shutil.copy(harness, project / "mlflow.db")
     monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     return project
 
 
@@ -158,6 +162,51 @@ def test_decide(tmp_path):
     assert decide("m", 0.2, model, 3, 0.1).register
     kept = decide("m", 0.1, model, 3, 0.1)  # a tie keeps the champion
     assert not kept.register and "does not beat champion v3" in kept.reason
+
+
+def test_decide_with_the_compatibility_requirement(tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"w")
+    yes, no = Compatibility(True, "cross-model 0.5 >= ..."), Compatibility(False, "cross-model 0.3 < ...")
+    assert decide("m", 0.2, model, 3, 0.1, no).register  # not required: the metric alone decides
+    refused = decide("m", 0.2, model, 3, 0.1, no, require_compatible=True)
+    assert not refused.register
+    assert refused.reason == "not compatible with champion v3, which promotion requires: cross-model 0.3 < ..."
+    assert not decide("m", 0.2, model, 3, 0.1, Compatibility(None, "not measured"), True).register
+    assert not decide("m", 0.2, model, 3, 0.1, None, True).register
+    assert decide("m", 0.2, model, 3, 0.1, yes, True).register
+    assert not decide("m", 0.1, model, 3, 0.1, yes, True).register  # compatible, but not better
+    assert decide("m", 0.2, model, None, None, None, True).register  # the first model has nothing to match
+
+
+def test_compatibility_is_read_from_the_evaluations_criterion():
+    criterion = {"old_old": 0.4, "new_new": 0.5, "new_text_old_video": 0.45, "old_text_new_video": 0.41}
+    metrics = {f"compatibility.criterion.{k}": v for k, v in criterion.items()} | {"finetuned.x.mAP": 0.5}
+    found = compatibility({**metrics, "compatibility.criterion.compatible": 1.0}, 3)
+    assert (found.compatible, found.tag) == (True, "yes")
+    assert found.reason == "cross-model 0.41 >= champion v3's own 0.4 (candidate's own 0.5)"
+    metrics["compatibility.criterion.old_text_new_video"] = 0.39
+    found = compatibility({**metrics, "compatibility.criterion.compatible": 0.0}, 3)
+    assert (found.compatible, found.tag, found.reason[:24]) == (False, "no", "cross-model 0.39 < champ")
+    assert compatibility({"finetuned.x.mAP": 0.5}, 3).tag == "unknown"
+    assert compatibility(metrics, None) == Compatibility(None, "no champion to be compatible with")
+
+
+def test_champion_overrides_are_read_by_dvc_as_meant(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "export:\n  models: {finetuned: f.pt}\nevaluate:\n  models: [finetuned]\n  compatibility: null\n"
+        "finetune:\n  compatible_with: null\n  lr: 0.1\n"
+    )
+    overrides = champion_overrides(Path("models/registry/m/v3/model.pt"), train_compatible=True)
+    overrides |= {"evaluate.models": ["finetuned", "zero_shot"], "finetune.lr": 1e-4}
+    apply_overrides(str(params), [f"{key}={override_value(value)}" for key, value in overrides.items()])  # DVC's -S
+    assert read_params(params) == {
+        "export": {"models": {"finetuned": "f.pt", "champion": "models/registry/m/v3/model.pt"}},
+        "evaluate": {"models": ["finetuned", "zero_shot"], "compatibility": {"old": "champion", "new": "finetuned"}},
+        "finetune": {"compatible_with": "models/registry/m/v3/model.pt", "lr": 1e-4},
+    }
+    assert "finetune.compatible_with" not in champion_overrides(Path("c.pt"), train_compatible=False)
 
 
 # --- reproduce -----------------------------------------------------------------------------------------
@@ -264,10 +313,12 @@ def test_retrain_promotes_only_better_models(project, tmp_path):
     assert not worse["registered"] and "does not beat champion v1" in worse["reason"]
     better = retrain_candidate(0.8, name="better")
     assert better["registered"] and better["version"] == 2 and better["previous_champion"] == 1
+    assert better["compatible"] is False  # measured against champion v1, not required
 
     champion = aliased_version(MODEL_NAME, "champion")
     assert champion.version == 2 and champion.run_id == better["mlflow_run"]
     assert champion.tags["metric.value"] == "0.8" and champion.tags["dvc.experiment"] == "better"
+    assert "compatible_with" not in champion.tags
     assert champion.tags["model.md5"] == md5(candidate_model_bytes(0.8))
     assert champion.tags["git.commit"] == git(project, "rev-parse", "HEAD").strip()
     registered = Path(champion.source) / "model.pt"
@@ -295,4 +346,31 @@ def test_retrain_promotes_only_better_models(project, tmp_path):
     assert broken.tags["retrain.decision"] == "not registered"
     assert broken.tags["retrain.reason"].startswith("the experiment failed: `")
     assert aliased_version(MODEL_NAME, "champion").version == 2
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+@pytest.mark.slow
+def test_retrain_measures_compatibility_with_the_champion_and_can_require_it(project):
+    first = retrain_candidate(0.6, name="first")
+    assert first["registered"] and first["compatible"] is None
+    refused = retrain_candidate(0.8, name="incompatible", require_compatible=True)
+    assert not refused["registered"] and refused["compatible"] is False
+    assert refused["reason"].startswith("not compatible with champion v1, which promotion requires: cross-model 0.3 <")
+    promoted = retrain_candidate(0.8, name="compatible", train_compatible=True, require_compatible=True)
+    assert promoted["registered"] and promoted["version"] == 2 and promoted["compatible"] is True
+
+    champion_file = "models/registry/tiny-candidate/v1/model.pt"  # downloaded from the registry
+    assert (project / champion_file).read_bytes() == candidate_model_bytes(0.6)
+    champion = aliased_version(MODEL_NAME, "champion")
+    assert champion.version == 2 and champion.tags["compatible_with"] == "1"
+    runs = {r.name: r for r in find_runs("eva02at")}
+    assert runs["first"].tags["retrain.compatible"] == "unknown"
+    assert runs["incompatible"].tags["retrain.compatible"] == "no"
+    assert json.loads(champion.tags["overrides"])["finetune.compatible_with"] == champion_file
+    compatible = runs["compatible"]
+    assert compatible.tags["retrain.compatible"] == "yes"
+    assert compatible.tags["retrain.compatibility"] == "cross-model 0.61 >= champion v1's own 0.6 (candidate's own 0.8)"
+    assert compatible.metrics["compatibility.criterion.old_old"] == pytest.approx(0.6)  # read from the file
+    assert compatible.params["overrides.finetune.compatible_with"] == champion_file
+    assert compatible.params["overrides.export.models.champion"] == champion_file
     assert git(project, "status", "--porcelain", "--untracked-files=no") == ""

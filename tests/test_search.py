@@ -13,12 +13,15 @@ from PIL import Image
 
 from eva02at import cli
 from eva02at.codes import BinaryConfig, CodesConfig, CodesError, codes_path, make_codes, write_codes
+from eva02at.compatibility import load_reference
 from eva02at.embeddings import VIDEO, read_embeddings, write_embeddings
 from eva02at.errors import MissingInput
 from eva02at.inference import export_videos
+from eva02at.losses import get_loss
 from eva02at.models import load_video_clip
 from eva02at.search import IncompatibleCheckpoint, may_search, run_search, search
 from eva02at.search_index import IndexConfig
+from eva02at.train.tasks import VideoTextTask
 from tests.test_embeddings import make_checkpoint, make_shards
 
 QUERY = "put the lid on the pan"
@@ -75,12 +78,51 @@ def test_another_checkpoint_is_refused(planted, tmp_path):
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
     info = read_embeddings(root / "planted.parquet").info
     assert may_search(checkpoint, info) and not may_search(other, info)
-    with pytest.raises(IncompatibleCheckpoint, match=r"exported with .*model\.pt .*not with .*other\.pt"):
+    with pytest.raises(IncompatibleCheckpoint, match=r"exported with .*model\.pt .*other\.pt is another model"):
         search(QUERY, other, root / "planted.parquet")
     copy = shutil.copy(checkpoint, tmp_path / "same_weights.pt")  # the same file elsewhere is the same model
     assert search(QUERY, copy, root / "planted.parquet", top=1)[0].clip_id == "p3"
     with pytest.raises(ValueError, match="at least 1"):
         search(QUERY, checkpoint, root / "planted.parquet", top=0)
+
+
+def trained_against(reference, path, seed):
+    """A new model (random weights of ``seed``) saved as compatible fine-tuning against ``reference`` saves it."""
+    model = load_video_clip(make_checkpoint(path, seed=seed))
+    VideoTextTask(model, get_loss("infonce"), reference=load_reference(reference, model, 1.0)).save(path, {})
+    return path
+
+
+def test_a_newer_compatible_checkpoint_searches_an_older_gallery(planted, tmp_path, capsys):
+    root, checkpoint = planted
+    gallery = root / "planted.parquet"  # exported by ``checkpoint``
+    newer = trained_against(checkpoint, tmp_path / "newer.pt", seed=2)
+    newest = trained_against(newer, tmp_path / "newest.pt", seed=3)  # compatible with newer, so with the first too
+    info = read_embeddings(gallery).info
+    assert may_search(newer, info) and may_search(newest, info)
+    query = load_video_clip(newest).eval()
+    with torch.no_grad():
+        vector = torch.nn.functional.normalize(query.encode_text(query.tokenize([QUERY])), dim=-1)[0].numpy()
+    videos = read_embeddings(gallery)
+    expected = np.argsort(-(videos.vectors @ vector), kind="stable")[:3]
+    hits = search(QUERY, newest, gallery, top=3)  # the newest model's query against the first model's gallery
+    assert [h.clip_id for h in hits] == [videos.ids[i] for i in expected]
+    assert [h.score for h in hits] == pytest.approx((videos.vectors @ vector)[expected].tolist(), abs=1e-5)
+    argv = ["search", QUERY, "--checkpoint", str(newest), "--embeddings", str(gallery), "--out", ""]
+    assert cli.main(argv) == 0 and capsys.readouterr().out.splitlines()[2].split()[2] == hits[0].clip_id
+
+
+def test_a_checkpoint_not_known_to_be_compatible_is_refused(planted, tmp_path, capsys):
+    root, _ = planted
+    stranger = make_checkpoint(tmp_path / "stranger.pt", seed=4)
+    elsewhere = trained_against(stranger, tmp_path / "elsewhere.pt", seed=5)  # compatible, but with another model
+    for other, trained in [(stranger, "trained without compatibility"), (elsewhere, "trained to stay compatible with")]:
+        with pytest.raises(IncompatibleCheckpoint, match=f"not known to be compatible with it \\({trained}"):
+            search(QUERY, other, root / "planted.parquet")
+    argv = ["search", QUERY, "--checkpoint", str(elsewhere), "--embeddings", str(root / "planted.parquet")]
+    assert cli.main([*argv, "--out", ""]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("eva02at search: ") and "finetune.compatible_with" in error and len(error.splitlines()) == 1
 
 
 def test_the_command_prints_hits_and_draws_them(planted, tmp_path, capsys):

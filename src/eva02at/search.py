@@ -2,9 +2,10 @@
 
 The query is encoded with the given checkpoint and looked up in a FAISS index of the export
 (``eva02at.search_index``: exact for small galleries; binary codes re-ranked by float scores, or IVF, for large
-ones). ``may_search`` alone decides whether a checkpoint's queries may be compared with a gallery: today only
-the checkpoint that exported it (compared by content hash; two models' spaces do not align, so the ranking
-would be noise). Hits are printed and drawn as a contact sheet from the frames folder the export records.
+ones). ``may_search`` alone decides whether a checkpoint's queries may be compared with a gallery: the
+checkpoint that exported it, or one trained to stay compatible with it (``eva02at.compatibility``), compared by
+content hash; any other model's space does not align with the gallery's, so its ranking would be noise. Hits
+are printed and drawn as a contact sheet from the frames folder the export records.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from eva02at.codes import Codes, CodesError, codes_path, read_codes
-from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, file_sha256, read_embeddings, read_info
+from eva02at.compatibility import compatible_digests, recorded_chain
+from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, read_embeddings, read_info
 from eva02at.errors import MissingInput, PipelineError
 from eva02at.inference import encode_texts
 from eva02at.models import load_video_clip
@@ -48,10 +50,11 @@ class Hit:
 def may_search(checkpoint: str | os.PathLike, gallery: ExportInfo) -> bool:
     """Whether queries encoded by ``checkpoint`` may be compared with the vectors of ``gallery``.
 
-    The one place that decides it: today the very checkpoint that exported the gallery, by content hash (a copy
-    elsewhere is the same model). Checkpoints trained to stay compatible with an older one will be admitted here.
+    The one place that decides it, by content hash (a copy elsewhere is the same model): the checkpoint that
+    exported the gallery, or one whose compatibility chain names it (trained against it, or against a model
+    trained against it, ...).
     """
-    return file_sha256(checkpoint) == gallery.checkpoint_sha256
+    return gallery.checkpoint_sha256 in compatible_digests(checkpoint)
 
 
 def check_checkpoint(info: ExportInfo, checkpoint: str | os.PathLike, embeddings_path: str | os.PathLike) -> None:
@@ -59,9 +62,12 @@ def check_checkpoint(info: ExportInfo, checkpoint: str | os.PathLike, embeddings
     if not Path(checkpoint).is_file():
         raise MissingInput(f"{checkpoint}: no such checkpoint")
     if not may_search(checkpoint, info):
+        chain = [link["sha256"][:12] for link in recorded_chain(checkpoint)]
+        trained = f"trained to stay compatible with {', '.join(chain)}" if chain else "trained without compatibility"
         raise IncompatibleCheckpoint(
-            f"{embeddings_path} was exported with {info.checkpoint} (sha256 {info.checkpoint_sha256[:12]}), "
-            f"not with {checkpoint}: export the clips with this checkpoint, or search with that one"
+            f"{embeddings_path} was exported with {info.checkpoint} (sha256 {info.checkpoint_sha256[:12]}); "
+            f"{checkpoint} is another model, not known to be compatible with it ({trained}): export the clips "
+            "with this checkpoint, search with that one, or fine-tune with finetune.compatible_with set to it"
         )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eva02at.atomic import atomic_path
 from eva02at.config import from_dict, read_params
 from eva02at.errors import MissingInput
 
@@ -291,3 +292,23 @@ def register_model(
     created = client.create_model_version(model_name, source, run_id=run_id, tags=tags)
     client.set_registered_model_alias(model_name, alias, created.version)
     return _version(client.get_model_version(model_name, created.version))
+
+
+def download_version(version: ModelVersion, folder: str | Path, uri: str | None = None) -> Path:
+    """The file of a registered version (the one file ``register_model`` uploaded) in ``folder``, downloaded
+    unless it is there already: a version never changes, so a file found there is that version's. The folder
+    is filled beside its place and moved in whole, so an interrupted download leaves nothing behind."""
+    from mlflow.artifacts import download_artifacts
+
+    folder = Path(folder)
+    found = sorted(folder.iterdir()) if folder.is_dir() else []
+    if len(found) == 1 and found[0].is_file():
+        return found[0]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as download, atomic_path(folder, directory=True) as tmp:
+        local = Path(download_artifacts(artifact_uri=version.source, dst_path=download, tracking_uri=tracking_uri(uri)))
+        files = [path for path in local.rglob("*") if path.is_file()] if local.is_dir() else [local]
+        if len(files) != 1:
+            raise MissingInput(f"{version.name} v{version.version}: expected one model file at {version.source}")
+        os.replace(files[0], tmp / files[0].name)
+    return folder / files[0].name

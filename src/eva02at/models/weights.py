@@ -38,9 +38,12 @@ class CheckpointError(PipelineError):
     """A weights or checkpoint file is missing, unreadable, of the wrong kind, or does not fit the model."""
 
 
-def load_checkpoint_file(path: str | os.PathLike, kind: str | None = None, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint of this project; ``kind`` (IMAGE_FORMAT or VIDEO_FORMAT) is checked when given."""
-    return _checked(_torch_load(path, map_location), path, kind)
+def load_checkpoint_file(
+    path: str | os.PathLike, kind: str | None = None, map_location: Any = "cpu", mmap: bool = False
+) -> dict:
+    """Read a checkpoint of this project; ``kind`` (IMAGE_FORMAT or VIDEO_FORMAT) is checked when given.
+    ``mmap``: tensors are mapped, not read (cheap when only ``config`` or ``extra`` is wanted)."""
+    return _checked(_torch_load(path, map_location, mmap), path, kind)
 
 
 def _checked(data: Any, path: str | os.PathLike, kind: str | None) -> dict:
@@ -216,10 +219,10 @@ def _require_file(path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: no such file")
 
 
-def _torch_load(path: str | os.PathLike, map_location: Any) -> Any:
+def _torch_load(path: str | os.PathLike, map_location: Any, mmap: bool = False) -> Any:
     _require_file(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
 

@@ -83,15 +83,16 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def all_gather_indices(idx: torch.Tensor) -> torch.Tensor:
-    """Concatenate the index tensor [B, ...] of every rank in rank order, returned on ``idx``'s device."""
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [B, ...] of every rank in rank order, without gradients, returned on ``x``'s device:
+    the (video, caption) indices of a batch, or the embeddings of a frozen model."""
     if not is_distributed():
-        return idx
+        return x
     device = torch.device("cuda", torch.cuda.current_device()) if _uses_nccl() else torch.device("cpu")
-    local = idx.to(device).contiguous()
+    local = x.to(device).contiguous()
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, local)
-    return torch.cat(parts, dim=0).to(idx.device)  # (W*B, ...)
+    return torch.cat(parts, dim=0).to(x.device)  # (W*B, ...)
 
 
 def _uses_nccl() -> bool:

@@ -4,6 +4,8 @@ A task also says what its inputs look like (image size, pixel mean and std, the 
 workers run), so that the step turns any batch into model inputs the same way (``train.data.clip_frames``).
 Every rank computes the loss of the whole global batch (embeddings gathered with gradients), and the soft
 labels of fine-tuning are rebuilt from the full relevancy table with the gathered (video, caption) indices.
+Compatible fine-tuning adds a frozen earlier model (``eva02at.compatibility.Reference``): it embeds the same
+inputs, its embeddings are gathered the same way (without gradients), and the loss gains the cross-model term.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import open_clip
 import torch
 from torch import nn
 
-from eva02at.losses import LossFn
+from eva02at.losses import LossFn, cross_model_loss
 from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
-from eva02at.train.distributed import all_gather_indices, all_gather_with_grad
+from eva02at.train.distributed import all_gather_no_grad, all_gather_with_grad
 
 
 class Task(Protocol):
@@ -39,33 +41,68 @@ class RelevanceLookup(Protocol):
     def lookup(self, video_idx, sentence_idx): ...
 
 
+class FrozenReference(Protocol):
+    """A frozen earlier model the new one is trained to stay compatible with (eva02at.compatibility.Reference)."""
+
+    weight: float  # of the cross-model term
+
+    def embed(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video, text) embeddings (B, D) of the batch, without gradients."""
+        ...
+
+    def record(self) -> dict:
+        """What the new checkpoint's ``extra`` records about it."""
+        ...
+
+
 def global_loss(
-    video: torch.Tensor, text: torch.Tensor, batch: dict, loss_fn: LossFn, relevancy: RelevanceLookup | None
+    video: torch.Tensor,
+    text: torch.Tensor,
+    batch: dict,
+    loss_fn: LossFn,
+    relevancy: RelevanceLookup | None,
+    old: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weight: float = 1.0,
 ) -> torch.Tensor:
-    """The loss of the global batch: gather embeddings (with gradients) and, if needed, the soft labels."""
+    """The loss of the global batch: gather embeddings (with gradients) and, if needed, the soft labels; with
+    ``old`` (a frozen model's video and text embeddings of the same batch) plus ``weight`` x the cross-model term."""
     video, text = all_gather_with_grad(video), all_gather_with_grad(text)  # (W*B, D)
-    if relevancy is None:
-        return loss_fn(video, text)
-    videos = all_gather_indices(batch["videos"]).numpy()
-    captions = all_gather_indices(batch["captions"]).numpy()
-    relevance = torch.from_numpy(relevancy.lookup(videos, captions)).to(video.device)  # (W*B, W*B)
-    return loss_fn(video, text, relevance)
+    relevance = None
+    if relevancy is not None:
+        videos = all_gather_no_grad(batch["videos"]).numpy()
+        captions = all_gather_no_grad(batch["captions"]).numpy()
+        relevance = torch.from_numpy(relevancy.lookup(videos, captions)).to(video.device)  # (W*B, W*B)
+    loss = loss_fn(video, text, relevance)
+    if old is None:
+        return loss
+    old_video, old_text = all_gather_no_grad(old[0]), all_gather_no_grad(old[1])  # (W*B, D), in the same order
+    return loss + weight * cross_model_loss(loss_fn, video, text, old_video, old_text, relevance)
 
 
 class VideoTextTask:
-    """A VideoCLIP on (clip, caption) pairs: InfoNCE in pretraining, soft-label losses in fine-tuning."""
+    """A VideoCLIP on (clip, caption) pairs: InfoNCE in pretraining, soft-label losses in fine-tuning, with a
+    ``reference`` to stay compatible with in compatible fine-tuning."""
 
-    def __init__(self, model: VideoCLIP, loss_fn: LossFn, relevancy: RelevanceLookup | None = None):
-        self.model, self.loss_fn, self.relevancy = model, loss_fn, relevancy
+    def __init__(
+        self,
+        model: VideoCLIP,
+        loss_fn: LossFn,
+        relevancy: RelevanceLookup | None = None,
+        reference: FrozenReference | None = None,
+    ):
+        self.model, self.loss_fn, self.relevancy, self.reference = model, loss_fn, relevancy, reference
         self.image_size, self.mean, self.std = model.image_size, model.image_mean, model.image_std
         self.tokenizer = model.tokenizer
 
     def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
         video, text = model(frames, tokens)  # (B, D) each
-        return global_loss(video, text, batch, self.loss_fn, self.relevancy)
+        if self.reference is None:
+            return global_loss(video, text, batch, self.loss_fn, self.relevancy)
+        old = self.reference.embed(frames, tokens)
+        return global_loss(video, text, batch, self.loss_fn, self.relevancy, old, self.reference.weight)
 
     def save(self, path, extra: dict) -> None:
-        save_video_clip(self.model, path, extra)
+        save_video_clip(self.model, path, {**extra, **(self.reference.record() if self.reference else {})})
 
 
 class ImageTextTask:

@@ -1,0 +1,168 @@
+"""Compatible fine-tuning: the cross-model loss against a float64 loop, a reference that is frozen and leaves
+training alone when it weighs nothing, the chain recorded in checkpoints, and the evaluation's criterion."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from eva02at.compatibility import compatible_digests, criterion, load_reference, recorded_chain
+from eva02at.config import ConfigError
+from eva02at.embeddings import file_sha256
+from eva02at.losses import get_loss
+from eva02at.models import from_open_clip, load_checkpoint_file, load_video_clip, save_video_clip
+from eva02at.shards import FrameSpec
+from eva02at.train.data import ClipPairs, OwnCaptions
+from eva02at.train.distributed import DistInfo
+from eva02at.train.loop import TrainConfig, train
+from eva02at.train.optim import OptimConfig
+from eva02at.train.sampling import RelevantPairSampler
+from eva02at.train.tasks import VideoTextTask, global_loss
+from tests.test_embeddings import make_checkpoint
+from tests.test_losses import loop_sms
+from tests.train_fixtures import write_clips
+
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+class Lookup:
+    """The relevancy table's interface over a dense matrix R (videos x sentences)."""
+
+    def __init__(self, matrix: np.ndarray):
+        self.matrix = matrix
+
+    def lookup(self, videos: np.ndarray, captions: np.ndarray) -> np.ndarray:
+        return self.matrix[videos][:, captions]
+
+
+def cross_case(seed: int, batch: int = 6, dim: int = 5):
+    """New and old embeddings of one batch, its (video, caption) indices and a relevancy matrix with few levels."""
+    gen = torch.Generator().manual_seed(seed)
+    video, text, old_video, old_text = (torch.randn(batch, dim, generator=gen, dtype=torch.float64) for _ in range(4))
+    matrix = (torch.randint(0, 5, (10, 9), generator=gen) / 4).double().numpy()
+    indices = {
+        "videos": torch.randperm(10, generator=gen)[:batch],
+        "captions": torch.randint(0, 9, (batch,), generator=gen),
+    }
+    return video, text, old_video, old_text, matrix, indices
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_compatibility_loss_matches_a_float64_loop(seed):
+    video, text, old_video, old_text, matrix, batch = cross_case(seed)
+    soft = torch.tensor(
+        [[matrix[a, b] for b in batch["captions"].tolist()] for a in batch["videos"].tolist()], dtype=torch.float64
+    )  # C[a, b] = R(video a, caption b), looked up one entry at a time
+    weight = 0.7
+    own, _ = loop_sms(video, text, soft)
+    new_text, _ = loop_sms(old_video, text, soft)  # new texts against the old videos
+    new_video, _ = loop_sms(video, old_text, soft)  # new videos against the old texts
+    expected = own + weight * 0.5 * (new_text + new_video)
+    got = global_loss(video, text, batch, get_loss("sms"), Lookup(matrix), (old_video, old_text), weight)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    assert global_loss(video, text, batch, get_loss("sms"), Lookup(matrix)).item() == pytest.approx(own, rel=1e-12)
+
+
+def test_only_the_new_embeddings_receive_gradients_and_they_are_exact():
+    video, text, old_video, old_text, matrix, batch = cross_case(seed=5)
+    old = (old_video.requires_grad_(), old_text.requires_grad_())
+    inputs = (video.requires_grad_(), text.requires_grad_())
+
+    def loss(v, t):
+        return global_loss(v, t, batch, get_loss("sms"), Lookup(matrix), old, 0.5)
+
+    assert torch.autograd.gradcheck(loss, inputs)  # against finite differences, float64
+    loss(*inputs).backward()
+    assert old_video.grad is None and old_text.grad is None
+
+
+def tiny_model(seed: int, num_frames: int = 2, embed_dim: int = 16):
+    torch.manual_seed(seed)
+    return from_open_clip(open_clip.create_model("EVA02-Tiny-test", pretrained=None), num_frames, embed_dim)
+
+
+def test_the_reference_is_frozen_at_the_new_frame_count_and_starts_the_chain(tmp_path):
+    old = make_checkpoint(tmp_path / "old.pt", num_frames=4, seed=1)
+    new = tiny_model(0, num_frames=2)
+    reference = load_reference(old, new, 0.5, ["wash the cup"])
+    assert reference.model.num_frames == 2 and not reference.model.training
+    assert not any(p.requires_grad for p in reference.model.parameters())
+    assert reference.chain == [{"sha256": file_sha256(old), "path": str(old)}] and reference.weight == 0.5
+    adapted = load_video_clip(old)  # what the export does for a 2-frame collection
+    adapted.set_num_frames(2)
+    frames, tokens = torch.randn(3, 2, 3, 32, 32), new.tokenize(["a", "b", "c"])
+    with torch.no_grad():
+        expected = adapted.eval()(frames, tokens)
+    for got, want in zip(reference.embed(frames, tokens), expected, strict=True):
+        torch.testing.assert_close(got, want)
+        assert not got.requires_grad
+
+
+def test_the_chain_is_transitive_and_known_from_the_file_alone(tmp_path):
+    first = make_checkpoint(tmp_path / "first.pt", seed=1)
+    second, third = tiny_model(2, num_frames=4), tiny_model(3, num_frames=4)
+    VideoTextTask(second, get_loss("infonce"), reference=load_reference(first, second, 1.0)).save(
+        tmp_path / "second.pt", {"train_steps": 1}
+    )
+    VideoTextTask(third, get_loss("infonce"), reference=load_reference(tmp_path / "second.pt", third, 1.0)).save(
+        tmp_path / "third.pt", {"train_steps": 1}
+    )
+    digests = [file_sha256(tmp_path / f"{name}.pt") for name in ("first", "second", "third")]
+    assert [link["sha256"] for link in recorded_chain(tmp_path / "third.pt")] == digests[1::-1]
+    assert recorded_chain(tmp_path / "third.pt")[0]["path"] == str(tmp_path / "second.pt")
+    assert compatible_digests(tmp_path / "third.pt") == set(digests)
+    assert load_checkpoint_file(tmp_path / "third.pt")["extra"]["train_steps"] == 1
+    assert recorded_chain(first) == [] and compatible_digests(first) == {digests[0]}
+    plain = tiny_model(4, num_frames=4)  # fine-tuned from a compatible model without the term: no chain
+    save_video_clip(plain, tmp_path / "plain.pt", {"train_steps": 1})
+    assert recorded_chain(tmp_path / "plain.pt") == []
+
+
+def test_a_reference_that_cannot_see_the_same_inputs_is_refused(tmp_path):
+    other_width = tmp_path / "wide.pt"
+    save_video_clip(tiny_model(1, embed_dim=8), other_width)
+    with pytest.raises(ConfigError, match=r"wide\.pt: cannot be the compatibility reference: embedding width 8"):
+        load_reference(other_width, tiny_model(0), 1.0)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_clips(tmp_path_factory.mktemp("shards"), FrameSpec(num_frames=2, size=32), 12)
+
+
+def train_steps(task: VideoTextTask, shards, checkpoint) -> None:
+    config = TrainConfig(epochs=1, batch_size=4, workers=0, log_every=1, checkpoint_every=10)
+    sampler = RelevantPairSampler(OwnCaptions(12), config.batch_size, seed=config.seed)
+    dataset = ClipPairs(shards, shards.clip_ids, shards.texts(shards.clip_ids))
+    train(task, sampler, dataset, config, OptimConfig(lr=1e-3), checkpoint, CPU, "run")
+
+
+def test_a_reference_that_weighs_nothing_leaves_training_bit_for_bit_and_stays_untouched(shards, tmp_path):
+    old = make_checkpoint(tmp_path / "old.pt", num_frames=2, seed=1)
+    plain = VideoTextTask(tiny_model(0), get_loss("infonce"))
+    train_steps(plain, shards, tmp_path / "plain" / "checkpoint.pt")
+    for weight in (0.0, 1.0):
+        reference = load_reference(old, tiny_model(0), weight)
+        task = VideoTextTask(tiny_model(0), get_loss("infonce"), reference=reference)
+        train_steps(task, shards, tmp_path / f"w{weight}" / "checkpoint.pt")
+        same = [torch.equal(a, b) for a, b in zip(plain.model.parameters(), task.model.parameters(), strict=True)]
+        assert all(same) if weight == 0 else not all(same)  # the term moves the model only when it weighs
+        frozen = load_video_clip(old).state_dict()
+        assert all(torch.equal(frozen[k], v) for k, v in reference.model.state_dict().items())
+        assert not reference.model.training
+        saved = load_checkpoint_file(tmp_path / f"w{weight}" / "checkpoint.pt")["extra"]
+        assert saved["compatible_with"] == reference.chain and saved["step"] == 3
+
+
+def test_the_criterion_asks_both_cross_scores_to_reach_the_old_models_own():
+    assert criterion(0.4, 0.5, 0.4, 0.45)["compatible"] == 1.0  # equal counts
+    assert criterion(0.4, 0.5, 0.45, 0.39)["compatible"] == 0.0
+    assert criterion(0.4, 0.5, 0.41, 0.42) == {
+        "old_old": 0.4,
+        "new_new": 0.5,
+        "new_text_old_video": 0.41,
+        "old_text_new_video": 0.42,
+        "compatible": 1.0,
+    }
