@@ -1,0 +1,147 @@
+"""The rehearsal: every stage of the pipeline at the paper's shapes, in an isolated copy of the project.
+
+The copy (``rehearsal.project``) gets ``recipe.yaml`` and ``scale.yaml`` merged into its params.yaml (and
+``smallest.yaml`` with ``--smallest``, the form the tests run). Each stage of dvc.yaml then runs in DVC's order as
+``dvc repro --single-item <stage>``, one process tree per stage, measured from outside: wall time, peak memory
+(the largest resident set of any process of the stage, from ``wait4``'s resource usage of the stage's tree, so
+nothing polls) and, for the training stages, the seconds of each optimizer step the stage logged to MLflow (the
+copy's own store). The first stage that fails stops the rehearsal with its name, exit status and the end of its
+log, and a non-zero exit; the copy is then kept for inspection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eva02at.text_table import Table, format_table
+from eva02at.tracking import find_runs, metric_history
+
+HERE = Path(__file__).resolve().parent
+OVERRIDES = (HERE / "recipe.yaml", HERE / "scale.yaml")
+SMALLEST = HERE / "smallest.yaml"
+GIB = 1024**3
+
+
+class StageFailed(RuntimeError):
+    """A stage of the rehearsal exited with an error; the message names it and ends with its log's last lines."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    returncode: int
+    seconds: float
+    peak_rss_bytes: int  # the largest resident set of any process of the tree
+
+
+@dataclass
+class StageResult:
+    stage: str
+    seconds: float
+    peak_rss_gib: float
+    load: float  # 1-minute load average when the stage ended (the machine may be shared)
+    step_seconds: list[float] = field(default_factory=list)  # each logged optimizer step (training stages)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Median step time; the first step (loader start-up, first-call costs) counts only when it is alone."""
+        steps = self.step_seconds[1:] or self.step_seconds
+        return statistics.median(steps) if steps else None
+
+
+def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Measured:
+    """Run ``command`` to completion with its output in ``log``; its wall time and the peak memory of its tree.
+
+    ``wait4`` returns the resource usage of the child and of every descendant it waited for: ``ru_maxrss`` is
+    the largest of their peak resident sets (KiB on Linux), counted for this command alone."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return Measured(process.returncode, seconds, usage.ru_maxrss * 1024)
+
+
+def run_stage(project: Path, stage: str, env: dict[str, str], logs: Path) -> StageResult:
+    """``dvc repro --single-item stage`` in ``project``, measured; StageFailed when it fails."""
+    log = logs / f"{stage}.log"
+    measured = measure([*dvc_command(), "repro", "--single-item", stage], project, env, log)
+    if measured.returncode:
+        how = f"signal {-measured.returncode}" if measured.returncode < 0 else f"exit status {measured.returncode}"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise StageFailed(f"stage {stage} failed ({how}) after {measured.seconds:.0f} s; the end of {log}:\n{tail}")
+    return StageResult(stage, measured.seconds, measured.peak_rss_bytes / GIB, os.getloadavg()[0])
+
+
+def dvc_command() -> list[str]:
+    from flows.common import dvc
+
+    return dvc()
+
+
+def stage_env() -> dict[str, str]:
+    """The stages' environment: this interpreter's tools first, and no tracking server of the caller's (every
+    stage records into the copy's own MLflow store)."""
+    from flows.common import command_env
+
+    return {k: v for k, v in command_env().items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def stages_in_order(project: Path) -> list[str]:
+    from flows.common import stage_order
+
+    with contextlib.chdir(project):
+        return stage_order()
+
+
+def add_step_times(project: Path, results: list[StageResult]) -> None:
+    """Each training stage's logged ``seconds_per_step`` (one value per logged step), from the copy's MLflow."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    runs = {run.tags.get("dvc.stage"): run for run in find_runs("eva02at", uri)}
+    for result in results:
+        run = runs.get(result.stage)
+        if run is not None and "seconds_per_step" in run.metrics:
+            result.step_seconds = [value for _, value in metric_history(run.run_id, "seconds_per_step", uri)]
+
+
+def rehearse(project: Path, logs: Path, report=print) -> list[StageResult]:
+    """Run every stage of ``project`` in order, measured; ``report`` gets one line per finished stage.
+
+    Raises StageFailed at the first failing stage, with the results so far as its ``results`` attribute."""
+    env, results = stage_env(), []
+    for stage in stages_in_order(project):
+        try:
+            results.append(run_stage(project, stage, env, logs))
+        except StageFailed as failed:
+            failed.results = results
+            raise
+        done = results[-1]
+        report(f"{stage}: {done.seconds:.1f} s, peak {done.peak_rss_gib:.2f} GiB, load {done.load:.1f}")
+    add_step_times(project, results)
+    return results
+
+
+def table(results: list[StageResult]) -> str:
+    columns = ["stage", "seconds", "peak RSS GiB", "steps", "s/step", "first step s", "s outside steps", "load"]
+    rows = []
+    for r in results:
+        trained = [len(r.step_seconds), r.seconds_per_step, r.step_seconds[0], r.seconds - sum(r.step_seconds)]
+        cells = [str(trained[0]), *(f"{v:.1f}" for v in trained[1:])] if r.step_seconds else [""] * 4
+        rows.append([r.stage, f"{r.seconds:.1f}", f"{r.peak_rss_gib:.2f}", *cells, f"{r.load:.1f}"])
+    return format_table(Table(columns, rows))
+
+
+def as_json(results: list[StageResult]) -> list[dict]:
+    return [{**asdict(r), "seconds_per_step": r.seconds_per_step} for r in results]
+
+
+def remove_project(project: Path) -> None:
+    shutil.rmtree(project, ignore_errors=True)
