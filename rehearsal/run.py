@@ -87,12 +87,15 @@ def dvc_command() -> list[str]:
     return dvc()
 
 
-def stage_env() -> dict[str, str]:
-    """The stages' environment: this interpreter's tools first, and no tracking server of the caller's (every
-    stage records into the copy's own MLflow store)."""
+def stage_env(project: Path) -> dict[str, str]:
+    """The stages' environment: this interpreter's tools first, the copy's own code first on the import path (an
+    editable install or PYTHONPATH would otherwise import the workspace's, which may change while the stages run),
+    and no tracking server of the caller's (every stage records into the copy's own MLflow store)."""
     from flows.common import command_env
 
-    return {k: v for k, v in command_env().items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in command_env().items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), str(project), env.get("PYTHONPATH")]))
+    return env
 
 
 def stages_in_order(project: Path) -> list[str]:
@@ -116,7 +119,7 @@ def rehearse(project: Path, logs: Path, report=print) -> list[StageResult]:
     """Run every stage of ``project`` in order, measured; ``report`` gets one line per finished stage.
 
     Raises StageFailed at the first failing stage, with the results so far as its ``results`` attribute."""
-    env, results = stage_env(), []
+    env, results = stage_env(project), []
     for stage in stages_in_order(project):
         try:
             results.append(run_stage(project, stage, env, logs))
