@@ -11,13 +11,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 from dvc.repo import Repo
 from prefect import get_run_logger
+
+from eva02at.tracking import flatten
 
 # Nothing the flows start reports usage to outside services, whatever the caller's environment says: the one
 # place these are set (MLflow's own switch is set by eva02at.tracking, the only module that imports MLflow; the
@@ -102,14 +104,6 @@ def stage_order(targets: Sequence[str] | None = None) -> list[str]:
     return order_stages(stages, edges, targets)
 
 
-def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _leaves(value, f"{prefix}{key}.")
-    else:
-        yield prefix[:-1], data
-
-
 def parse_metrics_show(shown: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """The numbers of ``dvc metrics show --json`` under dotted names (``finetuned.ek100_mir.mAP_avg``),
     the file left out as ``dvc exp show`` does, and the problems DVC reported (e.g. a metrics file not
@@ -122,7 +116,7 @@ def parse_metrics_show(shown: dict[str, Any]) -> tuple[dict[str, float], list[st
         if "error" in content:
             problems.append(f"{path}: {content['error'].get('msg', content['error'])}")
             continue
-        for name, value in _leaves(content.get("data", {})):
+        for name, value in flatten(content.get("data", {})).items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             if name in metrics:

@@ -25,7 +25,6 @@ from eva02at.benchmarks import (
     Benchmark,
     BenchmarkParams,
     chance,
-    flatten_metrics,
     load_benchmark,
     score_model,
 )
@@ -33,7 +32,7 @@ from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
 from eva02at.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
 from eva02at.shards import FrameShards
-from eva02at.tracking import Tracker, read_settings
+from eva02at.tracking import Tracker, flatten, read_settings
 from stages.benchmark import frozen_benchmarks, require_frozen
 from stages.common import lineage_tags, stage_main, stage_params
 
@@ -148,7 +147,7 @@ def main() -> None:
         for row, metrics in results.items():
             log.info("%-10s %s", row, summary(metrics))
         write_text(params.metrics, json.dumps(results, indent=2) + "\n")
-        tracker.log_metrics(flatten_metrics(results))
+        tracker.log_metrics(flatten(results))
         tracker.log_artifact(params.metrics)
         for path in draw_plots(params, results, benchmarks[params.grid.benchmark]):
             tracker.log_artifact(path, "plots")

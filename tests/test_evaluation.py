@@ -17,11 +17,12 @@ import yaml
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from eva02at.benchmarks import BenchmarkParams, chance, flatten_metrics, load_benchmark, score_model
+from eva02at.benchmarks import BenchmarkParams, chance, load_benchmark, score_model
 from eva02at.codes import read_codes
 from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, write_embeddings
 from eva02at.errors import BadInput
 from eva02at.labels import RelevancyTable
+from eva02at.tracking import flatten
 from tests.test_embeddings import make_checkpoint, make_shards
 
 D = 8
@@ -234,7 +235,7 @@ def test_chance_matches_its_closed_form(tmp_path):
 
 
 def test_flatten_metrics():
-    assert flatten_metrics({"a": {"b": {"c": 1}, "d": 0.5}}) == {"a.b.c": 1.0, "a.d": 0.5}
+    assert flatten({"a": {"b": {"c": 1}, "d": 0.5}}) == {"a.b.c": 1.0, "a.d": 0.5}
 
 
 class RecordingTracker:
@@ -372,10 +373,10 @@ def test_benchmark_export_and_evaluate_stages(tmp_path, monkeypatch):
     for row in metrics.values():
         assert list(row) == ["egomcq", "ek100_mir", "charades_ego"]  # the params' order
         assert set(row["ek100_mir"]) == {"mAP_v2t", "mAP_t2v", "mAP_avg", "nDCG_v2t", "nDCG_t2v", "nDCG_avg"}
-        assert all(0 <= v <= 1 for v in flatten_metrics(row).values())
+        assert all(0 <= v <= 1 for v in flatten(row).values())
     for name in ("training_curves", "metric_bars", "retrieval_grid"):
         with Image.open(tmp_path / f"plots/{name}.png") as image:
             assert image.format == "PNG"
     assert run.run_name == "evaluate" and run.tags["dvc.stage"] == "evaluate"
-    assert run.metrics == pytest.approx(flatten_metrics(metrics)) and "finetuned.egomcq.intra_video" in run.metrics
+    assert run.metrics == pytest.approx(flatten(metrics)) and "finetuned.egomcq.intra_video" in run.metrics
     assert run.artifacts == ["eval.json", "training_curves.png", "metric_bars.png", "retrieval_grid.png"]

@@ -21,8 +21,9 @@ from functools import partial
 import numpy as np
 import torch
 
+from eva02at.annotations import MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO
+
 MIR_KEYS = ("mAP_v2t", "mAP_t2v", "mAP_avg", "nDCG_v2t", "nDCG_t2v", "nDCG_avg")
-INTER_VIDEO, INTRA_VIDEO = 1, 2  # EgoMCQ "types" codes of EgoVLP's egomcq.json
 
 _MAGNITUDE = np.int64(0x7FFF_FFFF_FFFF_FFFF)  # every bit but the sign
 _BLOCK = 512  # columns per block while building keys: 128 rows x 512 int64 stay in a 512 KiB L2 cache
@@ -279,8 +280,8 @@ def egomcq_accuracy(scores, answers, types) -> dict[str, float]:
             f"{codes.shape} [questions]"
         )
     if codes.dtype.kind in "US":
-        codes = np.select([codes == "inter_video", codes == "intra_video"], [INTER_VIDEO, INTRA_VIDEO], 0)
-    invalid = ~np.isin(codes, (INTER_VIDEO, INTRA_VIDEO)) | (answers < 0) | (answers >= scores.shape[1])
+        codes = np.select([codes == "inter_video", codes == "intra_video"], [MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO], 0)
+    invalid = ~np.isin(codes, (MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO)) | (answers < 0) | (answers >= scores.shape[1])
     if invalid.any():
         q = int(np.flatnonzero(invalid)[0])
         raise ValueError(
@@ -289,7 +290,7 @@ def egomcq_accuracy(scores, answers, types) -> dict[str, float]:
         )
     right = scores.argmax(axis=1) == answers
     out = {"overall": float(right.mean())}
-    for name, code in (("inter_video", INTER_VIDEO), ("intra_video", INTRA_VIDEO)):
+    for name, code in (("inter_video", MCQ_INTER_VIDEO), ("intra_video", MCQ_INTRA_VIDEO)):
         chosen = codes == code
         out[name] = float(right[chosen].mean()) if chosen.any() else float("nan")
     return out

@@ -51,15 +51,13 @@ def read_settings(params_file: str | Path = "params.yaml") -> TrackingSettings:
     return from_dict(TrackingSettings, section or {}, f"{path}: tracking")
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params as MLflow's flat ``a.b.c`` keys (values stringified, MLflow's limit respected)."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params or metrics under flat dotted names (``finetuned.ek100_mir.mAP_avg``), the names MLflow,
+    ``dvc exp show`` and ``eva02at compare`` use; the leaves are kept as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:6000]
+        flat.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
     return flat
 
 
@@ -108,7 +106,7 @@ class Tracker:
         any value that changed on resuming (an execution-only knob) as a ``resumed.<key>`` tag."""
         if not self.enabled:
             return
-        flat = flatten(params)
+        flat = {key: str(value)[:6000] for key, value in flatten(params).items()}  # MLflow's length limit
         logged = self._mlflow.get_run(self.run_id).data.params if self.continued else {}
         keys = sorted(k for k in flat if k not in logged)
         for start in range(0, len(keys), 100):  # MLflow accepts at most 100 params per batch

@@ -135,15 +135,6 @@ def chance(benchmarks: Mapping[str, Benchmark], seed: int = 0, draws: int = 5) -
     }
 
 
-def flatten_metrics(nested: dict, prefix: str = "") -> dict[str, float]:
-    """Nested metrics as flat dotted names (``finetuned.ek100_mir.mAP_avg``), the form MLflow takes."""
-    flat: dict[str, float] = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        flat.update(flatten_metrics(value, f"{name}.") if isinstance(value, dict) else {name: float(value)})
-    return flat
-
-
 @dataclass(frozen=True)
 class RetrievedClip:
     clip_id: str
