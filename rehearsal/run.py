@@ -3,8 +3,8 @@
 The copy (``rehearsal.project``) gets ``recipe.yaml`` and ``scale.yaml`` merged into its params.yaml (and
 ``smallest.yaml`` with ``--smallest``, the form the tests run). Each stage of dvc.yaml then runs in DVC's order as
 ``dvc repro --single-item <stage>``, one process tree per stage, measured from outside: wall time, peak memory
-(the largest resident set of any process of the stage, from ``wait4``'s resource usage of the stage's tree, so
-nothing polls) and, for the training stages, the seconds of each optimizer step the stage logged to MLflow (the
+(the largest resident set of any process of the stage, from the resource usage of the stage's tree, so nothing
+polls) and, for the training stages, the seconds of each optimizer step the stage logged to MLflow (the
 copy's own store). The first stage that fails stops the rehearsal with its name, exit status and the end of its
 log, and a non-zero exit; the copy is then kept for inspection.
 """
@@ -12,10 +12,12 @@ log, and a non-zero exit; the copy is then kept for inspection.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,18 +58,25 @@ class StageResult:
 
 
 def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Measured:
-    """Run ``command`` to completion with its output in ``log``; its wall time and the peak memory of its tree.
-
-    ``wait4`` returns the resource usage of the child and of every descendant it waited for: ``ru_maxrss`` is
-    the largest of their peak resident sets (KiB on Linux), counted for this command alone."""
+    """Run ``command`` to completion with its output in ``log``; its wall time and the peak memory of its tree,
+    taken by ``rehearsal/peak.py`` (see there why the caller cannot take it)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    result = log.with_suffix(".peak.json")
+    result.unlink(missing_ok=True)
     with log.open("wb") as out:
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        wrapper = subprocess.run(
+            [sys.executable, str(HERE / "peak.py"), str(result), *command],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
-    return Measured(process.returncode, seconds, usage.ru_maxrss * 1024)
+    if not result.exists():  # the wrapper itself was killed
+        return Measured(wrapper.returncode, seconds, 0)
+    measured = json.loads(result.read_text())
+    return Measured(measured["returncode"], seconds, measured["peak_rss_bytes"])
 
 
 def run_stage(project: Path, stage: str, env: dict[str, str], logs: Path) -> StageResult:

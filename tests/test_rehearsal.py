@@ -28,12 +28,13 @@ def test_overrides_merge_key_by_key_keeping_comments(tmp_path):
     assert "b: 1        # kept" in params.read_text()
 
 
-def test_peak_memory_covers_the_stage_tree(tmp_path):
-    # a command whose child fills 256 MiB: the peak is that child's, and not the caller's
+def test_peak_memory_is_the_stage_trees_not_the_callers(tmp_path):
+    # the caller holds 768 MiB; the command's child fills 256 MiB: the peak is the child's alone
+    ballast = b"b" * (768 << 20)
     fill = "x = b'x' * (256 << 20)"
     command = [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {fill!r}])"]
     measured = measure(command, tmp_path, dict(os.environ), tmp_path / "logs" / "fill.log")
-    assert measured.returncode == 0
+    assert measured.returncode == 0 and len(ballast) == 768 << 20
     assert 256 << 20 <= measured.peak_rss_bytes < 512 << 20
     failing = measure([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, dict(os.environ), tmp_path / "f.log")
     assert failing.returncode == 3
