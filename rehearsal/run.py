@@ -117,7 +117,7 @@ def stages_in_order(project: Path) -> list[str]:
 def add_step_times(project: Path, results: list[StageResult]) -> None:
     """Each training stage's logged ``seconds_per_step`` (one value per logged step), from the copy's MLflow."""
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    runs = {run.tags.get("dvc.stage"): run for run in find_runs("eva02at", uri)}
+    runs = {run.tags.get("dvc.stage"): run for run in reversed(find_runs("eva02at", uri))}  # the newest wins
     for result in results:
         run = runs.get(result.stage)
         if run is not None and "seconds_per_step" in run.metrics:
