@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from eva02at.config import read_params
 from rehearsal.project import make_project
-from rehearsal.run import OVERRIDES, SMALLEST, StageFailed, as_json, rehearse, remove_project, table
+from rehearsal.run import OVERRIDES, SMALLEST, StageFailed, as_json, rehearse, remove_project, summary, table
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,11 +37,16 @@ def main() -> None:
     report = {"form": "smallest" if args.smallest else "full", "overrides": list(map(str, overrides))}
     report["params"] = read_params(project / "params.yaml")  # what the stages read
     report["load_average_start"], started = list(os.getloadavg()), time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # `timeout`, `kill`: as Ctrl-C
+    results = []
     try:
-        results = rehearse(project, workdir / "logs", report=lambda line: print(line, flush=True))
-    except StageFailed as failed:
-        finish(report, failed.results, started, workdir, failed=str(failed).splitlines()[0])
-        sys.exit(f"rehearsal failed: {failed}\nthe copy is kept: {project}")
+        for result in rehearse(project, workdir / "logs"):
+            results.append(result)
+            print(summary(result), flush=True)
+    except (StageFailed, KeyboardInterrupt, SystemExit) as stopped:
+        failed = str(stopped) if isinstance(stopped, StageFailed) else "interrupted"
+        finish(report, results, started, workdir, failed=failed.splitlines()[0])
+        sys.exit(f"rehearsal: {failed}\nthe copy is kept: {project}")
     finish(report, results, started, workdir)
     if not args.keep:
         remove_project(project)

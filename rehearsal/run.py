@@ -15,10 +15,12 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,13 +67,20 @@ def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Me
     result.unlink(missing_ok=True)
     with log.open("wb") as out:
         start = time.perf_counter()
-        wrapper = subprocess.run(
+        wrapper = subprocess.Popen(
             [sys.executable, str(HERE / "peak.py"), str(result), *command],
             cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: an interrupt stops the whole stage below
         )
+        try:
+            wrapper.wait()
+        except BaseException:  # Ctrl-C, SIGTERM (see __main__): no stage left running on its own
+            os.killpg(wrapper.pid, signal.SIGTERM)
+            wrapper.wait()
+            raise
         seconds = time.perf_counter() - start
     if not result.exists():  # the wrapper itself was killed
         return Measured(wrapper.returncode, seconds, 0)
@@ -114,31 +123,31 @@ def stages_in_order(project: Path) -> list[str]:
         return stage_order()
 
 
-def add_step_times(project: Path, results: list[StageResult]) -> None:
-    """Each training stage's logged ``seconds_per_step`` (one value per logged step), from the copy's MLflow."""
+def step_times(project: Path, stage: str) -> list[float]:
+    """The ``seconds_per_step`` a stage logged (one value per logged optimizer step) to the copy's MLflow store,
+    newest run of the stage; empty for a stage that trains nothing."""
+    if not (project / "mlflow.db").exists():
+        return []
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    runs = {run.tags.get("dvc.stage"): run for run in reversed(find_runs("eva02at", uri))}  # the newest wins
-    for result in results:
-        run = runs.get(result.stage)
-        if run is not None and "seconds_per_step" in run.metrics:
-            result.step_seconds = [value for _, value in metric_history(run.run_id, "seconds_per_step", uri)]
+    runs = [run for run in find_runs("eva02at", uri) if run.tags.get("dvc.stage") == stage]  # newest first
+    if not runs or "seconds_per_step" not in runs[0].metrics:
+        return []
+    return [value for _, value in metric_history(runs[0].run_id, "seconds_per_step", uri)]
 
 
-def rehearse(project: Path, logs: Path, report=print) -> list[StageResult]:
-    """Run every stage of ``project`` in order, measured; ``report`` gets one line per finished stage.
-
-    Raises StageFailed at the first failing stage, with the results so far as its ``results`` attribute."""
-    env, results = stage_env(project), []
+def rehearse(project: Path, logs: Path) -> Iterator[StageResult]:
+    """Run every stage of ``project`` in order, measured, yielding each result as its stage ends; StageFailed at
+    the first failing stage."""
+    env = stage_env(project)
     for stage in stages_in_order(project):
-        try:
-            results.append(run_stage(project, stage, env, logs))
-        except StageFailed as failed:
-            failed.results = results
-            raise
-        done = results[-1]
-        report(f"{stage}: {done.seconds:.1f} s, peak {done.peak_rss_gib:.2f} GiB, load {done.load:.1f}")
-    add_step_times(project, results)
-    return results
+        result = run_stage(project, stage, env, logs)
+        result.step_seconds = step_times(project, stage)
+        yield result
+
+
+def summary(result: StageResult) -> str:
+    steps = f", {len(result.step_seconds)} steps, {result.seconds_per_step:.1f} s/step" if result.step_seconds else ""
+    return f"{result.stage}: {result.seconds:.1f} s, peak {result.peak_rss_gib:.2f} GiB{steps}, load {result.load:.1f}"
 
 
 def table(results: list[StageResult]) -> str:
