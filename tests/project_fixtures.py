@@ -1,9 +1,10 @@
 """A tiny, isolated copy of the project for flow and server tests.
 
 The copy holds the repository's tracked and untracked-but-not-ignored files (so no virtual environment,
-pipeline outputs or local MLflow store), params shrunk so that stages run in seconds, and a git history
-of its own. A stand-in stage ``candidate/dvc.yaml:model`` writes a model file and a metric from one
-param, so that the registry logic of ``retrain`` runs for real without the training stages.
+pipeline outputs or local MLflow store), params shrunk so that stages run in seconds (``TINY_PARAMS``, merged
+key by key as the rehearsal merges its overrides: ``rehearsal.project``), and a git history of its own. A
+stand-in stage ``candidate/dvc.yaml:model`` writes a model file and a metric from one param, so that the
+registry logic of ``retrain`` runs for real without the training stages.
 """
 
 from __future__ import annotations
