@@ -1,5 +1,6 @@
-# Two entry points: `make demo` (the whole pipeline on the embedded sample) and `make test`.
-# Both create .venv when it is missing and install the project into it.
+# Entry points: `make demo` (the whole pipeline on the embedded sample), `make test`, and `make rehearsal` (the
+# whole pipeline at the paper's shapes in an isolated copy: the check before real data, README, Real data).
+# Each creates .venv when it is missing and installs the project into it.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 # .dvc/config turns DVC's analytics off, eva02at.tracking MLflow's telemetry, flows/common.py the rest.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install rehearsal
 
 install: $(INSTALLED)
 
@@ -22,6 +23,9 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
+
+rehearsal: $(INSTALLED)
+	$(BIN)/python -m rehearsal
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q

@@ -100,7 +100,7 @@ def run_training(
             dist,
             fingerprint,
             on_log=lambda row: tracker.log_metrics(
-                {k: row[k] for k in ("loss", "lr", "clips_per_s")}, step=row["step"]
+                {k: row[k] for k in ("loss", "lr", "clips_per_s", "seconds_per_step")}, step=row["step"]
             ),
             run_id=tracker.run_id,
         )

@@ -1,11 +1,12 @@
 """A tiny, isolated copy of the project for flow and server tests.
 
 The copy holds the repository's tracked and untracked-but-not-ignored files (so no virtual environment,
-pipeline outputs or local MLflow store), params shrunk so that stages run in seconds, and a git history
-of its own. A stand-in stage ``candidate/dvc.yaml:model`` writes a model file and a metric from one
-param, so that the registry logic of ``retrain`` runs for real without the training stages; given the
-project's compatibility params (as ``retrain`` sets them), it also writes the evaluation's compatibility
-criterion against the champion's file, compatible only when fine-tuned against that file.
+pipeline outputs or local MLflow store), params shrunk so that stages run in seconds (``TINY_PARAMS``, merged
+key by key as the rehearsal merges its overrides: ``rehearsal.project``), and a git history of its own. A
+stand-in stage ``candidate/dvc.yaml:model`` writes a model file and a metric from one param, so that the
+registry logic of ``retrain`` runs for real without the training stages; given the project's compatibility
+params (as ``retrain`` sets them), it also writes the evaluation's compatibility criterion against the
+champion's file, compatible only when fine-tuned against that file.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from eva02at.config import read_params
 from eva02at.tracking import aliased_version
 from flows.common import QUIET
+from rehearsal.project import ROOT, git, make_project
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["ROOT", "git"]  # shared with the tests that build on the tiny project
+
 CANDIDATE_STAGE = "candidate/dvc.yaml:model"
 CANDIDATE_METRIC = "candidate.score"
 CANDIDATE_MODEL = "candidate/model.pt"
@@ -129,44 +129,10 @@ def quiet_env(prefect_home: Path) -> dict[str, str]:
     return env
 
 
-def git(project: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True).stdout
-
-
-def copy_project(dest: Path) -> Path:
-    """The repository's tracked and untracked-not-ignored files, copied to ``dest``."""
-    listed = git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():  # a tracked file may have been deleted in the working tree
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    return dest
-
-
-def shrink_params(project: Path) -> None:
-    """Merge ``TINY_PARAMS`` into the copy's params.yaml, section by section."""
-    path = project / "params.yaml"
-    params = read_params(path)  # YAML 1.2, as DVC and the stages read it
-    for section, values in TINY_PARAMS.items():
-        params[section] = {**(params.get(section) or {}), **values}
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def make_tiny_project(dest: Path, with_candidate: bool = True) -> Path:
     """A committed tiny project at ``dest`` (see the module docstring)."""
-    project = copy_project(dest)
-    shrink_params(project)
-    if with_candidate:
-        for name, text in CANDIDATE_FILES.items():
-            (project / "candidate").mkdir(exist_ok=True)
-            (project / "candidate" / name).write_text(text)
-    git(project, "init", "-q", "-b", "main")
-    git(project, "config", "user.email", "tests@eva02at.invalid")
-    git(project, "config", "user.name", "eva02at tests")
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "tiny project")
-    return project
+    files = {f"candidate/{name}": text for name, text in CANDIDATE_FILES.items()} if with_candidate else {}
+    return make_project(dest, TINY_PARAMS, files=files)
 
 
 def reproduced_tiny_project(dest: Path) -> tuple[Path, dict[str, str], str]:

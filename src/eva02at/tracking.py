@@ -240,6 +240,11 @@ def get_run(run_id: str, uri: str | None = None) -> RunRecord:
     return _record(_client(uri).get_run(run_id))
 
 
+def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
+    """Every logged value of metric ``key`` of a run, as (step, value) in step order."""
+    return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, key))
+
+
 def _version(found) -> ModelVersion:
     return ModelVersion(
         name=found.name,

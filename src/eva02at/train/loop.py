@@ -158,10 +158,11 @@ class _Monitor:
     def log(self, step: int, epoch: int, lr: float) -> None:
         row = {"step": step, "epoch": epoch, "loss": self.check(), "lr": lr}
         self.history.append(row)
-        speed = self.window_steps * self.clips_per_step / max(time.perf_counter() - self.window_start, 1e-9)
+        seconds = max(time.perf_counter() - self.window_start, 1e-9) / max(self.window_steps, 1)
+        speed = self.clips_per_step / seconds
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", clips_s=f"{speed:.1f}")
         if self.on_log is not None:
-            self.on_log({**row, "clips_per_s": speed})
+            self.on_log({**row, "clips_per_s": speed, "seconds_per_step": seconds})
         self.window_start, self.window_steps = time.perf_counter(), 0
 
 
@@ -182,8 +183,8 @@ def train(
     A checkpoint whose ``fingerprint`` (a digest of everything that defines the run) matches is resumed from;
     any other is ignored with a warning and overwritten at the next save. ``run_id`` (the tracking run this
     training belongs to) is kept in every checkpoint, so a resumed execution can continue that run.
-    ``on_log`` (rank 0) receives each logged row with the throughput since the last one (``clips_per_s``);
-    the returned history leaves it out, so that it is the same for the same inputs.
+    ``on_log`` (rank 0) receives each logged row with the throughput since the last one (``clips_per_s``,
+    ``seconds_per_step``); the returned history leaves them out, so that it is the same for the same inputs.
     """
     _check(config, dist)
     torch.manual_seed(config.seed)
