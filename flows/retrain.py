@@ -23,7 +23,6 @@ Locally, from the project root: ``python -m flows.retrain [KEY=VALUE ...]`` (par
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -39,6 +38,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from eva02at.config import parse_yaml
+from eva02at.digest import file_digest
 from eva02at.tracking import (
     ModelVersion,
     Tracker,
@@ -205,15 +205,6 @@ def experiment_commit(name: str) -> str:
     return found[0] if found else "unknown"
 
 
-def file_md5(path: Path) -> str:
-    """MD5 of a file's bytes: the hash dvc.lock records for it."""
-    digest = hashlib.md5()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Candidate:
     """What one execution produced and from what: the DVC experiment and its inputs and metrics."""
@@ -236,7 +227,7 @@ def lineage(candidate: Candidate, metric: str, model: Path) -> dict[str, str]:
         "overrides": json.dumps(candidate.overrides, sort_keys=True),
         "metric": metric,
         "metric.value": repr(candidate.metrics[metric]),
-        "model.md5": file_md5(model),
+        "model.md5": file_digest(model, "md5"),  # the hash dvc.lock records
         "prefect.flow_run": str(flow_run.id),
     }
 

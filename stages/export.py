@@ -26,7 +26,8 @@ from eva02at.atomic import atomic_path
 from eva02at.benchmarks import BENCHMARKS, BenchmarkParams
 from eva02at.codes import CodesConfig, codes_path, make_codes, write_codes
 from eva02at.config import NonNegativeInt, PositiveInt
-from eva02at.embeddings import TEXT, VIDEO, export_path, file_sha256, read_embeddings
+from eva02at.digest import file_digest
+from eva02at.embeddings import TEXT, VIDEO, export_path, read_embeddings
 from eva02at.inference import export_texts, export_videos, resolve_device
 from eva02at.models import load_video_clip
 from eva02at.tracking import Tracker, read_settings
@@ -66,7 +67,7 @@ def export_model(
 ) -> dict[str, int]:
     """Every export of one model into ``out`` (the stage's temporary output folder); returns the counts."""
     model = load_video_clip(checkpoint)
-    digest = file_sha256(checkpoint)
+    digest = file_digest(checkpoint)
     device = dist.device if dist.world_size > 1 else resolve_device(params.device)
     counts = {}
     for collection in video_collections(benchmarks, params):

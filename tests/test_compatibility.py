@@ -10,7 +10,7 @@ import torch
 
 from eva02at.compatibility import compatible_digests, criterion, load_reference, recorded_chain
 from eva02at.config import ConfigError
-from eva02at.embeddings import file_sha256
+from eva02at.digest import file_digest
 from eva02at.losses import get_loss
 from eva02at.models import from_open_clip, load_checkpoint_file, load_video_clip, save_video_clip
 from eva02at.shards import FrameSpec
@@ -89,7 +89,7 @@ def test_the_reference_is_frozen_at_the_new_frame_count_and_starts_the_chain(tmp
     reference = load_reference(old, new, 0.5, ["wash the cup"])
     assert reference.model.num_frames == 2 and not reference.model.training
     assert not any(p.requires_grad for p in reference.model.parameters())
-    assert reference.chain == [{"sha256": file_sha256(old), "path": str(old)}] and reference.weight == 0.5
+    assert reference.chain == [{"sha256": file_digest(old), "path": str(old)}] and reference.weight == 0.5
     adapted = load_video_clip(old)  # what the export does for a 2-frame collection
     adapted.set_num_frames(2)
     frames, tokens = torch.randn(3, 2, 3, 32, 32), new.tokenize(["a", "b", "c"])
@@ -109,7 +109,7 @@ def test_the_chain_is_transitive_and_known_from_the_file_alone(tmp_path):
     VideoTextTask(third, get_loss("infonce"), reference=load_reference(tmp_path / "second.pt", third, 1.0)).save(
         tmp_path / "third.pt", {"train_steps": 1}
     )
-    digests = [file_sha256(tmp_path / f"{name}.pt") for name in ("first", "second", "third")]
+    digests = [file_digest(tmp_path / f"{name}.pt") for name in ("first", "second", "third")]
     assert [link["sha256"] for link in recorded_chain(tmp_path / "third.pt")] == digests[1::-1]
     assert recorded_chain(tmp_path / "third.pt")[0]["path"] == str(tmp_path / "second.pt")
     assert compatible_digests(tmp_path / "third.pt") == set(digests)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from eva02at.config import ConfigError
-from eva02at.embeddings import file_sha256
+from eva02at.digest import file_digest
 from eva02at.models import VIDEO_FORMAT, VideoCLIP, load_checkpoint_file, load_video_clip
 
 CHAIN_KEY = "compatible_with"  # key of a video checkpoint's extra: [{"sha256", "path"}, ...], newest first
@@ -59,7 +59,7 @@ def recorded_chain(checkpoint: str | os.PathLike) -> list[dict[str, str]]:
 
 def compatible_digests(checkpoint: str | os.PathLike) -> set[str]:
     """SHA-256 of the checkpoint and of every model of its chain: the checkpoints whose exports it may search."""
-    return {file_sha256(checkpoint), *(link["sha256"] for link in recorded_chain(checkpoint))}
+    return {file_digest(checkpoint), *(link["sha256"] for link in recorded_chain(checkpoint))}
 
 
 def load_reference(
@@ -90,7 +90,7 @@ def load_reference(
     if model.num_frames != like.num_frames:
         model.set_num_frames(like.num_frames)
     model.eval().requires_grad_(False)
-    chain = [{"sha256": file_sha256(path), "path": os.fspath(path)}, *data.get("extra", {}).get(CHAIN_KEY, [])]
+    chain = [{"sha256": file_digest(path), "path": os.fspath(path)}, *data.get("extra", {}).get(CHAIN_KEY, [])]
     return Reference(model, weight, chain)
 
 

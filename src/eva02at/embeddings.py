@@ -11,7 +11,6 @@ Computing the embeddings with a model is ``eva02at.inference``'s job.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -77,11 +76,6 @@ class Embeddings:
 def export_path(root: str | os.PathLike, model: str, collection: str, kind: str) -> Path:
     """Where the export stage writes a file: ``<root>/<model>/<collection>_<kind>.parquet``."""
     return Path(root) / model / f"{collection}_{kind}.parquet"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def schema(kind: str, dim: int) -> pa.Schema:

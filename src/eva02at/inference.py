@@ -21,13 +21,13 @@ import torch.distributed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from eva02at.digest import file_digest
 from eva02at.embeddings import (
     ID_COLUMN,
     TEXT,
     VIDEO,
     ExportError,
     ExportInfo,
-    file_sha256,
     read_embeddings,
     write_embeddings,
 )
@@ -153,7 +153,7 @@ def export_videos(
         VIDEO,
         collection,
         os.fspath(checkpoint),
-        checkpoint_sha256 or file_sha256(checkpoint),
+        checkpoint_sha256 or file_digest(checkpoint),
         model.config.model_name,
         model.num_frames,
         os.fspath(frames),
@@ -185,7 +185,7 @@ def export_texts(
         TEXT,
         collection,
         os.fspath(checkpoint),
-        checkpoint_sha256 or file_sha256(checkpoint),
+        checkpoint_sha256 or file_digest(checkpoint),
         model.config.model_name,
         0,
         "",

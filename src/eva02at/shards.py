@@ -10,7 +10,6 @@ refer to those frames by position, so a frame that several jittered views share 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from eva02at.atomic import atomic_path
+from eva02at.digest import file_digest
 from eva02at.errors import MissingInput, PipelineError
 
 SHARD_LAYOUT = "clip-frames/2"  # schema metadata of every shard; readers refuse any other layout
@@ -111,8 +111,7 @@ class ShardFile:
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> ShardFile:
-        with open(path, "rb") as handle:
-            return cls(os.fstat(handle.fileno()).st_size, hashlib.file_digest(handle, "sha256").hexdigest())
+        return cls(os.path.getsize(path), file_digest(path))
 
 
 def write_shard(path: str | os.PathLike, views: list[dict]) -> ShardFile:
