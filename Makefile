@@ -27,8 +27,9 @@ demo: $(INSTALLED)
 rehearsal: $(INSTALLED)
 	$(BIN)/python -m rehearsal
 
+# two processes: most tests wait on one single-threaded process (a stage, a server, a cluster) at a time
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -17,7 +17,7 @@ from eva02at.models import load_checkpoint_file
 from eva02at.tracking import find_runs
 from tests.project_fixtures import git
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_pipeline")]  # the fixture is built once per worker
 
 
 def run(project, env, *command, check=True):

@@ -37,7 +37,7 @@ from eva02at.models import load_video_clip
 from eva02at.tracking import aliased_version, get_run
 from tests.project_fixtures import ROOT, git, md5, quiet_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_pipeline")]  # the fixture is built once per worker
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 MODEL_NAME = "eva02at-ek100-mir"

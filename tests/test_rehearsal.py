@@ -40,7 +40,7 @@ def test_peak_memory_is_the_stage_trees_not_the_callers(tmp_path):
     assert failing.returncode == 3
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_smallest_rehearsal_runs_every_stage_at_the_real_shapes(tmp_path):
     command = [sys.executable, "-m", "rehearsal", "--smallest", "--workdir", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
