@@ -43,7 +43,8 @@ from torchvision.ops import roi_align
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.annotations import cut_videos, read_video_list
 from eva02at.extract import extract, resize_crop
-from eva02at.shards import FrameShards, FrameSpec, decode_jpegs
+from eva02at.jpeg import decode_jpegs
+from eva02at.shards import FrameShards, FrameSpec
 from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
 from eva02at.train.data import (
     ClipPairs,

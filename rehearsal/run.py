@@ -154,8 +154,10 @@ def table(results: list[StageResult]) -> str:
     columns = ["stage", "seconds", "peak RSS GiB", "steps", "s/step", "first step s", "s outside steps", "load"]
     rows = []
     for r in results:
-        trained = [len(r.step_seconds), r.seconds_per_step, r.step_seconds[0], r.seconds - sum(r.step_seconds)]
-        cells = [str(trained[0]), *(f"{v:.1f}" for v in trained[1:])] if r.step_seconds else [""] * 4
+        cells = [""] * 4
+        if r.step_seconds:
+            times = [r.seconds_per_step, r.step_seconds[0], r.seconds - sum(r.step_seconds)]
+            cells = [str(len(r.step_seconds)), *(f"{v:.1f}" for v in times)]
         rows.append([r.stage, f"{r.seconds:.1f}", f"{r.peak_rss_gib:.2f}", *cells, f"{r.load:.1f}"])
     return format_table(Table(columns, rows))
 

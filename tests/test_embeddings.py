@@ -17,8 +17,9 @@ from PIL import Image
 
 from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, read_info, write_embeddings
 from eva02at.inference import export_texts, export_videos, model_for_frames
+from eva02at.jpeg import decode_jpegs
 from eva02at.models import from_open_clip, load_video_clip, save_video_clip
-from eva02at.shards import MANIFEST, SHARDS, decode_jpegs, write_manifest, write_shard
+from eva02at.shards import MANIFEST, SHARDS, write_manifest, write_shard
 from eva02at.train.data import normalize
 
 

@@ -16,8 +16,9 @@ from eva02at.annotations import (
     Source,
     read_segments,
 )
-from eva02at.extract import TooManyFailures, encode_jpeg, extract, plan_shards, resize_crop
-from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, ShardReadError, decode_jpegs, read_shard
+from eva02at.extract import TooManyFailures, extract, plan_shards, resize_crop
+from eva02at.jpeg import decode_jpegs, encode_jpeg
+from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, ShardReadError, read_shard
 from eva02at.video import index_video, read_frames, scaled_frames
 
 CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps

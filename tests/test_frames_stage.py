@@ -1,5 +1,5 @@
 """The frames stage as DVC runs it: kill -9 leaves no worker behind and a rerun ends with the uninterrupted bytes;
-one MLflow run carries the decode summary."""
+one MLflow run carries the decode summary; the stage and its decode workers start without torch."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ SAMPLE = ROOT / "data" / "sample" / "ego4d"
 # a short real clip, a longer one and the damaged video: 2 + 10 + 5 clips of 1 s
 VIDEOS = ("ego4d_3c0dffd0_012_014.mp4", "ego4d_site_kaust.mp4", "corrupted.mp4")
 WAIT_LIMIT_S = 300  # only ends a hung test; every wait below returns as soon as its condition holds
+
+
+def test_the_stage_and_its_workers_load_no_torch():
+    # six frames stages per pipeline run, each with its decode processes: torch and torchvision add ~3 s to each
+    check = "import sys, stages.frames, eva02at.extract; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def write_params(project: Path, tracking: dict) -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from eva02at.config import read_params
 from rehearsal.project import ROOT, override_params
-from rehearsal.run import measure
+from rehearsal.run import StageResult, measure, table
 
 TRAINING_STAGES = ("image_clip", "pretrain", "finetune")
 
@@ -38,6 +38,14 @@ def test_peak_memory_is_the_stage_trees_not_the_callers(tmp_path):
     assert 256 << 20 <= measured.peak_rss_bytes < 512 << 20
     failing = measure([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, dict(os.environ), tmp_path / "f.log")
     assert failing.returncode == 3
+
+
+def test_table_has_step_columns_for_training_stages_only():
+    rows = [StageResult("frames@egoclip", 12.0, 1.0, 0.5), StageResult("pretrain", 40.0, 3.5, 1.0, [11.0, 9.0, 7.0])]
+    lines = table(rows).splitlines()
+    frames, pretrain = next(x for x in lines if "frames@egoclip" in x), next(x for x in lines if "pretrain" in x)
+    assert frames.split()[1:] == ["12.0", "1.00", "0.5"]  # no steps: the step columns stay empty
+    assert pretrain.split()[1:] == ["40.0", "3.50", "3", "8.0", "11.0", "13.0", "1.0"]  # median of steps 2-3
 
 
 @pytest.mark.rehearsal

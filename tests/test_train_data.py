@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from eva02at.shards import FrameShards, FrameSpec, decode_jpegs
+from eva02at.jpeg import decode_jpegs
+from eva02at.shards import FrameShards, FrameSpec
 from eva02at.train.augment import AugmentConfig, crop_boxes
 from eva02at.train.data import (
     ClipPairs,

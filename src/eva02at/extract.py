@@ -11,7 +11,6 @@ as a manifest row, "ok" or "error" with the reason; the run fails only above a f
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import zlib
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from eva02at.annotations import CLAMP_END_PAST_VIDEO, RowError, Segment
 from eva02at.cluster import run_on_cluster
 from eva02at.errors import PipelineError
+from eva02at.jpeg import encode_jpeg
 from eva02at.shards import (
     MANIFEST,
     SHARD_LAYOUT,
@@ -342,12 +342,6 @@ def resize_crop(frame: np.ndarray, height: int, width: int | None = None) -> np.
     image = Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - width) // 2, (new_h - height) // 2
     return np.asarray(image.crop((left, top, left + width, top + height)))
-
-
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def _ok_row(clip: Segment, views: list[list[int]], clamped: tuple[str, ...], spec: FrameSpec, shard: str) -> dict:

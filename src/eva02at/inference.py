@@ -31,8 +31,9 @@ from eva02at.embeddings import (
     read_embeddings,
     write_embeddings,
 )
+from eva02at.jpeg import decode_jpegs
 from eva02at.models import VideoCLIP
-from eva02at.shards import FrameShards, decode_jpegs, read_frame_spec
+from eva02at.shards import FrameShards, read_frame_spec
 from eva02at.train.data import normalize
 from eva02at.train.distributed import DistInfo
 

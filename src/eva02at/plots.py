@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 
 from eva02at.atomic import atomic_path
 from eva02at.errors import BadInput
-from eva02at.shards import FrameShards, decode_jpegs
+from eva02at.jpeg import decode_jpegs
+from eva02at.shards import FrameShards
 
 DPI = 100
 MARK_COLORS = {"relevant": "#1a9850", "partial": "#fdae61"}  # EK100 R == 1, 0 < R < 1

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from eva02at.atomic import atomic_path
 from eva02at.digest import file_digest
@@ -260,28 +257,3 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
     if layout != SHARD_LAYOUT:
         raise ShardReadError(path, f"layout {layout or 'unversioned'!r}, expected {SHARD_LAYOUT!r}")
     return table
-
-
-def decode_jpegs(jpegs: Sequence[bytes], out: np.ndarray | None = None) -> np.ndarray:
-    """JPEG bytes to uint8 [T, H, W, 3] RGB with torchvision's libjpeg-turbo decoder.
-
-    ``out`` (uint8 [T, H, W, 3], e.g. a batch in shared memory) receives the frames, so that a loader copies
-    each decoded frame once. All frames go to the decoder in one call: per call, its Python wrapper costs
-    about a tenth of decoding a 224 px frame (BENCHMARKS.md, input path). The decoder writes rows of pixels
-    (H, W, 3); that memory is kept, because transposing it to channels-first on the CPU would cost about as
-    much as decoding.
-    """
-    if out is not None and len(out) != len(jpegs):
-        raise ValueError(f"{len(jpegs)} JPEGs for {len(out)} frames of output")
-    if not jpegs:
-        raise ValueError("no JPEG to decode")
-    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
-    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB)  # T tensors (3, H, W)
-    for t, frame in enumerate(decoded):
-        pixels = frame.permute(1, 2, 0).numpy()  # (H, W, 3), the decoder's own memory order: no copy
-        if out is None:
-            out = np.empty((len(jpegs), *pixels.shape), dtype=np.uint8)
-        if out.shape[1:] != pixels.shape:
-            raise ValueError(f"frame {t} is {pixels.shape[:2]} pixels, expected {out.shape[1:3]}")
-        out[t] = pixels
-    return out

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from eva02at.errors import BadInput
-from eva02at.shards import FrameShards, decode_jpegs
+from eva02at.jpeg import decode_jpegs
+from eva02at.shards import FrameShards
 from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
 
 DECODE_DEVICES = ("cpu", "cuda")
