@@ -23,6 +23,7 @@ from pathlib import Path
 
 from eva02at.atomic import write_text
 from eva02at.extract import ShardResult, ShardTask, decode_shard
+from tests.processes import alive, in_session
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "Ray runtime started."  # what `ray start` prints once the head node accepts drivers
@@ -39,7 +40,7 @@ class LocalCluster:
 
     def session_pids(self) -> list[int]:
         """Live processes of the cluster's session (the head, its services and the task workers)."""
-        return [pid for pid in _all_pids() if _session(pid) == self.process.pid]
+        return in_session(self.process.pid)
 
 
 def worker_env() -> dict[str, str]:
@@ -99,9 +100,9 @@ def stop_cluster(cluster: LocalCluster) -> list[int]:
 def wait_until_dead(pids: list[int], deadline_s: float = STOP_DEADLINE_S) -> list[int]:
     """Wait for ``pids`` to exit; return those still alive after ``deadline_s`` (a failure bound)."""
     deadline = time.monotonic() + deadline_s
-    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+    while (running := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return alive
+    return running
 
 
 def wait_for_files(folder: Path, pattern: str, count: int, deadline_s: float = START_DEADLINE_S) -> list[Path]:
@@ -161,26 +162,6 @@ def _free_ports(count: int) -> list[int]:
     for sock in sockets:
         sock.close()
     return ports
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _session(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[3])  # fields after the command: state, ppid, pgrp, session
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _kill(pid: int) -> None:

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from eva02at.tracking import find_runs
+from tests.processes import in_session, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "ego4d"
@@ -76,26 +76,6 @@ def run_stage(project: Path) -> str:
     return output.decode()
 
 
-def live_processes(session: int) -> list[int]:
-    """Processes of a session that are still running (zombies waiting to be reaped do not count)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session, ...
-            found.append(int(stat.parent.name))
-    return found
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
 def outputs(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -112,13 +92,13 @@ def test_kill_9_leaves_no_worker_and_the_rerun_gives_the_uninterrupted_output(tm
     write_params(killed, {"enabled": False})
     stage = start_stage(killed)
     first_part = killed / "frames" / "clips" / "parts" / "shard-00000.parquet"
-    wait_for(lambda: first_part.exists() or stage.poll() is not None, "the first finished shard")
+    wait_until(lambda: first_part.exists() or stage.poll() is not None, "the first finished shard", WAIT_LIMIT_S)
     assert stage.poll() is None, "the stage ended before it could be killed"
-    assert len(live_processes(stage.pid)) >= 3  # the stage and its two decode workers
+    assert len(in_session(stage.pid)) >= 3  # the stage and its two decode workers
     os.kill(stage.pid, signal.SIGKILL)
     stage.wait()
     finished_when_killed = sorted(first_part.parent.glob("*.parquet"))
-    wait_for(lambda: not live_processes(stage.pid), "the workers of the killed stage to exit")
+    wait_until(lambda: not in_session(stage.pid), "the workers of the killed stage to exit", WAIT_LIMIT_S)
     assert sorted(first_part.parent.glob("*.parquet")) == finished_when_killed  # no orphan wrote a shard
     shards = len(list((clean / "frames" / "clips" / "parts").glob("*.parquet")))
     assert len(list(first_part.parent.glob("*.parquet"))) < shards  # killed before it finished

@@ -30,7 +30,8 @@ from eva02at.train.data import (
     die_with_parent,
     recycle_frames,
 )
-from tests.train_fixtures import WORDS, alive, wait_until, write_clips
+from tests.processes import alive, wait_until
+from tests.train_fixtures import WORDS, write_clips
 
 HEIGHT, WIDTH, FRAMES = 24, 32, 3  # stored with room to crop (aspect 4:3) for a 16 px model
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)

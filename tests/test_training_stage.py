@@ -19,8 +19,9 @@ from mlflow import MlflowClient
 from eva02at.models import create_image_clip, load_checkpoint_file, save_image_clip
 from eva02at.shards import FrameSpec
 from stages import pretrain
+from tests.processes import alive, children, wait_until
 from tests.project_fixtures import empty_mlflow_store
-from tests.train_fixtures import alive, children, wait_until, write_clips
+from tests.train_fixtures import write_clips
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "stage-test"

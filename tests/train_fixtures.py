@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,32 +47,3 @@ def write_clips(root: Path, spec: FrameSpec, clips: int, seed: int = 0) -> Frame
     write_shard(root / "shards" / "shard-00000.arrow", rows)
     write_manifest(root / "manifest.parquet", manifest, spec.metadata())
     return FrameShards(root)
-
-
-def children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has finished; only its parent's bookkeeping remains)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(condition: Callable[[], bool], what: str, limit: float = 300.0) -> None:
-    """Poll ``condition`` until it holds; ``limit`` only bounds a failure, it is not a timing assumption."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
