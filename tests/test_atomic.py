@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from eva02at.atomic import atomic_path, write_text
+from eva02at.atomic import atomic_path, remove_leftovers, write_text
 
 
 @pytest.fixture
@@ -86,3 +89,26 @@ def test_a_failed_block_leaves_the_previous_output_and_no_temporary(tmp_path):
         raise RuntimeError("crash")
     assert (tmp_path / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from eva02at.atomic import atomic_path
+writes = [atomic_path(sys.argv[1]), atomic_path(sys.argv[2], directory=True)]  # both open at the kill
+for write, inside in zip(writes, ("", "part")):
+    (write.__enter__() / inside).write_text("half")
+os.kill(os.getpid(), signal.SIGKILL)  # no clean-up runs
+"""
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    keep = ["data.bin", ".gitignore", ".data.bin.tmp-notours", "x.tmp-0123456789abcdef"]
+    for name in keep:
+        (tmp_path / name).write_text("keep")
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "a.pt"), str(tmp_path / "b")])
+    assert done.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name not in keep)
+    assert len(left) == 2 and all(".tmp-" in name for name in left)  # one file, one folder
+    assert sorted(p.name for p in remove_leftovers(tmp_path)) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    assert remove_leftovers(tmp_path / "absent") == []

@@ -102,6 +102,10 @@ def test_kill_9_leaves_no_worker_and_the_rerun_gives_the_uninterrupted_output(tm
     assert sorted(first_part.parent.glob("*.parquet")) == finished_when_killed  # no orphan wrote a shard
     shards = len(list((clean / "frames" / "clips" / "parts").glob("*.parquet")))
     assert len(list(first_part.parent.glob("*.parquet"))) < shards  # killed before it finished
+    # what a worker killed while writing leaves (whether this kill hit one mid-write is a matter of timing)
+    collection = killed / "frames" / "clips"
+    for folder, name in ((collection / "parts", "shard-00001.parquet"), (collection / "shards", "shard-00001.arrow")):
+        (folder / f".{name}.tmp-0123456789abcdef").write_bytes(b"PAR1 half")
 
     assert "kept from an earlier run" in run_stage(killed)
     assert outputs(killed / "frames") == outputs(clean / "frames")

@@ -84,6 +84,10 @@ def test_checkpoint_of_another_configuration_is_not_resumed(shards, tmp_path):
     assert again.steps == 6 and len(again.history) == 6  # trained from scratch, not resumed at the end
     assert load_checkpoint_file(checkpoint)["extra"]["fingerprint"] == "second"
     assert resumable_state(checkpoint, "second")["run_id"] == "run-2"
+    leftover = checkpoint.parent / ".checkpoint.pt.tmp-0123456789abcdef"  # a save killed midway
+    leftover.write_bytes(checkpoint.read_bytes()[:1000])
+    run(make_task(), shards, checkpoint, config, fingerprint="second")  # resumed at its end: no step, no save
+    assert not leftover.exists()
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated: train() reports it, with the file
     assert resumable_state(checkpoint, "second") == {}
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt: cannot read"):

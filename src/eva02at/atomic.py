@@ -5,17 +5,24 @@ which is atomic on POSIX file systems when source and target share a directory. 
 ``tempfile``: the sibling is created with the permissions a plain ``open``/``mkdir`` gives (the process
 umask, not ``mkstemp``'s 0600 or ``mkdtemp``'s 0700), so that a team sharing a machine can read the
 outputs; and the data is flushed to disk (``fsync``) before the rename and the rename itself after it,
-so that a power loss cannot leave a finished name on empty or partial contents.
+so that a power loss cannot leave a finished name on empty or partial contents. A writer killed mid-write
+(SIGKILL runs no clean-up) leaves its temporary sibling behind: ``remove_leftovers`` clears them where a
+rerun resumes in the same folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{16}")  # the names atomic_path gives its temporary siblings
 
 
 @contextlib.contextmanager
@@ -41,6 +48,22 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings that killed writers left in ``folder`` and return them. Only for a folder no
+    other process writes into at the time: a stage's own output or checkpoint folder, before its workers start."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.iterdir() if TEMPORARY.fullmatch(p.name)) if folder.is_dir() else []
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        names = ", ".join(path.name for path in found)
+        log.warning("removed %d unfinished file(s) of an interrupted run from %s: %s", len(found), folder, names)
+    return found
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eva02at.annotations import CLAMP_END_PAST_VIDEO, RowError, Segment
+from eva02at.atomic import remove_leftovers
 from eva02at.cluster import run_on_cluster
 from eva02at.errors import PipelineError
 from eva02at.jpeg import encode_jpeg
@@ -191,7 +192,10 @@ def is_finished(task: ShardTask) -> bool:
 
 
 def _remove_stale(out_dir: Path, names: set[str]) -> None:
+    """Remove shards of an earlier plan that this one does not have, and what killed writers left unfinished."""
+    remove_leftovers(out_dir)
     for folder, suffix in ((SHARDS, ".arrow"), (PARTS, ".parquet")):
+        remove_leftovers(out_dir / folder)
         for path in (out_dir / folder).iterdir():
             if path.name.endswith(suffix) and path.name[: -len(suffix)] not in names:
                 path.unlink()

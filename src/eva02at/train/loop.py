@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from eva02at.atomic import remove_leftovers
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.errors import PipelineError
 from eva02at.models import load_checkpoint_file
@@ -199,6 +200,8 @@ def train(
         )
     total_steps = config.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, total_steps, steps_per_epoch, optim)
+    if dist.rank == 0:  # the only writer of the folder, before its first save
+        remove_leftovers(checkpoint.parent)
     state = _resume(checkpoint, fingerprint, task, optimizer, scheduler)
     step, stop = state.get("step", 0), min(total_steps, config.stop_after_steps or total_steps)
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
