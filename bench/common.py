@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "decord", "pyarrow", "pillow")
+PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "decord", "pyarrow", "pillow", "simplejpeg")
 
 
 def cpu_model() -> str:

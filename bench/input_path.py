@@ -4,8 +4,9 @@ Training reads clips from frame shards through the DataLoader path of ``eva02at.
 processes decode JPEGs straight into the batch and tokenize the captions (``ClipPairs`` + ``Collate``); the
 training process moves the uint8 batch to the device, where each clip is cropped to its box, resized and
 normalised (``clip_frames``). The yardstick is ``torchvision.io.decode_jpeg`` alone on the same frames in one
-process: the loader's frames/s per core over it is the share of a core that goes to decoding (target 0.95);
-``decode_jpegs`` alone (decoding plus the one copy into the batch) sits in between.
+process (target: the loader's frames/s per core at 0.95 of it or more); beside it, the loader's decoder
+(simplejpeg) alone, in its own memory and, as the loader calls it, through ``decode_jpegs`` straight into the
+batch.
 What the shards replace is random access into the videos with decord: ``eva02at.video.read_frames`` at
 jittered ``segment_indices`` of a random one-second segment, each frame resized and cropped as the shards are.
 
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import open_clip
+import simplejpeg
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader
@@ -144,9 +146,18 @@ def decoder_rate(shards: FrameShards, args: argparse.Namespace) -> float:
     return len(jpegs) / (time.perf_counter() - start)
 
 
+def simplejpeg_rate(shards: FrameShards, args: argparse.Namespace) -> float:
+    """Frames/s of the loader's decoder alone on the same frames, each into memory of its own."""
+    jpegs = [data for clip in timed_clips(shards, args) for data in clip]
+    start = time.perf_counter()
+    for data in jpegs:
+        simplejpeg.decode_jpeg(data, colorspace="RGB")
+    return len(jpegs) / (time.perf_counter() - start)
+
+
 def decode_jpegs_rate(shards: FrameShards, args: argparse.Namespace) -> float:
-    """Frames/s of the loader's ``decode_jpegs`` on the same frames, into one reused clip buffer: decoding
-    plus the one copy of each frame into the batch, without the loader's other work."""
+    """Frames/s of the loader's ``decode_jpegs`` on the same frames, straight into one reused clip buffer:
+    the decoding of a batch without the loader's other work."""
     clips = timed_clips(shards, args)
     out = decode_jpegs(clips[0])  # (T, H, W, 3)
     start = time.perf_counter()
@@ -231,6 +242,7 @@ def measure_size(args: argparse.Namespace, size: int, device: torch.device, tmp:
     shards = build_shards(args.videos, tmp / f"frames-{size}", spec, args.clip_seconds, args.max_videos)
     top = max(args.workers)
     rows: dict[tuple[str, int], Callable[[], float]] = {(YARDSTICK, 0): lambda: decoder_rate(shards, args)}
+    rows[("simplejpeg alone", 0)] = lambda: simplejpeg_rate(shards, args)
     rows[("decode_jpegs into the batch", 0)] = lambda: decode_jpegs_rate(shards, args)
     for workers in args.workers:
         rows[("loader", workers)] = lambda n=workers: loader_rate(shards, n, args, None)

@@ -142,6 +142,7 @@ def test_input_path_small_cpu(tmp_path):
     paths = [(r["path"], r["workers"]) for r in rows]
     expected = [
         ("decode_jpeg alone", 0),
+        ("simplejpeg alone", 0),
         ("decode_jpegs into the batch", 0),
         ("loader", 0),
         ("loader", 1),

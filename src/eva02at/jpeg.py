@@ -1,8 +1,11 @@
-"""The stored frames' JPEG codec: Pillow encodes when shards are written, torchvision decodes when they are read.
+"""The stored frames' JPEG codec: Pillow encodes when shards are written, simplejpeg decodes when they are read.
 
-Both are libjpeg-turbo. torch and torchvision load only when frames are decoded, so that the frames stage and
-its decode workers (local processes or Ray tasks), which only encode, start about three seconds sooner per
-process.
+Both are libjpeg-turbo, and the decoder uses the same accurate DCT and smooth chroma upsampling as Pillow's and
+torchvision's, so every decoder gives the same pixels (``tests/test_train_data.py``). What simplejpeg adds over
+torchvision's ``decode_jpeg``: it decodes into memory the caller gives, so a loader worker writes each frame
+straight into the batch's shared memory, where torchvision's decoder allocates its own frame and a copy into
+the batch costs about a tenth of decoding (BENCHMARKS.md, input path). Neither codec loads torch, so the frames
+stage and its decode workers (local processes or Ray tasks) start about three seconds sooner per process.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 
@@ -21,29 +25,27 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def decode_jpegs(jpegs: Sequence[bytes], out: np.ndarray | None = None) -> np.ndarray:
-    """JPEG bytes to uint8 [T, H, W, 3] RGB with torchvision's libjpeg-turbo decoder.
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of a JPEG from its header, nothing decoded."""
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    return height, width
 
-    ``out`` (uint8 [T, H, W, 3], e.g. a batch in shared memory) receives the frames, so that a loader copies
-    each decoded frame once. All frames go to the decoder in one call: per call, its Python wrapper costs
-    about a tenth of decoding a 224 px frame (BENCHMARKS.md, input path). The decoder writes rows of pixels
-    (H, W, 3); that memory is kept, because transposing it to channels-first on the CPU would cost about as
-    much as decoding.
-    """
-    if out is not None and len(out) != len(jpegs):
-        raise ValueError(f"{len(jpegs)} JPEGs for {len(out)} frames of output")
+
+def decode_jpegs(jpegs: Sequence[bytes], out: np.ndarray | None = None) -> np.ndarray:
+    """JPEG bytes to uint8 [T, H, W, 3] RGB, each frame decoded straight into ``out`` (e.g. a batch in shared
+    memory) or into a new array; a frame of another size than ``out``'s, or a damaged JPEG, is a ValueError
+    naming the frame."""
     if not jpegs:
         raise ValueError("no JPEG to decode")
-    import torch  # here, not at the top: see the module docstring
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
-    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB)  # T tensors (3, H, W)
-    for t, frame in enumerate(decoded):
-        pixels = frame.permute(1, 2, 0).numpy()  # (H, W, 3), the decoder's own memory order: no copy
-        if out is None:
-            out = np.empty((len(jpegs), *pixels.shape), dtype=np.uint8)
-        if out.shape[1:] != pixels.shape:
-            raise ValueError(f"frame {t} is {pixels.shape[:2]} pixels, expected {out.shape[1:3]}")
-        out[t] = pixels
+    if out is None:
+        out = np.empty((len(jpegs), *jpeg_size(jpegs[0]), 3), dtype=np.uint8)
+    if len(out) != len(jpegs):
+        raise ValueError(f"{len(jpegs)} JPEGs for {len(out)} frames of output")
+    for t, data in enumerate(jpegs):
+        if jpeg_size(data) != out.shape[1:3]:
+            raise ValueError(f"frame {t} is {jpeg_size(data)} pixels, expected {out.shape[1:3]}")
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[t])
+        except ValueError as error:
+            raise ValueError(f"frame {t} could not be decoded: {error}") from None
     return out

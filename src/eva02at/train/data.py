@@ -1,6 +1,6 @@
 """The training input path: frame shards to uint8 batches in loader workers, model inputs on the device.
 
-Workers read a clip's JPEGs, decode them (torchvision's libjpeg-turbo) straight into the batch's shared
+Workers read a clip's JPEGs, decode them (libjpeg-turbo, ``eva02at.jpeg``) straight into the batch's shared
 memory (written again once the step has released it) and tokenize the captions, so the training process
 only moves uint8 (4x fewer bytes than float) to the device; crop, resize and normalisation run there
 (``clip_frames``). With ``decode_device: cuda`` the workers ship the JPEG bytes instead and the GPU decodes
@@ -12,7 +12,6 @@ resumed run and an uninterrupted one see the same pixels whatever the number of 
 from __future__ import annotations
 
 import ctypes
-import io
 import math
 import os
 import signal
@@ -22,12 +21,11 @@ from itertools import islice, pairwise
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from eva02at.errors import BadInput
-from eva02at.jpeg import decode_jpegs
+from eva02at.jpeg import decode_jpegs, jpeg_size
 from eva02at.shards import FrameShards
 from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
 
@@ -141,7 +139,7 @@ class SharedBatchMemory:
 
     What it adds to torch's collate: a batch must reach the training process through shared memory, and
     fresh shared memory is paid in page faults on the first write of every page, which cost about 0.7x the
-    JPEG decoding of the frame on the machine of BENCHMARKS.md, against 0.1x for a copy into mapped memory.
+    JPEG decoding of the frame on the machine of BENCHMARKS.md (``loader, fresh shared memory``).
     A buffer is reused only after its release; beyond ``slots`` buffers in use, fresh ones are handed out.
     """
 
@@ -171,13 +169,12 @@ def recycle_frames(batch: dict) -> None:
 
 def batch_frame_shape(clips: Sequence[list[bytes]]) -> tuple[int, int, int, int, int]:
     """(B, T, H, W, 3) of a batch, from its first JPEG's header (nothing is decoded)."""
-    width, height = Image.open(io.BytesIO(clips[0][0])).size
-    return len(clips), len(clips[0]), height, width, 3
+    return len(clips), len(clips[0]), *jpeg_size(clips[0][0]), 3
 
 
 def decode_batch(clips: Sequence[list[bytes]], out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (B, T, 3, H, W) of the clips' JPEGs, decoded in one call and each pixel copied once from the
-    decoder into the batch (``out``, uint8 (B, T, H, W, 3), e.g. shared memory, when given).
+    """uint8 (B, T, 3, H, W) of the clips' JPEGs, each frame decoded straight into the batch (``out``, uint8
+    (B, T, H, W, 3), e.g. shared memory, when given).
 
     The memory stays as decoded, (B, T, H, W, 3), and the result is a channels-first view of it: the
     transpose happens on the device, where it is nearly free (on the CPU it costs as much as decoding).
