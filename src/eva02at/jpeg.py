@@ -1,7 +1,7 @@
 """The stored frames' JPEG codec: Pillow encodes when shards are written, simplejpeg decodes when they are read.
 
 Both are libjpeg-turbo, and the decoder uses the same accurate DCT and smooth chroma upsampling as Pillow's and
-torchvision's, so every decoder gives the same pixels (``tests/test_train_data.py``). What simplejpeg adds over
+torchvision's, so every decoder gives the same pixels (``tests/test_jpeg.py``). What simplejpeg adds over
 torchvision's ``decode_jpeg``: it decodes into memory the caller gives, so a loader worker writes each frame
 straight into the batch's shared memory, where torchvision's decoder allocates its own frame and a copy into
 the batch costs about a tenth of decoding (BENCHMARKS.md, input path). Neither codec loads torch, so the frames
@@ -42,8 +42,9 @@ def decode_jpegs(jpegs: Sequence[bytes], out: np.ndarray | None = None) -> np.nd
     if len(out) != len(jpegs):
         raise ValueError(f"{len(jpegs)} JPEGs for {len(out)} frames of output")
     for t, data in enumerate(jpegs):
-        if jpeg_size(data) != out.shape[1:3]:
-            raise ValueError(f"frame {t} is {jpeg_size(data)} pixels, expected {out.shape[1:3]}")
+        size = jpeg_size(data)
+        if size != out.shape[1:3]:
+            raise ValueError(f"frame {t} is {size} pixels, expected {out.shape[1:3]}")
         try:
             simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[t])
         except ValueError as error:
