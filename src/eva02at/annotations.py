@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +40,12 @@ EK100_COLUMNS = (
     "all_nouns",
     "all_noun_classes",
 )
-EGOCLIP_COLUMNS = ("video_uid", "clip_start", "clip_end", "clip_text")
+# What each reader needs, beside the fields its video path pattern names (README, Real data): a needed field
+# that is empty makes the row an error row; any other column may be missing or empty.
+EK100_NEEDED = ("narration_id", "start_timestamp", "stop_timestamp", "verb_class", "all_noun_classes")
+EGOCLIP_NEEDED = ("video_uid", "clip_start", "clip_end", "clip_text")
+CHARADES_NEEDED = ("id", "length")
+VIDEOLIST_NEEDED = ("file",)
 MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO = 1, 2  # EgoMCQ "types": choices from five videos, or from one video
 
 # Why a segment was moved inside its video (the manifest's ``clamped`` column, counted in the stage summary).
@@ -142,9 +148,13 @@ def parse_class_list(value: object) -> list[int]:
 
 @register_format("ek100", layout="{participant_id}/{video_id}.MP4")
 def read_ek100(source: Source) -> tuple[list[Segment], list[RowError]]:
-    """Segments of an EPIC-KITCHENS-100 retrieval CSV."""
+    """Segments of an EPIC-KITCHENS-100 retrieval CSV: ids, video, times and classes; the narration is optional.
+
+    Retrieval and its relevancy need the classes, not the narration's timestamp (empty in 70 rows of the
+    real test split) nor its text (the queries are the sentence CSV's).
+    """
     segments, errors = [], []
-    for line, row, problem in _rows(source.annotations, EK100_COLUMNS):
+    for line, row, problem in _rows(source.annotations, _needed(EK100_NEEDED, source.pattern)):
         if problem:
             errors.append(RowError(source.annotations, line, problem))
             continue
@@ -155,7 +165,7 @@ def read_ek100(source: Source) -> tuple[list[Segment], list[RowError]]:
         except (ValueError, SyntaxError, KeyError) as err:
             errors.append(RowError(source.annotations, line, str(err)))
             continue
-        segments.append(Segment(row["narration_id"], video, start, end, line, row["narration"]))
+        segments.append(Segment(row["narration_id"], video, start, end, line, row.get("narration") or ""))
     return segments, errors
 
 
@@ -163,7 +173,7 @@ def read_ek100(source: Source) -> tuple[list[Segment], list[RowError]]:
 def read_egoclip(source: Source) -> tuple[list[Segment], list[RowError]]:
     """Segments of an EgoClip-format table (tab- or comma-separated, times in seconds)."""
     segments, errors = [], []
-    for line, row, problem in _rows(source.annotations, EGOCLIP_COLUMNS):
+    for line, row, problem in _rows(source.annotations, _needed(EGOCLIP_NEEDED, source.pattern)):
         if problem:
             errors.append(RowError(source.annotations, line, problem))
             continue
@@ -249,7 +259,7 @@ def read_charades(source: Source) -> tuple[list[Segment], list[RowError]]:
     ``length`` has two decimals, so it can end up to 5 ms past the last frame; decoding clamps such ends.
     """
     segments, errors = [], []
-    for line, row, problem in _rows(source.annotations, ("id", "length")):
+    for line, row, problem in _rows(source.annotations, _needed(CHARADES_NEEDED, source.pattern)):
         if problem:
             errors.append(RowError(source.annotations, line, problem))
             continue
@@ -268,10 +278,11 @@ def read_video_clips(source: Source) -> tuple[list[Segment], list[RowError]]:
     """Uncaptioned clips: the videos of a list (column ``file``) cut into ``clip_seconds`` windows."""
     from eva02at.video import VideoDecodeError, index_video  # the frames stage's own frame count and rate
 
-    durations = {}
-    for line, row, problem in _rows(source.annotations, ("file",)):
+    durations, errors = {}, []
+    for line, row, problem in _rows(source.annotations, _needed(VIDEOLIST_NEEDED, source.pattern)):
         if problem:
-            raise ValueError(f"{source.annotations}:{line}: {problem}")
+            errors.append(RowError(source.annotations, line, problem))
+            continue
         video = source.pattern.format(**row)
         try:
             index = index_video(Path(source.videos) / video)
@@ -279,13 +290,13 @@ def read_video_clips(source: Source) -> tuple[list[Segment], list[RowError]]:
         except VideoDecodeError as err:
             log.warning("%s: %s", source.annotations, err)
             durations[video] = math.nan
-    return cut_videos(durations, source.clip_seconds), []
+    return cut_videos(durations, source.clip_seconds), errors
 
 
 def read_video_list(csv_path: str | os.PathLike) -> list[str]:
     """Video files (column ``file``, relative to the video root) of an uncaptioned collection."""
     files = []
-    for line, row, problem in _rows(csv_path, ("file",)):
+    for line, row, problem in _rows(csv_path, VIDEOLIST_NEEDED):
         if problem:
             raise BadInput(f"{csv_path}:{line}: {problem}")
         files.append(row["file"])
@@ -323,6 +334,12 @@ def _span(start: object, stop: object, clamp_negative_start: bool = False) -> tu
     if stop_s <= start_s:
         raise ValueError(f"stop {stop!r} is not after start {start!r}")
     return start_s, stop_s, clamped
+
+
+def _needed(columns: tuple[str, ...], pattern: str | None) -> tuple[str, ...]:
+    """``columns`` and the fields the video path ``pattern`` names (``{participant_id}/{video_id}.MP4``)."""
+    named = [field for _, field, _, _ in string.Formatter().parse(pattern or "") if field]
+    return tuple(dict.fromkeys([*columns, *named]))
 
 
 def _choice_order(key: str) -> tuple[int, int | str]:
