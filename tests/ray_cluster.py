@@ -167,3 +167,10 @@ def _free_ports(count: int) -> list[int]:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def stamped(name: str, seconds: float) -> tuple[str, float, float]:
+    """A task that says when it ran: (name, start, end) on this node's clock, ``seconds`` apart."""
+    start = time.time()
+    time.sleep(seconds)
+    return name, start, time.time()

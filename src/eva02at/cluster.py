@@ -10,6 +10,7 @@ when a cluster is used.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -42,6 +43,7 @@ def run_on_cluster(
     calls: Mapping[str, tuple],
     output_dir: Path,
     inputs: Sequence[Path] = (),
+    window: int | None = None,
 ) -> Iterator[Any]:
     """Run ``task(*args)`` for every named call of ``calls`` as a Ray task of that name (one CPU each); yield each
     result as its task finishes, in completion order.
@@ -51,7 +53,8 @@ def run_on_cluster(
     absolute. Before any task starts, every alive node with CPUs must see ``output_dir`` and ``inputs`` as the
     driver does (``FolderNotShared`` otherwise). A failed task does not stop the others: the run fails once
     they are done, with the task's own exception or ``TasksLost``. Once the generator ends (done, failed or
-    closed) or the driver process dies, nothing of this call runs on the cluster any more.
+    closed) or the driver process dies, nothing of this call runs on the cluster any more. At most ``window``
+    tasks are submitted at a time (default: twice the cluster's CPUs, so that every CPU has its next task queued).
     """
     import ray
 
@@ -62,15 +65,16 @@ def run_on_cluster(
     except ConnectionError as err:
         raise ClusterUnavailable(f"cannot connect to the Ray cluster at {address}: {err}") from err
     try:
-        check_shared(output_dir, inputs)
-        yield from _results(task, calls)
+        cpus = check_shared(output_dir, inputs)
+        yield from stream_results(task, calls, window or max(1, 2 * cpus))
     finally:
         ray.shutdown()  # the job ends: Ray stops whatever of it still runs
 
 
-def check_shared(output_dir: Path, inputs: Sequence[Path] = ()) -> None:
+def check_shared(output_dir: Path, inputs: Sequence[Path] = ()) -> int:
     """Raise ``FolderNotShared`` naming each node that does not see ``output_dir`` (a file the driver writes
-    there, looked up by a task pinned to the node) or sees one of ``inputs`` differently from the driver.
+    there, looked up by a task pinned to the node) or sees one of ``inputs`` differently from the driver;
+    return the CPUs of the nodes checked.
 
     Needs a connected Ray driver (``ray.init``).
     """
@@ -101,6 +105,7 @@ def check_shared(output_dir: Path, inputs: Sequence[Path] = ()) -> None:
             f"{len(problems)} of {len(nodes)} Ray nodes do not see the driver's folders; mount them at the same "
             f"path on every node (a shared file system): {'; '.join(problems)}"
         )
+    return int(sum(node["Resources"]["CPU"] for node in nodes))
 
 
 def _nodes_with_cpus() -> list[dict]:
@@ -132,23 +137,35 @@ def _difference(output_dir: Path, paths: list[str], view: list[bool], expected: 
     return f"{'sees' if seen else 'does not see'} {path}, unlike the driver"
 
 
-def _results(task: Callable[..., Any], calls: Mapping[str, tuple]) -> Iterator[Any]:
-    """Submit every call, yield results in completion order, raise for failed tasks once all are done."""
+def stream_results(task: Callable[..., Any], calls: Mapping[str, tuple], window: int) -> Iterator[Any]:
+    """Submit the calls in order, at most ``window`` in flight; yield results in completion order, raise for
+    failed tasks once all are done.
+
+    Each ``ray.wait`` looks at the window only, and collects every task of it that has finished, so the driver's
+    work is linear in the number of calls (waiting on all pending tasks at once is quadratic: BENCHMARKS.md).
+    """
     import ray
     from ray.exceptions import RayError, RayTaskError
 
     remote = ray.remote(num_cpus=1, max_retries=RETRIES)(_apply)
-    names = {remote.options(name=name).remote(task, args): name for name, args in calls.items()}
-    log.info("%d tasks submitted to the Ray cluster", len(names))
-    pending, failed = list(names), {}
-    while pending:
-        (ref,), pending = ray.wait(pending, num_returns=1)
-        try:
-            result = ray.get(ref)
-        except RayError as err:  # the task raised, or lost its worker more often than it may be retried
-            failed[names[ref]] = err
-            continue
-        yield result
+    queued, names, in_flight, failed = iter(calls.items()), {}, [], {}
+    log.info("%d tasks for the Ray cluster, at most %d in flight", len(calls), window)
+    while True:
+        for name, args in itertools.islice(queued, window - len(in_flight)):
+            ref = remote.options(name=name).remote(task, args)
+            names[ref] = name
+            in_flight.append(ref)
+        if not in_flight:
+            break
+        ray.wait(in_flight, num_returns=1)  # blocks until one is done
+        done, in_flight = ray.wait(in_flight, num_returns=len(in_flight), timeout=0)  # all done by now, in order
+        for ref in done:
+            try:
+                result = ray.get(ref)
+            except RayError as err:  # the task raised, or lost its worker more often than it may be retried
+                failed[names[ref]] = err
+                continue
+            yield result
     if not failed:
         return
     name, first = next(iter(failed.items()))
