@@ -29,11 +29,13 @@ from eva02at.benchmarks import (
     BenchmarkParams,
     chance,
     load_benchmark,
+    missing_clips,
     score_model,
 )
 from eva02at.compatibility import criterion
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
+from eva02at.errors import BadInput
 from eva02at.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
 from eva02at.shards import FrameShards
 from eva02at.tracking import Tracker, flatten, read_settings
@@ -82,6 +84,7 @@ class EvaluateParams:
     plots: str = "plots"
     random: RandomParams = field(default_factory=RandomParams)
     compatibility: CompatibilityParams | None = None  # its two models are rows too, listed in models or not
+    allow_missing_clips: bool = False  # score a benchmark without the clips its export lacks (failed to decode)
 
     def __post_init__(self) -> None:
         if self.grid.model not in self.models:
@@ -105,6 +108,33 @@ def load_exports(
         )
         for name, benchmark in benchmarks.items()
     }
+
+
+def without_missing_clips(params: EvaluateParams, benchmarks: dict[str, Benchmark]) -> dict[str, Benchmark]:
+    """The benchmarks on the clips the first model's video exports hold: with clips missing (they failed to
+    decode, see the frames manifest) a one-line refusal that counts them, or, if ``allow_missing_clips``, the
+    benchmarks without them and a warning. Every model scores the same clips, and so does chance."""
+    kept = {}
+    for name, benchmark in benchmarks.items():
+        videos = load_exports(params, {name: benchmark}, params.rows[0])[name][0]
+        missing = missing_clips(benchmark, videos)
+        needed = len(benchmark.clip_ids())
+        if missing and not params.allow_missing_clips:
+            raise BadInput(
+                f"{name}: {len(missing)} of {needed} clips are not in {videos.path} (they failed to decode: see "
+                f"{videos.info.frames}/manifest.parquet, e.g. {missing[0]}); evaluate.allow_missing_clips: true "
+                f"scores the other {needed - len(missing)}"
+            )
+        kept[name] = benchmark.without(set(missing)) if missing else benchmark
+        if missing:
+            log.warning(
+                "%s: scored without %d of %d clips, which are not in %s (evaluate.allow_missing_clips)",
+                name,
+                len(missing),
+                needed,
+                videos.path,
+            )
+    return kept
 
 
 def check_grid(params: EvaluateParams, entries: dict[str, BenchmarkParams], params_file: str) -> None:
@@ -205,7 +235,7 @@ def main() -> None:
     check_grid(params, entries, args.params)
     check_compatibility(params, entries, args.params)
     require_frozen(entries)
-    benchmarks = {name: load_benchmark(name, entry) for name, entry in entries.items()}
+    benchmarks = without_missing_clips(params, {name: load_benchmark(name, entry) for name, entry in entries.items()})
     with Tracker(tracking.experiment, "evaluate", tracking.uri, tracking.enabled, lineage_tags("evaluate")) as tracker:
         tracker.log_params({**asdict(params), "benchmarks": {name: asdict(b.params) for name, b in benchmarks.items()}})
         results = {model: score_model(benchmarks, load_exports(params, benchmarks, model)) for model in params.rows}

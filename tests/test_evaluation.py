@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from eva02at.benchmarks import BenchmarkParams, chance, load_benchmark, score_model
+from eva02at.benchmarks import BenchmarkParams, chance, load_benchmark, missing_clips, score_model
 from eva02at.codes import read_codes
 from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, write_embeddings
 from eva02at.errors import BadInput
@@ -412,3 +412,61 @@ def test_benchmark_export_and_evaluate_stages(tmp_path, monkeypatch):
         },
         abs=1e-6,
     )
+
+
+def test_benchmarks_without_missing_clips_score_the_rest(hand_made, tmp_path):
+    """A clip that failed to decode is missing from the export: each benchmark is scored without it, checked
+    against the independent computation on the remaining rows."""
+    benchmarks, embeddings, sim, charades_scores = hand_made
+    ek_videos, ek_texts = embeddings["ek100_mir"]
+    kept = [k for k in range(5) if k != 2]
+    partial = write_export(
+        tmp_path / "ek_partial.parquet",
+        VIDEO,
+        [ek_videos.ids[k] for k in range(5) if ek_videos.ids[k] != "P01_2"],
+        ek_videos.vectors[[k for k in range(5) if ek_videos.ids[k] != "P01_2"]],
+        np.arange(4),
+    )
+    ek100 = benchmarks["ek100_mir"]
+    assert missing_clips(ek100, partial) == ["P01_2"]
+    got = ek100.without({"P01_2"}).score(partial, ek_texts)
+    assert got == pytest.approx(brute_force_mir(sim[kept], ek100.relevancy[kept]), abs=1e-6)
+    assert ek100.clip_ids() == ["P01_0", "P01_1", "P01_2", "P01_3", "P01_4"]  # the original is unchanged
+
+    charades = benchmarks["charades_ego"]
+    labels, scores = charades.labels[kept], charades_scores[kept]
+    expected = np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in range(3) if labels[:, k].any()])
+    assert charades.without({"X2"}).score(*embeddings["charades_ego"])["mAP"] == pytest.approx(expected, abs=1e-6)
+
+    egomcq = benchmarks["egomcq"].without({"2_1"})  # intra-video question 2 loses a choice: it is left out
+    assert egomcq.score(*embeddings["egomcq"]) == pytest.approx(
+        {"inter_video": 1.0, "intra_video": 0.0, "overall": 2 / 3}
+    )
+    assert [q.qid for q in egomcq.questions] == ["0", "1", "3"]
+
+
+def test_evaluation_refuses_missing_clips_unless_allowed(tmp_path, monkeypatch, caplog):
+    from stages import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    params = write_mini_project(tmp_path)
+    clips = [{"clip_id": c, "status": "error" if c == "P01_2" else "ok"} for c in EK100_VIDEOS["narration_id"]]
+    make_shards(tmp_path / "frames/ek100_test", clips, num_frames=8)
+    with pytest.raises(SystemExit):  # the stage's one-line error and exit status 1
+        run_pipeline(params, monkeypatch)
+    message = caplog.records[-1].getMessage()
+    assert "\n" not in message and message.startswith("ek100_mir: 1 of 5 clips are not in exports/zero_shot/")
+    assert "evaluate.allow_missing_clips: true scores the other 4" in message
+
+    values = yaml.safe_load(params.read_text())
+    values["evaluate"]["allow_missing_clips"] = True
+    params.write_text(yaml.safe_dump(values, sort_keys=False))
+    run_stage(evaluate, params, monkeypatch)
+    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    relevancy = RelevancyTable.load(tmp_path / "ek100_test.npz")
+    kept = [k for k, video in enumerate(relevancy.video_ids) if video != "P01_2"]
+    videos = read_embeddings(tmp_path / "exports/finetuned/ek100_test_video.parquet")
+    texts = read_embeddings(tmp_path / "exports/finetuned/ek100_mir_text.parquet")
+    sim = videos.select([relevancy.video_ids[k] for k in kept], "test") @ texts.select(relevancy.sentence_ids, "t").T
+    expected = brute_force_mir(sim.astype(np.float64), relevancy.dense()[kept])
+    assert metrics["finetuned"]["ek100_mir"] == pytest.approx(expected, abs=1e-6)

@@ -6,6 +6,7 @@ query; the gallery is the truth's clips. Importing the module registers it, as f
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,19 @@ class ToyRecall(Benchmark):
 
     def chance(self, rng: np.random.Generator) -> dict[str, float]:
         return self.recall(rng.standard_normal((len(self.gallery), len(self.query_ids))))
+
+    def clip_ids(self) -> list[str]:
+        return list(self.gallery)
+
+    def without(self, missing: set[str]) -> ToyRecall:
+        """Without the missing clips, and without the queries whose relevant clip is missing."""
+        relevant = [self.gallery[k] for k in self.relevant]
+        queries = [q for q, clip in enumerate(relevant) if clip not in missing]
+        restricted = copy.copy(self)
+        restricted.gallery = [clip for clip in self.gallery if clip not in missing]
+        restricted.query_ids = [self.query_ids[q] for q in queries]
+        restricted.relevant = np.array([restricted.gallery.index(relevant[q]) for q in queries])
+        return restricted
 
     def recall(self, scores: np.ndarray) -> dict[str, float]:
         """Recall at k of ``(gallery, queries)`` scores."""

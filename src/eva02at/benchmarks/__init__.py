@@ -61,6 +61,20 @@ class Benchmark(ABC):
     def chance(self, rng: np.random.Generator) -> dict[str, float]:
         """The same metrics for one draw of standard-normal similarities from ``rng``."""
 
+    @abstractmethod
+    def clip_ids(self) -> list[str]:
+        """The clips of the collection that the scores need."""
+
+    @abstractmethod
+    def without(self, missing: set[str]) -> Benchmark:
+        """This benchmark scored without the clips ``missing`` (e.g. clips that failed to decode)."""
+
+
+def missing_clips(benchmark: Benchmark, videos: Embeddings) -> list[str]:
+    """The clips ``benchmark`` needs that the video export lacks, in the benchmark's order."""
+    exported = set(videos.ids)
+    return [clip for clip in benchmark.clip_ids() if clip not in exported]
+
 
 B = TypeVar("B", bound=type[Benchmark])
 BENCHMARKS: dict[str, type[Benchmark]] = {}

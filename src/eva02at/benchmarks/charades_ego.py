@@ -7,6 +7,7 @@ Charades(-Ego) CSV's ``actions`` column (``c001 0.10 2.30;c008 ...``); the frame
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,3 +69,12 @@ class CharadesEgo(Benchmark):
 
     def chance(self, rng: np.random.Generator) -> dict[str, float]:
         return {"mAP": charades_map(rng.standard_normal(self.labels.shape), self.labels)}
+
+    def clip_ids(self) -> list[str]:
+        return list(self.video_ids)
+
+    def without(self, missing: set[str]) -> CharadesEgo:
+        kept = [k for k, video in enumerate(self.video_ids) if video not in missing]
+        restricted = copy.copy(self)
+        restricted.video_ids, restricted.labels = [self.video_ids[k] for k in kept], self.labels[kept]
+        return restricted

@@ -7,6 +7,8 @@ choices, ``<question>_<choice>``.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from eva02at.annotations import read_mcq_questions
@@ -37,12 +39,23 @@ class EgoMcq(Benchmark):
 
     def score(self, videos: Embeddings, texts: Embeddings) -> dict[str, float]:
         query = texts.select([question.qid for question in self.questions], "EgoMCQ queries")  # (Q, D)
-        clips = videos.select([clip for question in self.questions for clip in question.choices], "EgoMCQ choices")
+        clips = videos.select(self.clip_ids(), "EgoMCQ choices")
         clips = clips.reshape(len(self.questions), self.num_choices, -1)  # (Q, C, D)
         return self.accuracy(np.einsum("qd,qcd->qc", query, clips))
 
     def chance(self, rng: np.random.Generator) -> dict[str, float]:
         return self.accuracy(rng.standard_normal((len(self.questions), self.num_choices)))
+
+    def clip_ids(self) -> list[str]:
+        return [clip for question in self.questions for clip in question.choices]
+
+    def without(self, missing: set[str]) -> EgoMcq:
+        """Without the questions that have a missing choice: a question is scored over all its choices."""
+        kept = [k for k, question in enumerate(self.questions) if not missing.intersection(question.choices)]
+        restricted = copy.copy(self)
+        restricted.questions = [self.questions[k] for k in kept]
+        restricted.answers, restricted.types = self.answers[kept], self.types[kept]
+        return restricted
 
     def accuracy(self, scores: np.ndarray) -> dict[str, float]:
         """Accuracies of ``[questions, choices]`` scores."""

@@ -6,6 +6,7 @@ table of the test split that the ``soft_labels`` stage writes (``eva02at.labels`
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -42,6 +43,7 @@ class Ek100Mir(Benchmark):
         self.table = RelevancyTable.load(params.truth)
         self.relevancy = self.table.dense()  # (videos, sentences) float64
         self.video_ids, self.sentence_ids = list(self.table.video_ids), list(self.table.sentence_ids)
+        self.video_rows = np.arange(len(self.video_ids))  # rows of ``table`` of the videos scored
 
     @classmethod
     def read_queries(cls, params: BenchmarkParams) -> Queries:
@@ -53,13 +55,23 @@ class Ek100Mir(Benchmark):
     def chance(self, rng: np.random.Generator) -> dict[str, float]:
         return ek100_mir(rng.standard_normal(self.relevancy.shape, dtype=np.float32), self.relevancy)
 
+    def clip_ids(self) -> list[str]:
+        return list(self.video_ids)
+
+    def without(self, missing: set[str]) -> Ek100Mir:
+        kept = np.array([k for k, video in enumerate(self.video_ids) if video not in missing], dtype=np.int64)
+        restricted = copy.copy(self)
+        restricted.video_ids = [self.video_ids[k] for k in kept]
+        restricted.relevancy, restricted.video_rows = self.relevancy[kept], self.video_rows[kept]
+        return restricted
+
     def examples(self, videos: Embeddings, texts: Embeddings, count: int = 4, top: int = 5) -> list[RetrievalExample]:
         """Text-to-video results of ``count`` sentences spread evenly over the sentence list."""
         text_of = dict(zip(texts.ids, texts.table["text"].to_pylist(), strict=True))
         picked = np.unique(np.linspace(0, len(self.sentence_ids) - 1, count).round().astype(int))
         query_ids = [self.sentence_ids[j] for j in picked]
         scores = similarity(videos, texts, self.video_ids, query_ids, "the retrieval grid")  # (videos, picked)
-        relevance = self.table.lookup(np.arange(len(self.video_ids)), picked)  # (videos, picked)
+        relevance = self.table.lookup(self.video_rows, picked)  # (videos, picked)
         examples = []
         for column, query_id in enumerate(query_ids):
             order = np.argsort(-scores[:, column], kind="stable")[:top]
