@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+import eva02at.extract
 from eva02at.annotations import (
     CLAMP_END_PAST_VIDEO,
     CLAMP_NEGATIVE_START,
@@ -169,6 +170,22 @@ def test_a_long_video_spans_shards_with_the_bytes_of_one_shard(tmp_path, ego4d_d
     assert shard_contents(tmp_path / "many") == shard_contents(tmp_path / "one")
     first = read_shard(tmp_path / "many" / "shards" / "shard-00000.arrow")["clip_id"].to_pylist()
     assert first == [f"c{k:02d}" for k in range(6)]  # a shard holds consecutive clips in time order
+
+
+def test_each_video_is_indexed_once_per_run_whatever_its_shards(tmp_path, ego4d_dir, monkeypatch):
+    long, short = "ego4d_site_fair.mp4", CLIP  # 28 clips over 5 shards; 2 clips in one shard
+    segments = [Segment(f"c{k:02d}", long, 0.5 * k, 0.5 * k + 1.0, 0) for k in range(28)]
+    segments += [Segment(f"s{k}", short, 0.5 * k, 0.5 * k + 0.5, 0) for k in range(2)]
+    reads = []
+
+    def counted(path):
+        reads.append(path.name)
+        return index_video(path)
+
+    monkeypatch.setattr(eva02at.extract, "index_video", counted)
+    summary = extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=4, size=16), clips_per_shard=6)
+    assert summary.written_shards == 6 and summary.ok == 30
+    assert sorted(reads) == sorted([long, short])  # not once per shard of the long video
 
 
 def test_plan_keeps_short_videos_whole_and_cuts_long_ones():

@@ -66,6 +66,10 @@ class ShardTask:
     video_root: str
     out_dir: str
     spec: FrameSpec
+    indexes: tuple[tuple[str, FrameIndex], ...] = ()  # (video, index) read once for videos cut over shards
+
+    def index_of(self, video: str) -> FrameIndex | None:
+        return next((index for name, index in self.indexes if name == video), None)
 
     @property
     def shard_path(self) -> Path:
@@ -133,6 +137,7 @@ def extract(
     tasks = plan_shards(segments, video_root, out_dir, spec, clips_per_shard)
     todo = [task for task in tasks if not is_finished(task)]
     _remove_stale(out_dir, {task.name for task in tasks})
+    todo = with_shared_indexes(todo, workers)
     with tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar:
         for result in (runner or run_local)(todo, workers):
             bar.update(result.clips)
@@ -162,6 +167,37 @@ def plan_shards(
         ShardTask(f"shard-{i:05d}", _stamp(group, spec, root), tuple(group), root, out, spec)
         for i, group in enumerate(groups)
     ]
+
+
+def with_shared_indexes(tasks: Sequence[ShardTask], workers: int) -> list[ShardTask]:
+    """``tasks``, each carrying the frame index of its videos that other tasks decode too, read once here.
+
+    A long video cut over several shards would otherwise be indexed (all its packets read) once per shard. A
+    video that cannot be indexed is left to its shards, which report it per clip.
+    """
+    shards_of = Counter(video for task in tasks for video in {clip.video for clip in task.clips})
+    shared = sorted(video for video, count in shards_of.items() if count > 1)
+    if not shared:
+        return list(tasks)
+    paths = [Path(tasks[0].video_root) / video for video in shared]
+    indexed = map(_try_index, paths) if workers <= 1 else map_unordered(_try_index, paths, workers)
+    by_path = {path: index for path, index in indexed if index is not None}
+    root = Path(tasks[0].video_root)
+    return [
+        replace(
+            task,
+            indexes=tuple((v, by_path[root / v]) for v in sorted({c.video for c in task.clips}) if root / v in by_path),
+        )
+        for task in tasks
+    ]
+
+
+def _try_index(path: Path) -> tuple[Path, FrameIndex | None]:
+    """(path, its frame index), or (path, None) when it cannot be read (a pool task must not raise for that)."""
+    try:
+        return path, index_video(path)
+    except VideoDecodeError:
+        return path, None
 
 
 def _stamp(group: Sequence[Segment], spec: FrameSpec, video_root: str) -> str:
@@ -263,7 +299,8 @@ def decode_shard(task: ShardTask) -> ShardResult:
     """Decode one shard's clips; write its frames, then its manifest part (the part marks it finished)."""
     views, manifest = [], []
     for video, clips in groupby(task.clips, key=lambda s: s.video):
-        video_views, rows = decode_video(Path(task.video_root) / video, list(clips), task.spec, f"{task.name}.arrow")
+        path, index = Path(task.video_root) / video, task.index_of(video)
+        video_views, rows = decode_video(path, list(clips), task.spec, f"{task.name}.arrow", index)
         views += video_views
         manifest += rows
     check_parent()  # a worker whose stage was killed must not write
@@ -273,10 +310,13 @@ def decode_shard(task: ShardTask) -> ShardResult:
     return ShardResult(task.name, len(task.clips), sum(r["status"] != "ok" for r in manifest))
 
 
-def decode_video(path: Path, clips: list[Segment], spec: FrameSpec, shard: str) -> tuple[list[dict], list[dict]]:
-    """Shard view rows and manifest rows of the clips of one video, from one pass over the video."""
+def decode_video(
+    path: Path, clips: list[Segment], spec: FrameSpec, shard: str, index: FrameIndex | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Shard view rows and manifest rows of the clips of one video, from one pass over the video (``index``:
+    its frame index if already read)."""
     try:
-        index = index_video(path)
+        index = index or index_video(path)
     except VideoDecodeError as err:
         return [], [_error_row(clip, err.reason) for clip in clips]
     planned, rows = {}, {}
