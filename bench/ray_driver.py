@@ -12,6 +12,7 @@ every task submitted at once, then ``ray.wait(pending, num_returns=1)`` over the
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per count up to 3,500 tasks (one above)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    # A local instance on loopback: no token (a new local instance would write one to ~/.ray, which every later
+    # `ray start` of this user then requires).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
