@@ -179,10 +179,10 @@ def with_shared_indexes(tasks: Sequence[ShardTask], workers: int) -> list[ShardT
     shared = sorted(video for video, count in shards_of.items() if count > 1)
     if not shared:
         return list(tasks)
-    paths = [Path(tasks[0].video_root) / video for video in shared]
+    root = Path(tasks[0].video_root)
+    paths = [root / video for video in shared]
     indexed = map(_try_index, paths) if workers <= 1 else map_unordered(_try_index, paths, workers)
     by_path = {path: index for path, index in indexed if index is not None}
-    root = Path(tasks[0].video_root)
     return [
         replace(
             task,
