@@ -8,7 +8,9 @@ What the heads read (the one design choice here):
   un-normalised ``encode_text``. Keeping the text module whole adds no capacity over dropping that projection
   (a linear map followed by a linear head is one linear map) and keeps the text tower exactly open_clip's.
 Both heads are bias-free linear maps into the ``embed_dim``-wide joint space (256 by default); the learnt CLIP
-temperature is dropped too (the losses use a fixed one).
+temperature is dropped too (the losses use a fixed one). The heads run in float32 whatever the autocast (the
+towers may run in bf16): joint-space embeddings keep float32's 24-bit significand, where bf16's 8 bits would add
+ranking noise to evaluation and search.
 """
 
 from __future__ import annotations
@@ -97,12 +99,20 @@ class VideoCLIP(nn.Module):
         return self.text(tokens)
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised frames ``(B, T, 3, H, W)`` -> joint-space embeddings ``(B, embed_dim)``."""
-        return self.video_proj(self.video_features(frames))
+        """Normalised frames ``(B, T, 3, H, W)`` -> joint-space embeddings ``(B, embed_dim)``, float32."""
+        return _float32_head(self.video_proj, self.video_features(frames))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(B, context_length)`` -> joint-space embeddings ``(B, embed_dim)``."""
-        return self.text_proj(self.text_features(tokens))
+        """Tokens ``(B, context_length)`` -> joint-space embeddings ``(B, embed_dim)``, float32."""
+        return _float32_head(self.text_proj, self.text_features(tokens))
+
+    def embed_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space embeddings of ``frames`` (what exports hold), head and norm in float32."""
+        return unit_float32(self.encode_video(frames))
+
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space embeddings of ``tokens`` (what exports hold), head and norm in float32."""
+        return unit_float32(self.encode_text(tokens))
 
     def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_video(frames), self.encode_text(tokens)
@@ -124,6 +134,18 @@ class VideoCLIP(nn.Module):
         """Recompute block activations in backward, in both towers (memory for compute)."""
         self.video.grad_checkpointing = enable
         self.text.set_grad_checkpointing(enable)
+
+
+def _float32_head(head: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    """``head(features)`` in float32 with autocast off (see the module docstring)."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
+
+
+def unit_float32(embeddings: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows in float32 with autocast off."""
+    with torch.autocast(embeddings.device.type, enabled=False):
+        return nn.functional.normalize(embeddings.float(), dim=-1)
 
 
 def from_open_clip(
