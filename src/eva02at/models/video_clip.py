@@ -56,14 +56,21 @@ class VideoCLIP(nn.Module):
         super().__init__()
         _check_key_map(clip)
         self.config = config
-        self.video = VideoTower(clip.visual.trunk, config.num_frames, config.rope_reference_frames)
+        self.video = VideoTower(
+            clip.visual.trunk,
+            config.num_frames,
+            config.rope_reference_frames,
+            config.temporal_embedding,
+            config.temporal_rope,
+        )
         self.text = clip.text
         self.video_proj = nn.Linear(self.video.width, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.output_dim, config.embed_dim, bias=False)
         for head in (self.video_proj, self.text_proj):
             nn.init.normal_(head.weight, std=head.in_features**-0.5)
         self.tokenizer = open_clip.get_tokenizer(config.model_name, context_length=self.text.context_length)
-        expected = {video_key(k) for k in clip.state_dict()} - {None} | set(NEW_KEYS)
+        new = set(NEW_KEYS) - (set() if config.temporal_embedding else {"video.temporal_embed"})
+        expected = {video_key(k) for k in clip.state_dict()} - {None} | new
         if set(self.state_dict()) != expected:
             raise ValueError(
                 f"{config.model_name}: state dict differs from the key map: {sorted(set(self.state_dict()) ^ expected)}"
@@ -154,6 +161,8 @@ def from_open_clip(
     embed_dim: int = 256,
     model_name: str | None = None,
     temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS,
+    temporal_embedding: bool = True,
+    temporal_rope: bool = True,
 ) -> VideoCLIP:
     """Inflate an open_clip EVA02-CLIP model into a ``VideoCLIP`` (the model itself is left untouched).
 
@@ -164,7 +173,8 @@ def from_open_clip(
         embed_dim: width of the new joint space.
         model_name: open_clip name of ``model``'s config; found among open_clip's registered configs when
             omitted (an error when none or several match).
-        temporal_positions: ``clip_time`` or ``index``, see ``VideoCLIPConfig``.
+        temporal_positions: ``index`` or ``clip_time``, see ``VideoCLIPConfig``.
+        temporal_embedding, temporal_rope: the two temporal signals on or off (the paper's Table IV).
     """
     _check_key_map(model)
     model_name = model_name or infer_model_name(model)
@@ -180,6 +190,8 @@ def from_open_clip(
         image_std=preprocess["std"],
         open_clip_cfg=open_clip_cfg,
         temporal_positions=temporal_positions,
+        temporal_embedding=temporal_embedding,
+        temporal_rope=temporal_rope,
     )
     return VideoCLIP(config, copy.deepcopy(model))
 
