@@ -5,10 +5,10 @@ gradient accumulation, seeded data order and crops, checkpoints every N optimize
 needed to continue exactly (model, optimizer, scheduler, RNG states, data position), and a hard stop on a
 non-finite loss that leaves the last good checkpoint in place.
 
-Accumulation: an optimizer step takes ``accum_steps`` micro-batches of one epoch, by default with the loss of
-the whole accumulated batch (``train.accum_whole_batch``, ``eva02at.train.accumulate``). The batches of an epoch
-beyond its last whole step are not used in that epoch (as the sampler drops an incomplete global batch; the
-next epoch's order is fresh), so every step has the same global batch and no gradient crosses an epoch end.
+Accumulation: an optimizer step takes ``accum_steps`` micro-batches of one epoch, by default with the loss
+of the whole accumulated batch (``train.accum_whole_batch``, ``eva02at.train.accumulate``). The batches of an
+epoch beyond its last whole step are not used in that epoch (as the sampler drops an incomplete global batch;
+the next epoch's order is fresh), so every step has the same global batch and no gradient crosses an epoch end.
 
 Losses stay on the device: the host reads them only at log and checkpoint points, where the first
 non-finite one is reported with its step and batch, before any checkpoint could save weights it touched.
@@ -102,10 +102,10 @@ def train_step(
     forward: nn.Module, task: Task, micro_batches: Sequence[dict], optimizer: torch.optim.Optimizer, setup: StepSetup
 ) -> torch.Tensor:
     """One optimizer step over ``micro_batches`` (loader batches): model inputs made on the device, forward
-    through ``forward`` (the model, or its DDP / compiled wrapper), the loss back-propagated (that of the whole
-    accumulated batch, or the mean of the micro-batches' losses: ``eva02at.train.accumulate``), the gradients clipped
-    when asked, the optimizer stepped. Returns the micro-batch losses (n,) on the device, unread, so that the
-    host never waits for the device here. ``bench/train_step.py`` times this function.
+    through ``forward`` (the model, or its DDP / compiled wrapper), the loss back-propagated (that of the
+    whole accumulated batch, or the mean of the micro-batches' losses: ``eva02at.train.accumulate``), the
+    gradients clipped when asked, the optimizer stepped. Returns the micro-batch losses (n,) on the device,
+    unread, so that the host never waits for the device here. ``bench/train_step.py`` times this function.
     """
     autocast = _autocast(setup.precision, setup.device)
     inputs = (_model_inputs(batch, task, setup) for batch in micro_batches)
