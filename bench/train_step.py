@@ -7,12 +7,15 @@ the embeddings are gathered (the identity on one process), the loss from ``losse
 back-propagated and the AdamW of ``train.optim.build_optimizer`` steps. Inputs are random: a step costs the
 same whatever the pixels and words. Decoding and tokenizing happen in the loader workers, measured apart in
 ``bench/input_path.py``. With ``--augment`` the frames are stored 4:3 and cropped with RandomResizedCrop
-boxes, as with ``train.augment``; without, each clip is its centred square.
+boxes, as with ``train.augment``; without, each clip is its centred square. With ``--accum K`` a step takes K
+micro-batches of ``--batch`` clips, with the loss of the whole accumulated batch (cached embeddings and a
+second forward, ``train.accum_whole_batch``) or, with ``--micro-batch-loss``, one loss per micro-batch: side
+by side they give the cost of the second forward.
 
 FLOPs come from torch's FlopCounterMode on one eager two-clip step without gradient checkpointing, i.e. model
-FLOPs (the forward that checkpointing recomputes is a cost, not useful work), scaled to the batch. MFU
-divides the achieved FLOP rate by the rate of a large matmul of the same precision, timed in the same process
-on the same device.
+FLOPs (the forward that checkpointing or whole-batch accumulation recomputes is a cost, not useful work),
+scaled to the clips of a step. MFU divides the achieved FLOP rate by the rate of a large matmul of the same
+precision, timed in the same process on the same device.
 
     python -m bench.train_step --model EVA02-B-16 --frames 4 --batch 64 --precision bf16 --compile
     python -m bench.train_step --sweep --json sweep.json     # every row of the GPU table in BENCHMARKS.md
@@ -56,6 +59,8 @@ CONFIG_KEYS = (
     "grad_checkpointing",
     "loss",
     "augment",
+    "accum",
+    "micro_batch_loss",
     "steps",
     "warmup",
 )
@@ -102,10 +107,12 @@ class SyntheticRelevance:
         return self.matrix[np.ix_(videos, captions)]  # (B, B): C[a, b] = R(video_a, caption_b)
 
 
-def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: int = 0, aspect: float = 1.0) -> dict:
+def synthetic_batch(
+    model: VideoCLIP, batch: int, device: torch.device, seed: int = 0, aspect: float = 1.0, first: int = 0
+) -> dict:
     """A batch as the loader workers hand it over: random uint8 frames ``(B, T, 3, H, W)`` (H the model's
     size, W = H * ``aspect``) in the decoder's (B, T, H, W, 3) memory, pinned for a GPU; tokenized random
-    captions; clips and captions 0..B-1."""
+    captions; clips and captions ``first``..``first + B - 1``."""
     generator = torch.Generator().manual_seed(seed)
     size = model.image_size
     shape = (batch, model.num_frames, size, round(size * aspect), 3)
@@ -117,27 +124,29 @@ def synthetic_batch(model: VideoCLIP, batch: int, device: torch.device, seed: in
         "frames": (frames.pin_memory() if device.type == "cuda" else frames).permute(0, 1, 4, 2, 3),
         "tokens": model.tokenize(texts),  # (B, context_length)
         "texts": texts,
-        "videos": torch.arange(batch),
-        "captions": torch.arange(batch),
+        "videos": torch.arange(first, first + batch),
+        "captions": torch.arange(first, first + batch),
         "epoch": 0,
     }
 
 
 def make_step(
-    model: VideoCLIP, loss_name: str, precision: str, clips: int, augment: bool = False
-) -> Callable[[Callable, dict], torch.Tensor]:
+    model: VideoCLIP, loss_name: str, precision: str, clips: int, augment: bool = False, whole_batch: bool = True
+) -> Callable[[Callable, list[dict]], torch.Tensor]:
     """The training loop's step on ``model`` (soft labels for ``clips`` clips, RandomResizedCrop boxes with
-    ``augment``), run through ``forward`` (the model itself or its compiled wrapper); returns the loss, on the
-    device."""
+    ``augment``, ``whole_batch`` as ``train.accum_whole_batch``) over micro-batches, run through ``forward``
+    (the model itself or its compiled wrapper); returns the first micro-batch's loss, on the device."""
     optimizer = build_optimizer(model, OptimConfig())
     relevancy = SyntheticRelevance(clips) if loss_name != "infonce" else None
     task = VideoTextTask(model, get_loss(loss_name), relevancy)
     device = next(model.parameters()).device
     crops = AugmentConfig() if augment else None
-    setup = loop.StepSetup(device, precision="bf16" if precision == "bf16" else "fp32", augment=crops)
+    setup = loop.StepSetup(
+        device, precision="bf16" if precision == "bf16" else "fp32", augment=crops, whole_batch=whole_batch
+    )
 
-    def step(forward: Callable, batch: dict) -> torch.Tensor:
-        return loop.train_step(forward, task, [batch], optimizer, setup)[0]
+    def step(forward: Callable, batches: list[dict]) -> torch.Tensor:
+        return loop.train_step(forward, task, batches, optimizer, setup)[0]
 
     return step
 
@@ -243,7 +252,7 @@ def count_per_clip(model: VideoCLIP, step: Callable, precision: str) -> dict[str
     batch = synthetic_batch(model, COUNT_BATCH, device, seed=1)
     saved = SavedTensorBytes(model)
     with saved:
-        flops, by_op = count_flops(lambda: step(model, batch))
+        flops, by_op = count_flops(lambda: step(model, [batch]))
 
     def video_only() -> None:
         frames = clip_frames(batch, device, model.image_size, model.image_mean, model.image_std)
@@ -261,8 +270,9 @@ def count_per_clip(model: VideoCLIP, step: Callable, precision: str) -> dict[str
     }
 
 
-def time_steps(step: Callable[[], Any], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Warm up, then time ``args.steps`` steps; memory of the steady state (static) and its peak."""
+def time_steps(step: Callable[[], Any], args: argparse.Namespace, device: torch.device, clips: int) -> dict[str, Any]:
+    """Warm up, then time ``args.steps`` steps of ``clips`` clips; memory of the steady state (static) and its
+    peak."""
     for _ in range(args.warmup):
         step()
     synchronize(device)
@@ -280,7 +290,7 @@ def time_steps(step: Callable[[], Any], args: argparse.Namespace, device: torch.
         "memory_kind": kind,
         "peak_memory_bytes": peak,
         "static_memory_bytes": static,
-        "memory_per_clip_bytes": max(0, peak - static) / args.batch,
+        "memory_per_clip_bytes": max(0, peak - static) / clips,
     }
 
 
@@ -291,25 +301,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = from_open_clip(create_image_clip(args.model), args.frames, model_name=args.model).to(device)
     model.train()
-    step = make_step(model, args.loss, args.precision, max(args.batch, COUNT_BATCH), args.augment)
+    clips = args.batch * args.accum  # per optimizer step
+    step = make_step(model, args.loss, args.precision, max(clips, COUNT_BATCH), args.augment, not args.micro_batch_loss)
     counts = count_per_clip(model, step, args.precision)
     model.set_grad_checkpointing(args.grad_checkpointing)
     forward = torch.compile(model) if args.compile else model
-    batch = synthetic_batch(model, args.batch, device, aspect=STORED_ASPECT if args.augment else 1.0)
+    aspect = STORED_ASPECT if args.augment else 1.0
+    batches = [synthetic_batch(model, args.batch, device, j, aspect, j * args.batch) for j in range(args.accum)]
     losses: list[torch.Tensor] = []
-    timing = time_steps(lambda: losses.append(step(forward, batch)), args, device)
+    timing = time_steps(lambda: losses.append(step(forward, batches)), args, device, clips)
     step_s = median(timing["step_seconds"])
-    flops = counts["flops_per_clip"] * args.batch
+    flops = counts["flops_per_clip"] * clips
     peak_flops = matmul_peak(device, args.precision, args.peak_size or (8192 if device.type == "cuda" else 2048))
     if args.profile:
-        print(profile_table(lambda: step(forward, batch), device))
+        print(profile_table(lambda: step(forward, batches), device))
     return {
         "machine": machine_info(device),
         "config": {k: getattr(args, k) for k in CONFIG_KEYS},
         **counts,
         **timing,
         "step_seconds_median": step_s,
-        "clips_per_s": args.batch / step_s,
+        "clips_per_s": clips / step_s,
         "flops_per_step": flops,
         "tflops": flops / step_s / 1e12,
         "matmul_peak_tflops": peak_flops / 1e12,
@@ -337,9 +349,13 @@ def format_row(result: dict[str, Any]) -> str:
         return f"| `{result['args']}` | failed: {result['error']} |"
     c = result["config"]
     flags = (["ckpt"] if c["grad_checkpointing"] else []) + (["augment"] if c.get("augment") else [])
+    accum = c.get("accum", 1)
+    if accum > 1:
+        flags.append("accum per-micro-batch loss" if c["micro_batch_loss"] else "accum whole-batch loss")
     mode = " ".join([c["precision"], "compile" if c["compile"] else "eager", *flags])
+    batch = f"{c['batch']} x {accum}" if accum > 1 else str(c["batch"])
     return (
-        f"| {c['model']} | {c['frames']} | {c['batch']} | {c['loss']} | {mode} | {result['clips_per_s']:.4g} | "
+        f"| {c['model']} | {c['frames']} | {batch} | {c['loss']} | {mode} | {result['clips_per_s']:.4g} | "
         f"{result['flops_per_clip'] / 1e9:.4g} | {result['tflops']:.4g} | {result['matmul_peak_tflops']:.4g} | "
         f"{100 * result['mfu']:.1f}% | {result['peak_memory_bytes'] / 2**30:.2f} | "
         f"{result['memory_per_clip_bytes'] / 2**20:.0f} | {result['saved_activation_bytes_per_clip'] / 2**20:.0f} |"
@@ -347,7 +363,7 @@ def format_row(result: dict[str, Any]) -> str:
 
 
 TABLE_HEADER = (
-    "| model | T | batch | loss | mode | clips/s | GFLOP/clip | TFLOP/s | matmul peak TFLOP/s | MFU | "
+    "| model | T | batch (x accum) | loss | mode | clips/s | GFLOP/clip | TFLOP/s | matmul peak TFLOP/s | MFU | "
     "peak GiB | MiB/clip (peak - static) | saved MiB/clip |\n|" + "---|" * 13
 )
 
@@ -381,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--loss", choices=("infonce", "sms"), default="infonce")
     parser.add_argument("--augment", action="store_true", help="crop 4:3 frames as train.augment does")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches of --batch clips per step")
+    parser.add_argument("--micro-batch-loss", action="store_true", help="with --accum: one loss per micro-batch")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -394,8 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch < COUNT_BATCH or args.steps < 1 or args.warmup < 0:
-        parser.error(f"need --batch >= {COUNT_BATCH} (the losses compare clips), --steps >= 1, --warmup >= 0")
+    if args.batch < COUNT_BATCH or args.accum < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error(
+            f"need --batch >= {COUNT_BATCH} (the losses compare clips), --accum >= 1, --steps >= 1, --warmup >= 0"
+        )
     if args.sweep:
         print(TABLE_HEADER)
         results: Any = run_sweep(SWEEP, ["--steps", str(args.steps), "--warmup", str(args.warmup)])

@@ -33,6 +33,8 @@ class PretrainParams:
     num_frames: PositiveInt = 4
     embed_dim: PositiveInt = 256
     temporal_positions: Literal["clip_time", "index"] = DEFAULT_TEMPORAL_POSITIONS  # README, Model
+    temporal_embedding: bool = True  # the learnable temporal embedding (paper, Table IV)
+    temporal_rope: bool = True  # temporal RoPE (paper, Table IV)
     temperature: PositiveFloat = 0.05
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -43,7 +45,12 @@ def main() -> None:
     params, args = stage_params("pretrain", PretrainParams, __doc__)
     torch.manual_seed(params.train.seed)  # the initialisation of the new projection heads
     model = from_open_clip(
-        load_image_clip(params.init), params.num_frames, params.embed_dim, temporal_positions=params.temporal_positions
+        load_image_clip(params.init),
+        params.num_frames,
+        params.embed_dim,
+        temporal_positions=params.temporal_positions,
+        temporal_embedding=params.temporal_embedding,
+        temporal_rope=params.temporal_rope,
     )
     check_frames(params.frames, params.num_frames, model.image_size)
     shards = FrameShards(params.frames)

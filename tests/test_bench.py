@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import input_path, train_step
+from bench.common import median
 from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
 from eva02at.train import loop
 from eva02at.train.augment import crop_resize
@@ -106,6 +107,19 @@ def test_the_benchmark_times_the_training_loops_step(monkeypatch):
     assert len(calls) == 1 + 1 + 2  # the FLOP-counting step, the warm-up step, the timed steps
     # a batch as the loader workers hand it over: uint8 frames and tokens made in the workers
     assert calls[-1] == ("VideoTextTask", ["captions", "epoch", "frames", "texts", "tokens", "videos"], 43)
+
+
+@pytest.mark.parametrize("micro_batch_loss", [False, True])
+def test_accumulated_steps_count_every_micro_batch(tmp_path, micro_batch_loss):
+    out = tmp_path / "step.json"
+    argv = f"--model {TINY} --frames 2 --batch 2 --accum 3 --precision fp32 --steps 2 --warmup 0 --device cpu"
+    argv += " --peak-size 64" + (" --micro-batch-loss" if micro_batch_loss else "")
+    assert train_step.main([*shlex.split(argv), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["clips_per_s"] == pytest.approx(6 / median(result["step_seconds"]))
+    assert result["flops_per_step"] == pytest.approx(result["flops_per_clip"] * 6)
+    loss = "per-micro-batch" if micro_batch_loss else "whole-batch"
+    assert f"| {TINY} | 2 | 2 x 3 | infonce | fp32 eager accum {loss} loss |" in train_step.format_row(result)
 
 
 def test_sweep_rows_are_valid_commands():

@@ -119,21 +119,33 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(shard
 
 
 def test_non_finite_loss_is_read_at_the_next_check_and_named_exactly(shards, tmp_path):
-    # 6 micro-batches of 4 per epoch, 2 per step; the 6th micro-batch (step 3, batch 5) is NaN; the host
-    # looks at losses every 4 steps, so step 4 ran too, and no checkpoint after step 2 was written
+    # 6 micro-batches of 4 per epoch, 2 per step, each with its own loss; the 6th micro-batch (step 3, batch 5)
+    # is NaN; the host looks at losses every 4 steps, so step 4 ran too, and no checkpoint after step 2 was written
     loss, calls = poisoned_infonce(6)
     checkpoint = tmp_path / "checkpoint.pt"
-    config = TrainConfig(epochs=4, batch_size=4, accum_steps=2, workers=0, checkpoint_every=2, log_every=4)
+    config = TrainConfig(
+        epochs=4, batch_size=4, accum_steps=2, accum_whole_batch=False, workers=0, checkpoint_every=2, log_every=4
+    )
     with pytest.raises(NonFiniteLoss, match=r"optimizer step 3 \(epoch 0, batch 5 of the epoch, videos \[\d+, \d+"):
         run(make_task(loss), shards, checkpoint, config)
     assert load_checkpoint_file(checkpoint)["extra"]["step"] == 2
     assert calls["n"] == 8  # steps 3 and 4 ran before the check at step 4
 
 
-def test_accumulation_steps_take_whole_groups_of_one_epoch(shards, tmp_path):
+@pytest.mark.parametrize("whole", [True, False])
+def test_accumulation_steps_take_whole_groups_of_one_epoch(shards, tmp_path, whole):
     """12 batches of 2 per epoch, 5 per step: 2 steps per epoch, 2 batches of each epoch unused. Each step's
-    gradient equals the gradient of the mean loss of its own 5 batches, computed apart."""
-    config = TrainConfig(epochs=3, batch_size=2, accum_steps=5, workers=0, log_every=1, augment=AugmentConfig())
+    gradient equals, computed apart, the gradient of the loss of its 5 batches together (``whole``) or of the
+    mean of their 5 losses."""
+    config = TrainConfig(
+        epochs=3,
+        batch_size=2,
+        accum_steps=5,
+        accum_whole_batch=whole,
+        workers=0,
+        log_every=1,
+        augment=AugmentConfig(),
+    )
     task = make_task()
     recorded = []
 
@@ -155,13 +167,19 @@ def test_accumulation_steps_take_whole_groups_of_one_epoch(shards, tmp_path):
         epoch, first = divmod(index, 2)
         reference.model.load_state_dict(weights, strict=False)
         reference.model.zero_grad()
-        losses = []
+        embeddings, batches = [], []
         for batch_step in range(first * 5, first * 5 + 5):
             items = [dataset[(epoch, int(v), int(c))] for v, c in sampler.batch(epoch, batch_step)]
-            batch = Collate(reference.tokenizer)(items)
-            frames = clip_frames(batch, CPU.device, 32, reference.mean, reference.std, AugmentConfig(), seed=0)
-            losses.append(reference.loss(reference.model, frames, batch["tokens"], batch))
-        torch.stack(losses).mean().backward()
+            batches.append(Collate(reference.tokenizer)(items))
+            frames = clip_frames(batches[-1], CPU.device, 32, reference.mean, reference.std, AugmentConfig(), seed=0)
+            embeddings.append(reference.embed(reference.model, frames, batches[-1]["tokens"]))
+        if whole:
+            video, text = (torch.cat(parts) for parts in zip(*embeddings, strict=True))
+            pairs = {key: torch.cat([batch[key] for batch in batches]) for key in ("videos", "captions")}
+            reference.batch_loss(video, text, pairs, None).backward()
+        else:
+            losses = [reference.batch_loss(*pair, batch, None) for pair, batch in zip(embeddings, batches, strict=True)]
+            torch.stack(losses).mean().backward()
         for name, param in reference.model.named_parameters():
             torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=f"step {index + 1} {name}")
 

@@ -199,7 +199,7 @@ def test_index_positions_count_frames_after_set_num_frames(tiny_clip):
 
 def test_clip_time_rope_and_temporal_embedding_agree_about_time(tiny_clip):
     """A temporal embedding linear in the frame position stays linear in RoPE's clip-time positions."""
-    model = from_open_clip(tiny_clip, num_frames=4)
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_positions="clip_time")
     direction = torch.randn(model.video.width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.video.temporal_embed.copy_(torch.arange(4.0)[:, None] * direction)  # frame s -> s * direction
@@ -208,6 +208,61 @@ def test_clip_time_rope_and_temporal_embedding_agree_about_time(tiny_clip):
     inside = (positions >= 0) & (positions <= 3)  # interpolation repeats the end values outside
     expected = positions[inside, None] * direction  # (frames inside, D)
     torch.testing.assert_close(model.video.temporal_embed.detach()[inside], expected, atol=1e-5, rtol=0)
+
+
+def test_new_models_count_frame_indices_as_the_authors_code(tiny_clip):
+    """The default (model and pretrain stage): frame t of any clip length rotated at position t."""
+    from stages.pretrain import PretrainParams
+
+    assert PretrainParams(init="", frames="", out="", checkpoints="").temporal_positions == "index"
+    model = from_open_clip(tiny_clip, num_frames=4)
+    assert model.config.temporal_positions == "index"
+    _spatial, grid, head_dim = rope_inputs(model)
+    model.set_num_frames(16)
+    torch.testing.assert_close(
+        model.video.rope().double(), reference_table(range(16), grid, head_dim), atol=2e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("num_frames", [4, 16])
+def test_without_temporal_rope_every_frame_has_the_image_table(tiny_clip, num_frames):
+    """Temporal RoPE off: the rotation angles carry no temporal part, every frame gets the trunk's 2D table."""
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_rope=False)
+    model.set_num_frames(num_frames)
+    spatial, _, _ = rope_inputs(model)
+    table = model.video.rope().view(num_frames, spatial.shape[0], -1)
+    for frame in table:
+        assert torch.equal(frame, spatial.float())
+    assert model.video.temporal_embed is not None and model.config.temporal_rope is False
+
+
+def test_without_temporal_embedding_there_is_no_temporal_parameter(tiny_clip):
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_embedding=False)
+    assert not [name for name, _ in model.named_parameters() if "temporal" in name]
+    assert "video.temporal_embed" not in model.state_dict()
+    assert "video.temporal_embed" not in model.no_weight_decay()
+    _spatial, grid, head_dim = rope_inputs(model)
+    model.set_num_frames(16)
+    assert model.num_frames == 16 and model.config.num_frames == 16
+    torch.testing.assert_close(
+        model.video.rope().double(), reference_table(range(16), grid, head_dim), atol=2e-5, rtol=0
+    )
+    with torch.no_grad():
+        assert model.encode_video(random_frames(model, 1)).shape == (1, 256)
+
+
+@pytest.mark.parametrize(("embedding", "rope"), [(True, True), (True, False), (False, True), (False, False)])
+def test_frame_order_is_seen_only_through_a_temporal_signal(tiny_clip, embedding, rope):
+    """Table IV's variants: with neither temporal signal, joint attention is blind to the order of the frames."""
+    torch.manual_seed(2)
+    model = from_open_clip(tiny_clip, num_frames=4, temporal_embedding=embedding, temporal_rope=rope).eval()
+    if embedding:
+        with torch.no_grad():
+            model.video.temporal_embed.normal_()
+    frames = random_frames(model, 1)
+    with torch.no_grad():
+        base, swapped = model.encode_video(frames), model.encode_video(frames[:, [1, 0, 2, 3]])
+    assert torch.allclose(base, swapped, atol=1e-5) == (not embedding and not rope)
 
 
 def test_unknown_temporal_positions_are_a_config_error(tiny_clip):
@@ -238,8 +293,21 @@ def test_bf16_autocast(model):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert model.video.rope().dtype == torch.float32
             low = model.encode_video(frames)
-    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
-    assert F.cosine_similarity(low.float(), reference).min() > 0.99
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()  # the tower in bf16, the head in float32
+    assert F.cosine_similarity(low, reference).min() > 0.99
+
+
+def test_exported_embeddings_under_autocast_carry_float32_heads_and_norm(model):
+    """The towers' autocast features through the heads and the norm in float64 (an independent computation): the
+    autocast embeddings match to float32 noise, far below bf16's 8-bit significand (relative error ~4e-3)."""
+    frames, tokens = random_frames(model, 3), model.tokenize(CAPTIONS[:3])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        video, text = model.embed_video(frames), model.embed_text(tokens)
+        features = model.video_features(frames), model.text_features(tokens)
+    for embedded, feature, head in zip((video, text), features, (model.video_proj, model.text_proj), strict=True):
+        expected = F.normalize(feature.double() @ head.weight.double().T, dim=-1)
+        assert embedded.dtype == torch.float32
+        torch.testing.assert_close(embedded.double(), expected, rtol=0, atol=1e-6)
 
 
 def info_nce(video: torch.Tensor, text: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

@@ -80,6 +80,19 @@ def test_round_trip_after_changing_the_frame_count(model, tmp_path, convention):
     assert torch.equal(loaded.video.rope(), sixteen.video.rope())
 
 
+@pytest.mark.parametrize(("embedding", "rope"), [(True, False), (False, True), (False, False)])
+def test_round_trip_keeps_the_temporal_variant(model, tmp_path, embedding, rope):
+    """Table IV's variants are in the checkpoint's config: export and fine-tuning rebuild the same model."""
+    variant = from_open_clip(open_clip.create_model(NAME), 4, temporal_embedding=embedding, temporal_rope=rope)
+    variant.set_num_frames(16)
+    save_video_clip(variant, tmp_path / "variant.pt")
+    loaded = load_video_clip(tmp_path / "variant.pt").eval()
+    assert (loaded.config.temporal_embedding, loaded.config.temporal_rope) == (embedding, rope)
+    assert (loaded.video.temporal_embed is not None) == embedding
+    assert torch.equal(loaded.video.rope(), variant.video.rope())
+    assert_same_outputs(variant.eval(), loaded)
+
+
 def test_checkpoint_from_before_temporal_positions_counts_frame_indices(model, tmp_path):
     """A config without the fields loads as the frame-index model it was, at any frame count."""
     index = from_open_clip(open_clip.create_model(NAME), num_frames=4, temporal_positions="index")
@@ -88,10 +101,12 @@ def test_checkpoint_from_before_temporal_positions_counts_frame_indices(model, t
     path = tmp_path / "old.pt"
     save_video_clip(index, path)
     data = torch.load(path, weights_only=True)
-    del data["config"]["temporal_positions"], data["config"]["reference_frames"]
+    for name in ("temporal_positions", "reference_frames", "temporal_embedding", "temporal_rope"):
+        del data["config"][name]
     torch.save(data, path)
     loaded = load_video_clip(path).eval()
     assert loaded.config.temporal_positions == "index"
+    assert loaded.config.temporal_embedding and loaded.config.temporal_rope
     assert torch.equal(loaded.video.rope(), index.video.rope())
     assert_same_outputs(index.eval(), loaded)
     index.set_num_frames(8)  # still frame indices after another change

@@ -87,7 +87,8 @@ def encode_clips(
     device: torch.device | None = None,
     workers: int = 0,
 ) -> np.ndarray:
-    """Unit-norm video embeddings ``[len(clip_ids), D]`` float32, batched; bf16 autocast on a GPU."""
+    """Unit-norm video embeddings ``[len(clip_ids), D]`` float32, batched; the towers under bf16
+    autocast on a GPU, the heads and the norm in float32 (``VideoCLIP.embed_video``)."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     loader = DataLoader(
@@ -100,7 +101,7 @@ def encode_clips(
     for frames in tqdm(loader, desc=f"videos {shards.directory.name}", unit="batch", leave=False):
         frames = normalize(frames.to(device, non_blocking=True), model.image_mean, model.image_std)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            parts.append(_unit(model.encode_video(frames)))
+            parts.append(model.embed_video(frames))
     return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, model.config.embed_dim), np.float32)
 
 
@@ -108,7 +109,8 @@ def encode_clips(
 def encode_texts(
     model: VideoCLIP, texts: Sequence[str], batch_size: int = 256, device: torch.device | None = None
 ) -> np.ndarray:
-    """Unit-norm text embeddings ``[len(texts), D]`` float32, batched; bf16 autocast on a GPU."""
+    """Unit-norm text embeddings ``[len(texts), D]`` float32, batched; the towers under bf16
+    autocast on a GPU, the heads and the norm in float32 (``VideoCLIP.embed_video``)."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     parts = []
@@ -116,12 +118,8 @@ def encode_texts(
     for start in tqdm(starts, desc="texts", unit="batch", leave=False, disable=len(starts) < 2):
         tokens = model.tokenize(list(texts[start : start + batch_size])).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            parts.append(_unit(model.encode_text(tokens)))
+            parts.append(model.embed_text(tokens))
     return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, model.config.embed_dim), np.float32)
-
-
-def _unit(embeddings: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(embeddings.float(), dim=-1)
 
 
 def export_videos(

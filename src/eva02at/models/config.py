@@ -11,11 +11,12 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from eva02at.config import ConfigError, from_dict
 
 TEMPORAL_POSITIONS = ("clip_time", "index")
-# New models place frames in clip time: after 4 -> 16 frames temporal RoPE then rotates by angles within the
-# range it was pretrained on (frame indices would reach 15 where pretraining saw at most 3) and agrees with the
-# interpolated temporal embedding about when each frame is, as EVA02's spatial RoPE measures positions on its
-# pretraining 16-grid whatever the image size. At the pretraining frame count both conventions are one table.
-DEFAULT_TEMPORAL_POSITIONS = "clip_time"
+# New models count frame indices at every clip length, as the authors' code does (its temporal rotary table is
+# built with the original clip length); ``clip_time`` is the documented alternative (README, Model). At the
+# pretraining frame count both conventions are one table.
+DEFAULT_TEMPORAL_POSITIONS = "index"
+# Checkpoints written before a field existed load with the behaviour they had.
+_EARLIER_DEFAULTS = {"temporal_positions": "index", "temporal_embedding": True, "temporal_rope": True}
 
 
 @dataclass
@@ -29,12 +30,16 @@ class VideoCLIPConfig:
         image_mean, image_std: per-channel normalisation of 0-1 RGB pixels, from open_clip's preprocess cfg.
         open_clip_cfg: open_clip's model config of ``model_name`` when the model was built; a checkpoint is
             only rebuilt when the installed open_clip (plus eva02at's tiny configs) still defines the same.
-        temporal_positions: what temporal RoPE counts time in. ``clip_time`` (new models): frame ``t`` of T at
-            ``t' = (t + 0.5) * reference_frames / T - 0.5``, its clip time on the scale of the clips the model
-            was pretrained on, where the interpolated temporal embedding places it too; ``index``: ``t``,
-            whatever T. Checkpoints written before this field existed load as ``index``, their behaviour.
+        temporal_positions: what temporal RoPE counts time in. ``index`` (new models, the authors' code):
+            ``t``, whatever T; ``clip_time``: frame ``t`` of T at ``t' = (t + 0.5) * reference_frames / T - 0.5``,
+            its clip time on the scale of the clips the model was pretrained on, where the interpolated temporal
+            embedding places it too. Checkpoints written before this field existed load as ``index``.
         reference_frames: T_ref of ``clip_time``, the frame count the model was built (and pretrained) with;
             ``num_frames`` when not given; ``set_num_frames`` keeps it.
+        temporal_embedding: the learnable temporal embedding ``(T, D)`` exists (off: no such parameter).
+        temporal_rope: temporal RoPE rotates q and k (off: every frame gets the image model's 2D table).
+            With the embedding, the paper's Table IV variants: both on (the paper's model), RoPE only,
+            embedding only. Checkpoints written before these fields existed load with both on.
     """
 
     model_name: str
@@ -45,6 +50,8 @@ class VideoCLIPConfig:
     open_clip_cfg: dict[str, Any] = field(default_factory=dict)
     temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS
     reference_frames: int | None = None
+    temporal_embedding: bool = True
+    temporal_rope: bool = True
 
     def __post_init__(self) -> None:
         if self.reference_frames is None:
@@ -75,5 +82,5 @@ class VideoCLIPConfig:
     def from_dict(cls, values: dict[str, Any], where: str = "model") -> VideoCLIPConfig:
         """Strict inverse of ``to_dict``: unknown or missing keys are a ``ConfigError`` naming ``where``.
 
-        A config saved before ``temporal_positions`` existed counted frame indices, and loads so."""
-        return from_dict(cls, {"temporal_positions": "index", **values}, where)
+        A config saved before a field existed loads with the behaviour it had (``_EARLIER_DEFAULTS``)."""
+        return from_dict(cls, {**_EARLIER_DEFAULTS, **values}, where)

@@ -8,7 +8,9 @@ What the heads read (the one design choice here):
   un-normalised ``encode_text``. Keeping the text module whole adds no capacity over dropping that projection
   (a linear map followed by a linear head is one linear map) and keeps the text tower exactly open_clip's.
 Both heads are bias-free linear maps into the ``embed_dim``-wide joint space (256 by default); the learnt CLIP
-temperature is dropped too (the losses use a fixed one).
+temperature is dropped too (the losses use a fixed one). The heads run in float32 whatever the autocast (the
+towers may run in bf16): joint-space embeddings keep float32's 24-bit significand, where bf16's 8 bits would add
+ranking noise to evaluation and search.
 """
 
 from __future__ import annotations
@@ -54,14 +56,21 @@ class VideoCLIP(nn.Module):
         super().__init__()
         _check_key_map(clip)
         self.config = config
-        self.video = VideoTower(clip.visual.trunk, config.num_frames, config.rope_reference_frames)
+        self.video = VideoTower(
+            clip.visual.trunk,
+            config.num_frames,
+            config.rope_reference_frames,
+            config.temporal_embedding,
+            config.temporal_rope,
+        )
         self.text = clip.text
         self.video_proj = nn.Linear(self.video.width, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.output_dim, config.embed_dim, bias=False)
         for head in (self.video_proj, self.text_proj):
             nn.init.normal_(head.weight, std=head.in_features**-0.5)
         self.tokenizer = open_clip.get_tokenizer(config.model_name, context_length=self.text.context_length)
-        expected = {video_key(k) for k in clip.state_dict()} - {None} | set(NEW_KEYS)
+        new = set(NEW_KEYS) - (set() if config.temporal_embedding else {"video.temporal_embed"})
+        expected = {video_key(k) for k in clip.state_dict()} - {None} | new
         if set(self.state_dict()) != expected:
             raise ValueError(
                 f"{config.model_name}: state dict differs from the key map: {sorted(set(self.state_dict()) ^ expected)}"
@@ -97,12 +106,20 @@ class VideoCLIP(nn.Module):
         return self.text(tokens)
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised frames ``(B, T, 3, H, W)`` -> joint-space embeddings ``(B, embed_dim)``."""
-        return self.video_proj(self.video_features(frames))
+        """Normalised frames ``(B, T, 3, H, W)`` -> joint-space embeddings ``(B, embed_dim)``, float32."""
+        return _float32_head(self.video_proj, self.video_features(frames))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(B, context_length)`` -> joint-space embeddings ``(B, embed_dim)``."""
-        return self.text_proj(self.text_features(tokens))
+        """Tokens ``(B, context_length)`` -> joint-space embeddings ``(B, embed_dim)``, float32."""
+        return _float32_head(self.text_proj, self.text_features(tokens))
+
+    def embed_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space embeddings of ``frames`` (what exports hold), head and norm in float32."""
+        return unit_float32(self.encode_video(frames))
+
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space embeddings of ``tokens`` (what exports hold), head and norm in float32."""
+        return unit_float32(self.encode_text(tokens))
 
     def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_video(frames), self.encode_text(tokens)
@@ -126,12 +143,26 @@ class VideoCLIP(nn.Module):
         self.text.set_grad_checkpointing(enable)
 
 
+def _float32_head(head: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    """``head(features)`` in float32 with autocast off (see the module docstring)."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
+
+
+def unit_float32(embeddings: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows in float32 with autocast off."""
+    with torch.autocast(embeddings.device.type, enabled=False):
+        return nn.functional.normalize(embeddings.float(), dim=-1)
+
+
 def from_open_clip(
     model: nn.Module,
     num_frames: int,
     embed_dim: int = 256,
     model_name: str | None = None,
     temporal_positions: str = DEFAULT_TEMPORAL_POSITIONS,
+    temporal_embedding: bool = True,
+    temporal_rope: bool = True,
 ) -> VideoCLIP:
     """Inflate an open_clip EVA02-CLIP model into a ``VideoCLIP`` (the model itself is left untouched).
 
@@ -142,7 +173,8 @@ def from_open_clip(
         embed_dim: width of the new joint space.
         model_name: open_clip name of ``model``'s config; found among open_clip's registered configs when
             omitted (an error when none or several match).
-        temporal_positions: ``clip_time`` or ``index``, see ``VideoCLIPConfig``.
+        temporal_positions: ``index`` or ``clip_time``, see ``VideoCLIPConfig``.
+        temporal_embedding, temporal_rope: the two temporal signals on or off (the paper's Table IV).
     """
     _check_key_map(model)
     model_name = model_name or infer_model_name(model)
@@ -158,6 +190,8 @@ def from_open_clip(
         image_std=preprocess["std"],
         open_clip_cfg=open_clip_cfg,
         temporal_positions=temporal_positions,
+        temporal_embedding=temporal_embedding,
+        temporal_rope=temporal_rope,
     )
     return VideoCLIP(config, copy.deepcopy(model))
 

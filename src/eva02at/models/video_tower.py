@@ -8,6 +8,8 @@ What EVA02-AT adds to the image trunk, and all that this module does by hand:
 - spatial-temporal RoPE (``st_rope``) passed into timm's blocks through their ``rope`` argument, the seam
   timm's ``Eva`` itself uses for its 2D RoPE; its temporal positions are frame indices or, with a reference
   frame count, clip times on that count's scale (``st_rope.frame_positions``).
+Either temporal signal can be switched off (the paper's Table IV variants): no temporal embedding parameter,
+or the trunk's 2D RoPE table repeated over the frames.
 Everything else (patch conv, blocks, SDPA attention, final norm, CLS pooling) is timm's own modules.
 """
 
@@ -63,9 +65,17 @@ class VideoTower(nn.Module):
     Adopts ``trunk`` (does not copy it) and removes its classifier head, which in open_clip's EVA02-CLIP is
     the image projection: the video-language model puts its own head on top. ``reference_frames`` is the T_ref
     whose clip-time scale temporal RoPE measures frame positions on; None counts frame indices.
+    ``temporal_embedding`` and ``temporal_rope`` switch the two temporal signals on or off.
     """
 
-    def __init__(self, trunk: Eva, num_frames: int, reference_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        trunk: Eva,
+        num_frames: int,
+        reference_frames: int | None = None,
+        temporal_embedding: bool = True,
+        temporal_rope: bool = True,
+    ) -> None:
         super().__init__()
         check_trunk(trunk)
         trunk.reset_classifier(0)
@@ -73,13 +83,16 @@ class VideoTower(nn.Module):
             # joint attention over 1 + T*H*W tokens needs SDPA's fused kernels, whatever timm's env default is
             block.attn.fused_attn = True
         self.trunk = trunk
-        self.temporal_embed = nn.Parameter(torch.zeros(num_frames, trunk.embed_dim))
+        self._num_frames = num_frames
+        embed = nn.Parameter(torch.zeros(num_frames, trunk.embed_dim)) if temporal_embedding else None
+        self.register_parameter("temporal_embed", embed)
         self.reference_frames = reference_frames
+        self.temporal_rope = temporal_rope
         self.grad_checkpointing = False
 
     @property
     def num_frames(self) -> int:
-        return self.temporal_embed.shape[0]
+        return self._num_frames
 
     @property
     def width(self) -> int:
@@ -87,20 +100,25 @@ class VideoTower(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Embeddings kept from weight decay (timm's interface): the temporal one and the trunk's own list."""
-        return {"temporal_embed"} | prefixed("trunk", self.trunk.no_weight_decay())
+        own = {"temporal_embed"} if self.temporal_embed is not None else set()
+        return own | prefixed("trunk", self.trunk.no_weight_decay())
 
     def set_num_frames(self, num_frames: int) -> None:
         """Interpolate the temporal embedding to a new frame count (a new Parameter: rebuild optimizers)."""
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if num_frames != self.num_frames:
+        if num_frames != self.num_frames and self.temporal_embed is not None:
             with torch.no_grad():
                 embed = interpolate_temporal(self.temporal_embed.detach(), num_frames)
             self.temporal_embed = nn.Parameter(embed, requires_grad=self.temporal_embed.requires_grad)
+        self._num_frames = num_frames
 
     def rope(self) -> torch.Tensor:
-        """The spatial-temporal RoPE table ``(T*N, 2d)`` for the trunk's grid and the current frame count."""
+        """The spatial-temporal RoPE table ``(T*N, 2d)`` for the trunk's grid and the current frame count;
+        without temporal RoPE the trunk's 2D table for every frame (float32, as ``spatio_temporal_rope``)."""
         rope = self.trunk.rope
+        if not self.temporal_rope:
+            return rope.get_embed().float().repeat(self.num_frames, 1)
         return spatio_temporal_rope(
             rope.get_embed(), self.num_frames, rope.temperature, rope.rotate_half, self.reference_frames
         )
@@ -114,9 +132,10 @@ class VideoTower(nn.Module):
         batch, num_frames = frames.shape[:2]
         x = trunk.patch_embed(frames.flatten(0, 1))  # (B*T, N, D)
         x = x.unflatten(0, (batch, num_frames))  # (B, T, N, D)
-        spatial = trunk.pos_embed[:, None, 1:]  # (1, 1, N, D)
-        temporal = self.temporal_embed[None, :, None]  # (1, T, 1, D)
-        x = (x + spatial + temporal).flatten(1, 2)  # (B, T*N, D), time-major
+        x = x + trunk.pos_embed[:, None, 1:]  # spatial (1, 1, N, D)
+        if self.temporal_embed is not None:
+            x = x + self.temporal_embed[None, :, None]  # (1, T, 1, D)
+        x = x.flatten(1, 2)  # (B, T*N, D), time-major
         cls = (trunk.cls_token + trunk.pos_embed[:, :1]).expand(batch, -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + T*N, D)
         return trunk.norm_pre(trunk.pos_drop(x))

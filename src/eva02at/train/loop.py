@@ -5,9 +5,10 @@ gradient accumulation, seeded data order and crops, checkpoints every N optimize
 needed to continue exactly (model, optimizer, scheduler, RNG states, data position), and a hard stop on a
 non-finite loss that leaves the last good checkpoint in place.
 
-Accumulation: an optimizer step takes ``accum_steps`` micro-batches of one epoch. The batches of an epoch
-beyond its last whole step are not used in that epoch (as the sampler drops an incomplete global batch; the
-next epoch's order is fresh), so every step has the same global batch and no gradient crosses an epoch end.
+Accumulation: an optimizer step takes ``accum_steps`` micro-batches of one epoch, by default with the loss
+of the whole accumulated batch (``train.accum_whole_batch``, ``eva02at.train.accumulate``). The batches of an
+epoch beyond its last whole step are not used in that epoch (as the sampler drops an incomplete global batch;
+the next epoch's order is fresh), so every step has the same global batch and no gradient crosses an epoch end.
 
 Losses stay on the device: the host reads them only at log and checkpoint points, where the first
 non-finite one is reported with its step and batch, before any checkpoint could save weights it touched.
@@ -38,6 +39,7 @@ from eva02at.atomic import remove_leftovers
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.errors import PipelineError
 from eva02at.models import load_checkpoint_file
+from eva02at.train.accumulate import ModelInputs, micro_batch_gradients, whole_batch_gradients
 from eva02at.train.augment import AugmentConfig
 from eva02at.train.data import (
     DECODE_DEVICES,
@@ -61,6 +63,7 @@ class TrainConfig:
     epochs: PositiveInt = 1
     batch_size: PositiveInt = 8  # per process; the global batch is batch_size * processes * accum_steps
     accum_steps: PositiveInt = 1
+    accum_whole_batch: bool = True  # one loss over all accum_steps micro-batches (eva02at.train.accumulate)
     seed: NonNegativeInt = 0
     workers: NonNegativeInt = 2  # data loader processes per training process
     checkpoint_every: PositiveInt = 100  # optimizer steps
@@ -92,34 +95,36 @@ class StepSetup:
     grad_clip: float = 0.0
     augment: AugmentConfig | None = None
     seed: int = 0
+    whole_batch: bool = True  # under accumulation, one loss over all micro-batches
 
 
 def train_step(
     forward: nn.Module, task: Task, micro_batches: Sequence[dict], optimizer: torch.optim.Optimizer, setup: StepSetup
 ) -> torch.Tensor:
     """One optimizer step over ``micro_batches`` (loader batches): model inputs made on the device, forward
-    through ``forward`` (the model, or its DDP / compiled wrapper), the mean loss back-propagated, the
+    through ``forward`` (the model, or its DDP / compiled wrapper), the loss back-propagated (that of the
+    whole accumulated batch, or the mean of the micro-batches' losses: ``eva02at.train.accumulate``), the
     gradients clipped when asked, the optimizer stepped. Returns the micro-batch losses (n,) on the device,
     unread, so that the host never waits for the device here. ``bench/train_step.py`` times this function.
     """
     autocast = _autocast(setup.precision, setup.device)
-    no_sync = getattr(forward, "no_sync", None)  # DDP: all-reduce gradients on the last micro-batch only
-    losses = []
-    for index, batch in enumerate(micro_batches):
-        last = index == len(micro_batches) - 1
-        with contextlib.nullcontext() if last or no_sync is None else no_sync():
-            frames = clip_frames(batch, setup.device, task.image_size, task.mean, task.std, setup.augment, setup.seed)
-            recycle_frames(batch)  # the worker may write the next batch into the same shared memory
-            tokens = batch["tokens"].to(setup.device, non_blocking=True)
-            with autocast:
-                loss = task.loss(forward, frames, tokens, batch)
-            (loss / len(micro_batches)).backward()
-        losses.append(loss.detach().float())
+    inputs = (_model_inputs(batch, task, setup) for batch in micro_batches)
+    if setup.whole_batch and len(micro_batches) > 1:
+        losses = whole_batch_gradients(forward, task, inputs, len(micro_batches), autocast, setup.device)
+    else:
+        losses = micro_batch_gradients(forward, task, inputs, len(micro_batches), autocast)
     if setup.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(task.model.parameters(), setup.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return torch.stack(losses)
+    return losses
+
+
+def _model_inputs(batch: dict, task: Task, setup: StepSetup) -> ModelInputs:
+    """A loader batch's frames (cropped, normalised) and tokens on the device; its frame buffer handed back."""
+    frames = clip_frames(batch, setup.device, task.image_size, task.mean, task.std, setup.augment, setup.seed)
+    recycle_frames(batch)  # the worker may write the next batch into the same shared memory
+    return frames, batch["tokens"].to(setup.device, non_blocking=True), batch
 
 
 @dataclass
@@ -207,7 +212,9 @@ def train(
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
     if config.compile:
         forward = torch.compile(forward)
-    setup = StepSetup(dist.device, config.precision, optim.grad_clip, config.augment, config.seed)
+    setup = StepSetup(
+        dist.device, config.precision, optim.grad_clip, config.augment, config.seed, config.accum_whole_batch
+    )
     bar = tqdm(total=stop, initial=step, unit="step", disable=dist.rank != 0, desc=f"train {checkpoint.parent.name}")
     clips_per_step = config.batch_size * dist.world_size * config.accum_steps
     monitor = _Monitor(

@@ -29,9 +29,24 @@ class Task(Protocol):
     std: tuple[float, float, float]
     tokenizer: Callable[[list[str]], torch.Tensor]  # texts to tokens, run in the loader workers
 
+    def embed(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained model's (video, text) embeddings (B, D) of normalised ``frames`` (B, T, 3, S, S) and
+        ``tokens`` (B, L) on the device."""
+        ...
+
+    def frozen(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A frozen model's (video, text) embeddings of the same inputs, without gradients; None without one."""
+        ...
+
+    def batch_loss(
+        self, video: torch.Tensor, text: torch.Tensor, batch: dict, frozen: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The global-batch loss of this process's embeddings (gathered over the processes); ``batch`` gives
+        the (video, caption) indices of their rows."""
+        ...
+
     def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The global-batch loss of normalised ``frames`` (B, T, 3, S, S) and ``tokens`` (B, L) on the device;
-        ``batch`` gives the (video, caption) indices."""
+        """``batch_loss`` of ``embed`` and ``frozen`` of one batch."""
         ...
 
     def save(self, path, extra: dict) -> None: ...
@@ -94,12 +109,20 @@ class VideoTextTask:
         self.image_size, self.mean, self.std = model.image_size, model.image_mean, model.image_std
         self.tokenizer = model.tokenizer
 
+    def embed(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(frames, tokens)  # (B, D) each
+
+    def frozen(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.reference is None else self.reference.embed(frames, tokens)
+
+    def batch_loss(
+        self, video: torch.Tensor, text: torch.Tensor, batch: dict, frozen: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        weight = 1.0 if self.reference is None else self.reference.weight
+        return global_loss(video, text, batch, self.loss_fn, self.relevancy, frozen, weight)
+
     def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
-        video, text = model(frames, tokens)  # (B, D) each
-        if self.reference is None:
-            return global_loss(video, text, batch, self.loss_fn, self.relevancy)
-        old = self.reference.embed(frames, tokens)
-        return global_loss(video, text, batch, self.loss_fn, self.relevancy, old, self.reference.weight)
+        return self.batch_loss(*self.embed(model, frames, tokens), batch, self.frozen(frames, tokens))
 
     def save(self, path, extra: dict) -> None:
         save_video_clip(self.model, path, {**extra, **(self.reference.record() if self.reference else {})})
@@ -116,10 +139,19 @@ class ImageTextTask:
         self.image_size = int(model.visual.image_size[0])
         self.tokenizer = open_clip.get_tokenizer(model_name)
 
-    def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
+    def embed(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # frames (B, 1, 3, S, S): the single frame; open_clip returns (image, text, logit_scale, ...)
         image, text = model(frames[:, 0], tokens)[:2]
-        return global_loss(image, text, batch, self.loss_fn, None)
+        return image, text
+
+    def frozen(self, frames: torch.Tensor, tokens: torch.Tensor) -> None:
+        return None
+
+    def batch_loss(self, video: torch.Tensor, text: torch.Tensor, batch: dict, frozen: None) -> torch.Tensor:
+        return global_loss(video, text, batch, self.loss_fn, None)
+
+    def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self.batch_loss(*self.embed(model, frames, tokens), batch, None)
 
     def save(self, path, extra: dict) -> None:
         save_image_clip(self.model, self.model_name, path, extra)
