@@ -107,7 +107,8 @@ def test_the_comparison_gives_difference_ratio_and_provenance():
     assert zero_shot.difference == pytest.approx(15.1 - 30.2)
     assert zero_shot.ratio == pytest.approx(0.5)
     assert zero_shot.provenance == (
-        "models/pretrain/model.pt (final epoch); 16 frames; relevancy data/labels/ek100_test.npz"
+        "models/pretrain/model.pt (final epoch); 16 frames; relevancy data/labels/ek100_test.npz; "
+        "query texts official (video rows)"
     )
     assert zero_shot.data == "synthetic sample"  # params.yaml's paths are the sample's
     finetuned = by_key["pretraining_data", "b_egoclip", "finetuned.ek100_mir.mAP_avg"]
@@ -128,6 +129,9 @@ def test_real_data_and_a_selected_checkpoint_are_named():
         "models/finetune/model.pt (best test mAP_avg); 16 frames"
     )
     assert paper.provenance(params, "zero_shot.egomcq.inter_video").endswith("; 4 frames")  # no relevancy
+    published = "data/EPIC_100_retrieval_test_sentence.csv"
+    merge(params, {"benchmarks": {"entries": {"ek100_mir": {"queries": published}}}})
+    assert paper.provenance(params, "zero_shot.ek100_mir.mAP_avg").endswith(f"query texts as in {published}")
 
 
 def test_experiments_are_read_from_dvc_exp_show_json_newest_first():

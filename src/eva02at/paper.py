@@ -157,7 +157,11 @@ def provenance(params: Mapping[str, Any], result: str) -> str:
     frames = lookup(params, f"frames.collections.{collection}.num_frames")
     parts = [f"{checkpoint} ({select})", f"{frames} frames"]
     if benchmark == "ek100_mir":
+        queries = lookup(params, "benchmarks.entries.ek100_mir.queries") or ""
+        labels = lookup(params, "soft_labels.out") or ""
+        official = bool(labels) and Path(queries).is_relative_to(Path(labels))  # the soft_labels stage's table
         parts.append(f"relevancy {lookup(params, 'benchmarks.entries.ek100_mir.truth')}")
+        parts.append(f"query texts {'official (video rows)' if official else 'as in ' + queries}")
     return "; ".join(parts)
 
 
