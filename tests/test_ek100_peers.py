@@ -3,8 +3,11 @@ official query texts, on the real annotation CSVs of the repository."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pandas as pd
@@ -138,3 +141,32 @@ def test_pickles_that_are_not_a_relevancy_matrix_are_named(tmp_path, content, me
 def test_a_pickle_of_other_splits_shape_is_refused(small_exact):
     with pytest.raises(BadInput, match=r"p.pkl: shape \(2, 2\), but the CSVs give"):
         table_from_dense(np.zeros((2, 2)), small_exact, "p.pkl")
+
+
+def test_the_soft_labels_stage_writes_official_queries_and_reports_the_pickle(tmp_path, monkeypatch):
+    videos, sentences = real_csvs()
+    sentences = sentences.tail(60)  # holds the six rows whose text differs from their video row's
+    videos = videos[videos["narration_id"].isin(sentences["narration_id"]) | (videos.index < 200)]
+    videos.to_csv(tmp_path / "videos.csv", index=False)
+    sentences.to_csv(tmp_path / "sentences.csv", index=False)
+    exact = RelevancyTable.build(pd.read_csv(tmp_path / "videos.csv"), pd.read_csv(tmp_path / "sentences.csv"))
+    noisy = exact.dense()
+    noisy[0, 2] += 0.25
+    published_pickle(noisy, tmp_path / "relevancy.pkl")
+    split = {"videos": "videos.csv", "sentences": "sentences.csv", "pickle": "relevancy.pkl"}
+    params = {"soft_labels": {"out": "labels", "splits": {"ek100_test": split}}, "tracking": {"enabled": False}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["soft_labels"])
+    importlib.import_module("stages.soft_labels").main()
+
+    summary = json.loads((tmp_path / "labels" / "summary.json").read_text())["ek100_test"]
+    assert summary["query_texts_differing"] == 6 and summary["query_texts"][0].startswith("line ")
+    assert (summary["pickle_cells"], summary["pickle_largest"], summary["pickle_sentences"]) == (1, 0.25, 1)
+    official_text = dict(zip(videos["narration_id"], videos["narration"], strict=True))[exact.sentence_ids[2]]
+    assert summary["pickle_first"] == [f"{exact.sentence_ids[2]}: {official_text}"]
+    queries = pd.read_csv(tmp_path / "labels" / "ek100_test_queries.csv", **READ)
+    text_of = dict(zip(videos["narration_id"], videos["narration"], strict=True))
+    assert queries["narration"].tolist() == [text_of[i] for i in sentences["narration_id"]]
+    np.testing.assert_array_equal(RelevancyTable.load(tmp_path / "labels" / "ek100_test_pickle.npz").dense(), noisy)
+    np.testing.assert_array_equal(RelevancyTable.load(tmp_path / "labels" / "ek100_test.npz").dense(), exact.dense())
