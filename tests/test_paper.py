@@ -7,7 +7,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from dvc.utils.hydra import apply_overrides
@@ -16,7 +20,7 @@ from PIL import Image
 from eva02at import paper
 from eva02at.cli import main
 from eva02at.config import from_dict, read_params
-from rehearsal.project import merge
+from rehearsal.project import make_project, merge
 from stages.benchmark import typed_entries
 from stages.pretrain import PretrainParams
 from tests.test_config import PARAMS, ROOT, SCHEMAS
@@ -195,3 +199,17 @@ def test_paper_list_shows_every_row(capsys, monkeypatch):
     assert main(["paper", "list"]) == 0
     shown = capsys.readouterr().out
     assert all(name in shown for name in ROWS) and 'finetune.loss="mi_mm"' in shown
+
+
+@pytest.mark.slow
+def test_paper_run_queues_a_named_experiment_with_the_rows_params(tmp_path, monkeypatch):
+    """Through the real DVC: the queued experiment carries the row's params, read back by ``dvc exp show``."""
+    project = make_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert main(["paper", "run", "loss_sms_no_tolerance"]) == 0
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, check=True).stdout)
+    queued = {rev["name"]: rev for base in shown for exp in base.get("experiments") or [] for rev in exp["revs"]}
+    params = queued["loss_sms_no_tolerance"]["data"]["params"]["params.yaml"]["data"]
+    assert params["finetune"]["losses"]["sms"] == {**PARAMS["finetune"]["losses"]["sms"], "threshold": 0.0}
+    assert paper.runs_from_experiments(shown, "metrics/eval.json") == {}  # queued, not run: no metrics yet
