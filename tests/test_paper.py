@@ -213,3 +213,12 @@ def test_paper_run_queues_a_named_experiment_with_the_rows_params(tmp_path, monk
     params = queued["loss_sms_no_tolerance"]["data"]["params"]["params.yaml"]["data"]
     assert params["finetune"]["losses"]["sms"] == {**PARAMS["finetune"]["losses"]["sms"], "threshold": 0.0}
     assert paper.runs_from_experiments(shown, "metrics/eval.json") == {}  # queued, not run: no metrics yet
+
+
+def test_a_missing_or_broken_experiments_file_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["paper", "report", "--experiments", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().endswith("none.json: no such file")
+    (tmp_path / "broken.json").write_text("[{")
+    assert main(["paper", "report", "--experiments", str(tmp_path / "broken.json"), "--out", str(tmp_path)]) == 1
+    assert "broken.json: not JSON" in capsys.readouterr().err

@@ -172,10 +172,13 @@ def run_dvc(arguments: list[str]) -> str:
 
 
 def report(cells: list[paper.Published], args: argparse.Namespace) -> int:
-    if args.experiments:
-        table = json.loads(args.experiments.read_text())
-    else:
-        table = json.loads(run_dvc(["exp", "show", "--json"]))
+    if args.experiments and not args.experiments.is_file():
+        raise ConfigError(f"--experiments {args.experiments}: no such file")
+    text = args.experiments.read_text() if args.experiments else run_dvc(["exp", "show", "--json"])
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{args.experiments or 'dvc exp show --json'}: not JSON ({err})") from None
     runs = paper.runs_from_experiments(table, args.metrics)
     if args.workspace:
         metrics = Path(args.metrics)
