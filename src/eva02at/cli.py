@@ -133,6 +133,7 @@ def run_paper(args: argparse.Namespace) -> int:
     cells = paper.read_published(Path(args.folder) / "published.csv", rows)
     if args.action == "list":
         print(format_table(Table(["row", "published cells", "changes"], list_rows(rows, cells))))
+        print("\n" + "\n".join(f"{name}: {row.about}" for name, row in rows.items()))
         return 0
     if args.action == "run":
         return queue_rows(rows, args.rows, args.set, args.dry_run)

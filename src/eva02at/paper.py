@@ -21,7 +21,6 @@ from typing import Any
 
 from eva02at.config import ConfigError, parse_yaml
 from eva02at.errors import BadInput, MissingInput
-from eva02at.plots import paired_bars
 
 COLUMNS = ("table", "row", "metric", "value", "result", "where")
 SELECTED = {"pretrain": "zero_shot", "finetune": "finetuned"}  # training stage -> export model it gives
@@ -223,6 +222,8 @@ def markdown(lines: list[Line]) -> str:
 
 def plot(lines: list[Line], path: str | os.PathLike) -> tuple[int, int]:
     """Published and measured values side by side, one bar pair per cell; a cell not run shows published only."""
+    from eva02at.plots import paired_bars  # matplotlib: only when drawing
+
     return paired_bars(
         [f"{line.cell.row}: {line.cell.metric}" for line in lines],
         [line.cell.value for line in lines],
