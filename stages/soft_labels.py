@@ -1,8 +1,13 @@
 """``soft_labels`` stage: the EK100 relevancy tables (videos x sentences) of the train and test splits.
 
-Writes ``<out>/<split>.npz`` and ``<out>/summary.json`` (each table's sizes and counts; no timings, so that
-the same inputs give the same bytes). One MLflow run "soft_labels" holds the params, the summaries and the
-build seconds as metrics (``<split>.<name>``), ``summary.json`` and the lineage tags.
+Writes ``<out>/<split>.npz`` (the exact table), ``<out>/<split>_queries.csv`` (each sentence with the text of
+its video row, as the official evaluation reads the queries), with ``pickle`` set ``<out>/<split>_pickle.npz``
+(the peers' relevancy pickle as a table, for evaluation to use instead), and ``<out>/summary.json``: each
+table's sizes and counts, the sentence rows whose CSV text differs from their video row's, and where the
+pickle differs from the exact table (no timings, so that the same inputs give the same bytes). One MLflow run
+"soft_labels" holds the params, the numeric summaries and build seconds as metrics (``<split>.<name>``),
+``summary.json`` and the lineage tags. The pickle is a param, not a DVC dep (it is optional); its SHA-256 goes
+into ``summary.json``.
 """
 
 from __future__ import annotations
@@ -12,9 +17,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from eva02at.atomic import write_text
-from eva02at.labels import build_relevancy
+from eva02at.digest import file_digest
+from eva02at.ek100_peers import official_queries, read_relevancy_pickle, relevancy_differences, table_from_dense
+from eva02at.labels import RelevancyTable, build_relevancy
 from eva02at.tracking import Tracker, read_settings
 from stages.common import lineage_tags, stage_main, stage_params
 
@@ -25,6 +35,7 @@ log = logging.getLogger(__name__)
 class Split:
     videos: str  # EPIC_100_retrieval_<split>.csv
     sentences: str  # EPIC_100_retrieval_<split>_sentence.csv
+    pickle: str | None = None  # the peers' relevancy pickle of the split (caption_relevancy_EPIC_100_retrieval_*.pkl)
 
 
 @dataclass
@@ -47,10 +58,40 @@ def main() -> None:
             summaries[name] = build_relevancy(split.videos, split.sentences, out / f"{name}.npz")
             seconds = time.perf_counter() - started
             log.info("%s: %s in %.1f s", name, summaries[name], seconds)
-            metrics = {**summaries[name], "build_seconds": seconds}
-            tracker.log_metrics({f"{name}.{key}": value for key, value in metrics.items()})
+            summaries[name] |= peer_inputs(name, split, out)
+            metrics = {key: value for key, value in summaries[name].items() if isinstance(value, int | float)}
+            tracker.log_metrics(
+                {f"{name}.{key}": value for key, value in {**metrics, "build_seconds": seconds}.items()}
+            )
         write_text(out / "summary.json", json.dumps(summaries, indent=2) + "\n")
         tracker.log_artifact(out / "summary.json")
+
+
+def peer_inputs(name: str, split: Split, out: Path) -> dict[str, Any]:
+    """The split's official query table and, with a pickle, its table and differences; what they found."""
+    read = {"dtype": str, "keep_default_na": False}
+    queries = official_queries(
+        pd.read_csv(split.videos, **read), pd.read_csv(split.sentences, **read), split.videos, split.sentences
+    )
+    write_text(out / f"{name}_queries.csv", queries.table.to_csv(index=False))
+    found: dict[str, Any] = {"query_texts_differing": len(queries.differing), "query_texts": queries.differing}
+    if queries.differing:
+        log.info("%s: %d sentence text(s) differ from their video row's", name, len(queries.differing))
+    if split.pickle is not None:
+        exact = RelevancyTable.load(out / f"{name}.npz")
+        matrix = read_relevancy_pickle(split.pickle)
+        table_from_dense(matrix, exact, split.pickle).save(out / f"{name}_pickle.npz")
+        texts = dict(zip(queries.table["narration_id"], queries.table["narration"], strict=True))
+        differences = relevancy_differences(exact, matrix, texts)
+        log.info(
+            "%s: the pickle differs from the exact table in %d cells (largest %g)",
+            name,
+            differences.cells,
+            differences.largest,
+        )
+        found |= {f"pickle_{key}": value for key, value in differences.summary().items()}
+        found["pickle_sha256"] = file_digest(split.pickle)
+    return found
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Weight-decay groups of the real EVA02-B-16 and the tiny models against an enumeration by module type."""
+"""Weight-decay groups of the real EVA02-B-16 and the tiny models against an enumeration by module type; the
+LAMB option against its formula."""
 
 from __future__ import annotations
 
 import open_clip
 import pytest
 import torch
+from timm.optim import Lamb
 from torch import nn
 
 from eva02at.models import from_open_clip
-from eva02at.train.optim import parameter_groups
+from eva02at.train.optim import OptimConfig, build_optimizer, parameter_groups
 
 MODELS = ["EVA02-Tiny-test", "EVA02-Tiny-16", "EVA02-B-16"]
 EMBEDDINGS = {"pos_embed", "cls_token", "temporal_embed", "positional_embedding", "class_embedding", "cls_emb"}
@@ -118,3 +120,26 @@ def test_names_match_exactly_and_frozen_parameters_are_left_out():
     names = {id(p): n for n, p in probe.named_parameters()}
     by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in parameter_groups(probe, WD)}
     assert by_decay == {WD: {"pos_embed_proj.weight"}, 0.0: {"pos_embed", "pos_embed_proj.bias"}}
+
+
+def test_lamb_takes_one_step_as_the_formula_says():
+    """optim.name lamb: one step against LAMB written out in float64: Adam's bias-corrected update plus weight
+    decay, scaled by the trust ratio ||w|| / ||update|| on the decayed weights only (timm's rule)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    optimizer = build_optimizer(layer, OptimConfig(name="lamb", lr=0.1, weight_decay=0.05, betas=(0.9, 0.99)))
+    assert isinstance(optimizer, Lamb)
+    layer(torch.randn(4, 3, dtype=torch.float64)).pow(2).sum().backward()
+    grads = {name: p.grad.detach().clone() for name, p in layer.named_parameters()}
+    optimizer.step()
+    eps = OptimConfig().eps
+    for name, p in layer.named_parameters():
+        g, w = grads[name], before[name]
+        update = g / (g.abs() + eps)  # step 1: m_hat = g, sqrt(v_hat) = |g|
+        if name == "weight":  # decayed: weight decay and the trust ratio
+            update = update + 0.05 * w
+            expected = w - 0.1 * (w.norm() / update.norm()) * update
+        else:  # the bias is not decayed: a plain Adam-like step
+            expected = w - 0.1 * update
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)

@@ -8,16 +8,23 @@ Run from the project root: the MLflow store and experiment come from ``params.ya
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from eva02at import compare as tables
-from eva02at.config import ConfigError
+from eva02at import paper
+from eva02at.atomic import write_text
+from eva02at.config import ConfigError, read_params
 from eva02at.errors import PipelineError
-from eva02at.text_table import format_table
+from eva02at.text_table import Table, format_table
 from eva02at.tracking import find_runs, read_settings
 
-DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search clips."
+DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search clips, the paper's rows."
 
 
 def add_compare(commands: argparse._SubParsersAction) -> None:
@@ -91,11 +98,109 @@ def search(args: argparse.Namespace) -> int:
     return run_search(args)
 
 
+def add_paper(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "paper",
+        help="the paper's rows: list them, queue them as DVC experiments, report measured beside published",
+        description="Rows of the EVA02-AT paper's tables as params overrides (paper/rows) and their numbers "
+        "(paper/published.csv).",
+    )
+    parser.add_argument("--folder", default="paper", help="folder with rows/ and published.csv")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="each row, what it changes and the cells it is published with")
+    run = actions.add_parser("run", help="queue each row as a named DVC experiment (`dvc queue start` runs them)")
+    run.add_argument("rows", nargs="+", metavar="ROW")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="one more -S for every row (e.g. a path)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="print the dvc commands instead of running them")
+    report = actions.add_parser("report", help="Markdown table and PNG: measured beside published")
+    report.add_argument("--out", default="paper/report", help="folder for report.md and report.png")
+    report.add_argument("--metrics", default="metrics/eval.json", help="the evaluate stage's metrics file")
+    report.add_argument(
+        "--workspace", metavar="ROW", help="also report the workspace's metrics and params.yaml as this row"
+    )
+    report.add_argument(
+        "--experiments",
+        type=Path,
+        help="`dvc exp show --json` output saved to a file (default: run it here)",
+    )
+    parser.set_defaults(run=run_paper)
+
+
+def run_paper(args: argparse.Namespace) -> int:
+    rows = paper.read_rows(Path(args.folder) / "rows")
+    cells = paper.read_published(Path(args.folder) / "published.csv", rows)
+    if args.action == "list":
+        print(format_table(Table(["row", "published cells", "changes"], list_rows(rows, cells))))
+        print("\n" + "\n".join(f"{name}: {row.about}" for name, row in rows.items()))
+        return 0
+    if args.action == "run":
+        return queue_rows(rows, args.rows, args.set, args.dry_run)
+    return report(cells, args)
+
+
+def list_rows(rows: dict[str, paper.Row], cells: list[paper.Published]) -> list[list[str]]:
+    return [
+        [name, str(sum(cell.row == name for cell in cells)), " ".join(paper.settings(row.override)) or "(the recipe)"]
+        for name, row in rows.items()
+    ]
+
+
+def queue_rows(rows: dict[str, paper.Row], names: list[str], extra: list[str], dry_run: bool) -> int:
+    """``dvc exp run --queue -n <row> -S ...`` for each row: queued, not run, so that workers pick them up."""
+    unknown = sorted(set(names) - set(rows))
+    if unknown:
+        raise ConfigError(f"unknown rows {unknown}; `eva02at paper list` shows them: {sorted(rows)}")
+    for name in names:
+        arguments = paper.queue_arguments(rows[name], extra)
+        print(shlex.join(["dvc", *arguments]))
+        if not dry_run:
+            run_dvc(arguments)
+    return 0
+
+
+def run_dvc(arguments: list[str]) -> str:
+    """``dvc <arguments>``'s output; dvc missing from PATH or failing is a one-line error with its last line."""
+    executable = shutil.which("dvc")
+    if executable is None:
+        raise PipelineError("dvc is not on PATH: run from the project's environment (.venv/bin)")
+    done = subprocess.run([executable, *arguments], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise PipelineError(f"dvc {' '.join(arguments[:2])} failed (exit {done.returncode}): {last}")
+    return done.stdout
+
+
+def report(cells: list[paper.Published], args: argparse.Namespace) -> int:
+    if args.experiments and not args.experiments.is_file():
+        raise ConfigError(f"--experiments {args.experiments}: no such file")
+    text = args.experiments.read_text() if args.experiments else run_dvc(["exp", "show", "--json"])
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{args.experiments or 'dvc exp show --json'}: not JSON ({err})") from None
+    runs = paper.runs_from_experiments(table, args.metrics)
+    if args.workspace:
+        metrics = Path(args.metrics)
+        if not metrics.is_file():
+            raise ConfigError(f"--workspace {args.workspace}: {metrics} does not exist (run the pipeline first)")
+        runs[args.workspace] = paper.Run(json.loads(metrics.read_text()), read_params("params.yaml"))
+    lines = paper.compare(cells, runs)
+    out = Path(args.out)
+    write_text(out / "report.md", paper.markdown(lines))
+    paper.plot(lines, out / "report.png")
+    measured = sum(line.measured is not None for line in lines)
+    print(f"{measured} of {len(lines)} published values measured; {out / 'report.md'}, {out / 'report.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eva02at", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_compare(commands)
     add_search(commands)
+    add_paper(commands)
     return parser
 
 

@@ -153,3 +153,20 @@ def retrieval_grid(examples: Sequence[tuple[str, Sequence[Tile]]], path: str | o
 def contact_sheet(query: str, hits: Sequence[tuple[str, Tile]], path: str | os.PathLike) -> tuple[int, int]:
     """Search hits in rank order, one per row: (row label, e.g. rank and score; tile with the clip's strip)."""
     return _tile_grid(f"search: {query!r}", [(label, [tile]) for label, tile in hits], path, SHEET_CELL)
+
+
+def paired_bars(
+    labels: Sequence[str], published: Sequence[float], measured: Sequence[float | None], path: str | os.PathLike
+) -> tuple[int, int]:
+    """Published (grey) and measured (red) percentages side by side, one pair per label; None draws no bar."""
+    fig = Figure(figsize=(max(6.0, round(2 * (0.5 * len(labels) + 2)) / 2), 5.0))
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, published, 0.4, label="published", color="#999999")
+    ax.bar(x + 0.2, [np.nan if value is None else value for value in measured], 0.4, label="measured", color="#d73027")
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=6)
+    ax.set(ylabel="%", ylim=(0, 105), title="measured beside published")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.45, top=0.93)
+    return _save(fig, path)

@@ -1,7 +1,9 @@
 """EPIC-KITCHENS-100 multi-instance retrieval: mAP and nDCG, video-to-text and text-to-video.
 
-Queries: the test split's sentence CSV (``narration_id``, ``narration``). Ground truth: the soft relevancy
-table of the test split that the ``soft_labels`` stage writes (``eva02at.labels``).
+Queries: a CSV of the test split's sentences (``narration_id``, ``narration``): the ``soft_labels`` stage's
+official table (each text from its video row) or the sentence CSV as published. Ground truth: a relevancy
+table of the test split that the ``soft_labels`` stage writes (``eva02at.labels``): the exact one, or the
+peers' pickle as a table (``eva02at.ek100_peers``).
 """
 
 from __future__ import annotations

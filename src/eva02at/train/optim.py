@@ -1,4 +1,4 @@
-"""AdamW with the usual CLIP parameter groups and the two learning-rate schedules EVA02-AT uses.
+"""AdamW (or LAMB) with the usual CLIP parameter groups and the two learning-rate schedules EVA02-AT uses.
 
 Pretraining keeps the learning rate fixed; fine-tuning warms up linearly from ``warmup_lr`` to ``lr`` and
 then follows a cosine down to ``final_lr``. A warmup may precede the constant schedule too (training an
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
-from timm.optim import param_groups_weight_decay
+from timm.optim import Lamb, param_groups_weight_decay
 from torch import nn
 
 from eva02at.config import NonNegativeFloat, PositiveFloat
@@ -24,6 +24,7 @@ Beta = Annotated[float, Field(ge=0, lt=1)]  # Adam's moment decay rates
 
 @dataclass
 class OptimConfig:
+    name: Literal["adamw", "lamb"] = "adamw"  # lamb: timm's LAMB (layer-wise trust ratio; Charades-Ego fine-tuning)
     lr: PositiveFloat = 3e-5
     weight_decay: NonNegativeFloat = 0.01
     betas: tuple[Beta, Beta] = (0.9, 0.999)
@@ -45,8 +46,12 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay(model))
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config.name`` over the weight-decay groups. LAMB's own gradient clipping is off: clipping is
+    ``grad_clip``'s, the same for both."""
     groups = parameter_groups(model, config.weight_decay)
+    if config.name == "lamb":
+        return Lamb(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, max_grad_norm=None)
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
 
 
