@@ -52,20 +52,31 @@ class Chromium:
             f"--window-size={self.size[0]},{self.size[1]}",
             "about:blank",
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = self.profile / "DevToolsActivePort"
-        port = _wait_for(lambda: port_file.is_file() and port_file.read_text().split("\n")[0], "DevTools port")
-        targets = _wait_for(lambda: self._pages(port), "a page target")
-        self.socket = connect(targets[0]["webSocketDebuggerUrl"], max_size=2**26, open_timeout=START_WAIT_S)
+        port_file.unlink(missing_ok=True)  # a reused profile keeps the last browser's port
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port = _wait_for(lambda: port_file.is_file() and port_file.read_text().split("\n")[0], "DevTools port")
+            targets = _wait_for(lambda: self._pages(port), "a page target")
+            self.socket = connect(targets[0]["webSocketDebuggerUrl"], max_size=2**26, open_timeout=START_WAIT_S)
+        except BaseException:
+            self._stop()
+            raise
         return self
 
     @staticmethod
     def _pages(port: str) -> list[dict]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
-            return [t for t in json.load(answer) if t["type"] == "page"]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
+                return [t for t in json.load(answer) if t["type"] == "page"]
+        except OSError:  # not listening yet
+            return []
 
     def __exit__(self, *exc) -> None:
         self.socket.close()
+        self._stop()
+
+    def _stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
 
@@ -106,4 +117,8 @@ class Chromium:
             )
 
     def screenshot(self, path: Path) -> None:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+        """The whole page as a PNG, however tall."""
+        width, height = self.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
+        shot = self.send("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))

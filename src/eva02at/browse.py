@@ -115,6 +115,7 @@ def make_app(panels: list[Panel], truth: BenchmarkTruth | None = None, max_top: 
     loaded = [PanelSearch(panel) for panel in panels]
     page = files("eva02at").joinpath("browse.html").read_text(encoding="utf-8")
     app = FastAPI(title="eva02at browse", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.panels = loaded  # the loaded panels, for callers that measure or inspect them
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
