@@ -96,6 +96,17 @@ def test_a_missing_gallery_is_named(gallery, tmp_path):
         make_app([Panel("own", str(checkpoint), str(tmp_path / "absent.parquet"))])
 
 
+def test_missing_benchmark_files_are_named(gallery, tmp_path, capsys):
+    root, checkpoint, _ = gallery
+    with pytest.raises(MissingInput, match=r"absent\.npz: no such relevancy table"):
+        BenchmarkTruth(tmp_path / "absent.npz", root / "sentences.csv")
+    panel = ["own", str(checkpoint), str(root / "clips.parquet")]
+    benchmark = ["--relevancy", str(root / "truth.npz"), "--sentences", str(tmp_path / "absent.csv")]
+    status = cli.main(["browse", "--panel", *panel, *benchmark])
+    assert status == 1
+    assert "absent.csv: no such sentence CSV" in capsys.readouterr().err
+
+
 def test_the_command_line_binds_to_this_machine_only_by_default():
     args = cli.build_parser().parse_args(["browse"])
     assert args.host == "127.0.0.1" and args.panel is None

@@ -88,6 +88,12 @@ class BenchmarkTruth:
     """Ground-truth relevance of a benchmark's clips to its sentences (EK100 MIR's soft relevancy table)."""
 
     def __init__(self, relevancy: str | os.PathLike, sentences: str | os.PathLike) -> None:
+        for path, what in ((relevancy, "relevancy table"), (sentences, "sentence CSV")):
+            if not Path(path).is_file():
+                raise MissingInput(
+                    f"{path}: no such {what}; `dvc repro benchmark@ek100_mir` freezes the sample's, or --relevancy '' "
+                    "browses without relevance"
+                )
         table = RelevancyTable.load(relevancy)
         self.relevance = table.dense()  # (videos, sentences)
         self.video_row = {clip_id: i for i, clip_id in enumerate(table.video_ids)}
