@@ -166,3 +166,41 @@ def test_the_criterion_asks_both_cross_scores_to_reach_the_old_models_own():
         "old_text_new_video": 0.42,
         "compatible": 1.0,
     }
+
+
+def cross_top1(texts: torch.Tensor, videos: torch.Tensor) -> float:
+    """Text-to-video top-1 accuracy when text i belongs to video i."""
+    return (texts @ videos.T).argmax(dim=1).eq(torch.arange(len(texts))).double().mean().item()
+
+
+def train_free_embeddings(old: tuple[torch.Tensor, torch.Tensor] | None, steps: int = 150):
+    """A new 'model' that starts elsewhere: free unit embeddings of 24 (video, text) pairs from another seed,
+    trained with InfoNCE on its own pairs, plus the cross-model term against ``old`` when given."""
+    gen = torch.Generator().manual_seed(2)
+    video, text = (torch.randn(24, 8, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+    optimizer = torch.optim.Adam([video, text], lr=0.05)
+    batch = {"videos": torch.arange(24), "captions": torch.arange(24)}
+    for _ in range(steps):
+        optimizer.zero_grad()
+        v, t = (torch.nn.functional.normalize(x, dim=1) for x in (video, text))
+        global_loss(v, t, batch, get_loss("infonce", temperature=0.1), None, old, 1.0).backward()
+        optimizer.step()
+    return tuple(torch.nn.functional.normalize(x.detach(), dim=1) for x in (video, text))
+
+
+def test_the_term_puts_a_model_that_starts_elsewhere_into_the_old_space():
+    gen = torch.Generator().manual_seed(1)
+    old_video = torch.nn.functional.normalize(torch.randn(24, 8, generator=gen, dtype=torch.float64), dim=1)
+    old_text = torch.nn.functional.normalize(
+        old_video + 0.1 * torch.randn(24, 8, generator=gen, dtype=torch.float64), dim=1
+    )
+    assert cross_top1(old_text, old_video) == 1.0  # the old model solved its task
+    chance = 1 / 24
+    for old in (None, (old_video, old_text)):
+        video, text = train_free_embeddings(old)
+        assert cross_top1(text, video) == 1.0  # new-new: the task is learned either way
+        new_text_old_video, old_text_new_video = cross_top1(text, old_video), cross_top1(old_text, video)
+        if old is None:  # independently trained spaces do not align: cross-model search is chance
+            assert max(new_text_old_video, old_text_new_video) <= 3 * chance
+        else:
+            assert min(new_text_old_video, old_text_new_video) == 1.0

@@ -24,7 +24,7 @@ from eva02at.errors import PipelineError
 from eva02at.text_table import Table, format_table
 from eva02at.tracking import find_runs, read_settings
 
-DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search clips, the paper's rows."
+DESCRIPTION = "Look into the results of the eva02at pipeline: compare runs, search and browse clips, the paper's rows."
 
 
 def add_compare(commands: argparse._SubParsersAction) -> None:
@@ -195,12 +195,50 @@ def report(cells: list[paper.Published], args: argparse.Namespace) -> int:
     return 0
 
 
+def add_browse(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "browse",
+        help="local web page: text queries, top clips as frame strips, two models side by side",
+        description="Serve a page that searches one or more galleries, each with its own checkpoint, as "
+        "`eva02at search` does (same refusal rule); hits of a benchmark query are coloured by relevance.",
+    )
+    parser.add_argument(
+        "--panel",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "CHECKPOINT", "EMBEDDINGS"),
+        help="a model and the video export it searches (repeatable; default: finetuned and zero_shot on the "
+        "EK100 test clips)",
+    )
+    parser.add_argument(
+        "--relevancy",
+        default="data/benchmarks/ek100_mir/truth.npz",
+        help="relevancy table that colours the hits of benchmark queries ('' for none)",
+    )
+    parser.add_argument(
+        "--sentences",
+        default="data/benchmarks/ek100_mir/queries.csv",
+        help="the benchmark's sentence CSV (narration_id, narration): which queries are benchmark queries",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.set_defaults(run=browse)
+
+
+def browse(args: argparse.Namespace) -> int:
+    from eva02at.browse import run_browse  # imports torch, the models and the web server: only when browsing
+
+    return run_browse(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eva02at", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_compare(commands)
     add_search(commands)
     add_paper(commands)
+
+    add_browse(commands)
     return parser
 
 

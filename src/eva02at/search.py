@@ -24,7 +24,7 @@ from eva02at.errors import MissingInput, PipelineError
 from eva02at.inference import encode_texts
 from eva02at.models import load_video_clip
 from eva02at.plots import Tile, clip_strip, contact_sheet
-from eva02at.search_index import IndexConfig, build_index
+from eva02at.search_index import GalleryIndex, IndexConfig, build_index
 from eva02at.shards import FrameShards
 from eva02at.text_table import Table, format_table
 
@@ -86,10 +86,22 @@ def gallery_codes(videos: Embeddings, config: IndexConfig) -> Codes | None:
     return codes
 
 
-def rank_clips(query: np.ndarray, videos: Embeddings, top: int, config: IndexConfig | None = None) -> list[Hit]:
-    """The ``top`` clips most similar to a unit-norm query vector, best first (ties in file order)."""
+def gallery_index(videos: Embeddings, config: IndexConfig | None = None) -> GalleryIndex:
+    """The index ``config`` asks for over a video export (built once, searched by every query)."""
     config = config or IndexConfig()
-    index = build_index(videos.vectors, config, gallery_codes(videos, config))
+    return build_index(videos.vectors, config, gallery_codes(videos, config))
+
+
+def rank_clips(
+    query: np.ndarray,
+    videos: Embeddings,
+    top: int,
+    config: IndexConfig | None = None,
+    index: GalleryIndex | None = None,
+) -> list[Hit]:
+    """The ``top`` clips most similar to a unit-norm query vector, best first (ties in file order); ``index``:
+    the gallery's index when already built (else built from ``config``)."""
+    index = index or gallery_index(videos, config)
     scores, rows = index.search(query[None], top)
     columns = {name: videos.table[name].to_pylist() for name in ("clip_id", "source", "start", "end")}
     found = [(int(i), float(s)) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0]
