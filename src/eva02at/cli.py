@@ -237,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(commands)
     add_search(commands)
     add_paper(commands)
-
     add_browse(commands)
     return parser
 
