@@ -1,7 +1,9 @@
 """``pretrain`` stage: single-stage CLIP-to-video pretraining on an EgoClip-format corpus.
 
 Inflates the image checkpoint into the video model (joint space-time attention, spatial-temporal RoPE, zero
-temporal embedding) and trains it with symmetric InfoNCE at a fixed temperature and a fixed learning rate.
+temporal embedding) and trains it with symmetric InfoNCE at a fixed temperature and a fixed learning rate, on
+each clip's own caption or, with ``captions``, on EgoClip+ (one caption per clip and caption set, drawn anew
+every epoch).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Literal
 import torch
 
 from eva02at.config import PositiveFloat, PositiveInt
+from eva02at.egoclip_plus import read_caption_table
 from eva02at.losses import get_loss
 from eva02at.models import DEFAULT_TEMPORAL_POSITIONS, from_open_clip, load_image_clip
 from eva02at.shards import FrameShards
-from eva02at.train.data import ClipPairs, OwnCaptions
+from eva02at.train.data import CaptionSets, ClipPairs, OwnCaptions
 from eva02at.train.distributed import setup
 from eva02at.train.loop import TrainConfig
 from eva02at.train.optim import OptimConfig
@@ -34,6 +37,7 @@ class PretrainParams:
     embed_dim: PositiveInt = 256
     temporal_positions: Literal["clip_time", "index"] = DEFAULT_TEMPORAL_POSITIONS  # README, Model
     temperature: PositiveFloat = 0.05
+    captions: str | None = None  # EgoClip+ caption table (egoclip_plus stage); None: each clip's own caption
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -47,12 +51,16 @@ def main() -> None:
     )
     check_frames(params.frames, params.num_frames, model.image_size)
     shards = FrameShards(params.frames)
-    clips = shards.clip_ids
-    texts = shards.texts(clips)
+    if params.captions is None:
+        clips = shards.clip_ids
+        source, dataset = OwnCaptions(len(clips)), ClipPairs(shards, clips, shards.texts(clips))
+    else:  # one item per clip and caption set, one caption of its list drawn per epoch
+        source = CaptionSets(read_caption_table(params.captions), params.captions)
+        dataset = ClipPairs(shards, source.clip_ids, source.texts)
     dist = setup()
-    sampler = pair_sampler(OwnCaptions(len(clips)), params, dist)
+    sampler = pair_sampler(source, params, dist)
     task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))
-    run_training("pretrain", params, task, sampler, ClipPairs(shards, clips, texts), dist, args.params)
+    run_training("pretrain", params, task, sampler, dataset, dist, args.params)
 
 
 if __name__ == "__main__":
