@@ -26,6 +26,8 @@ from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
 from stages.training import check_frames, pair_sampler, run_training
 
+SELECTION_METRICS = "metrics/pretrain_select.json"  # which weights model.pt holds (train.select)
+
 
 @dataclass
 class PretrainParams:
@@ -60,7 +62,7 @@ def main() -> None:
     dist = setup()
     sampler = pair_sampler(source, params, dist)
     task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))
-    run_training("pretrain", params, task, sampler, dataset, dist, args.params)
+    run_training("pretrain", params, task, sampler, dataset, dist, args.params, selection_metrics=SELECTION_METRICS)
 
 
 if __name__ == "__main__":
