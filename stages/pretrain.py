@@ -8,13 +8,14 @@ every epoch).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from eva02at.config import PositiveFloat, PositiveInt
-from eva02at.egoclip_plus import read_caption_table
+from eva02at.egoclip_plus import decoded_only, read_caption_table
 from eva02at.losses import get_loss
 from eva02at.models import DEFAULT_TEMPORAL_POSITIONS, from_open_clip, load_image_clip
 from eva02at.shards import FrameShards
@@ -26,6 +27,7 @@ from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
 from stages.training import check_frames, pair_sampler, run_training
 
+log = logging.getLogger(__name__)
 SELECTION_METRICS = "metrics/pretrain_select.json"  # which weights model.pt holds (train.select)
 
 
@@ -57,8 +59,20 @@ def main() -> None:
         clips = shards.clip_ids
         source, dataset = OwnCaptions(len(clips)), ClipPairs(shards, clips, shards.texts(clips))
     else:  # one item per clip and caption set, one caption of its list drawn per epoch
-        source = CaptionSets(read_caption_table(params.captions), params.captions)
+        table, missing = decoded_only(read_caption_table(params.captions), shards.clip_ids)
+        if missing:
+            log.warning(
+                "%d captioned clips have no frames (see the frames manifest), e.g. %s", len(missing), missing[0]
+            )
+        source = CaptionSets(table, params.captions)
         dataset = ClipPairs(shards, source.clip_ids, source.texts)
+        uncaptioned = len(set(shards.clip_ids) - set(source.clip_ids))
+        log.info(
+            "%d items (clip, caption set) of %s; %d clips without captions",
+            len(source.clip_ids),
+            params.captions,
+            uncaptioned,
+        )
     dist = setup()
     sampler = pair_sampler(source, params, dist)
     task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))

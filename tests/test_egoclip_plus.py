@@ -12,7 +12,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from eva02at.annotations import Segment
-from eva02at.egoclip_plus import caption_table, read_caption_pickle, read_caption_table, write_caption_table
+from eva02at.egoclip_plus import (
+    caption_table,
+    decoded_only,
+    read_caption_pickle,
+    read_caption_table,
+    write_caption_table,
+)
 from eva02at.errors import BadInput
 from eva02at.synthetic.captions import Caption
 from eva02at.synthetic.ego4d import EGOCLIP_PLUS, plan_egoclip_plus
@@ -202,3 +208,14 @@ def test_the_synthetic_sample_writes_both_sets_in_the_published_structure(tmp_pa
     table = caption_table(segments, paths)
     assert table.num_rows == len(segments) * (3 + 10)
     assert torch.tensor(table.column("caption_index").to_numpy()).max().item() == 9
+
+
+def test_clips_without_frames_are_left_out_and_named(caption_files):
+    segments, sets = caption_files
+    table = caption_table(segments, sets)
+    decoded = [s.clip_id for s in segments if s.line % 3]  # every third clip failed to decode
+    kept, missing = decoded_only(table, decoded)
+    assert sorted(missing) == sorted(s.clip_id for s in segments if s.line % 3 == 0)
+    assert set(kept.column("clip_id").to_pylist()) == set(decoded)
+    assert kept.num_rows == len(decoded) * 13
+    assert CaptionSets(kept).shape == (2 * len(decoded), len(decoded) * 13)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from eva02at.annotations import Segment
@@ -124,3 +125,11 @@ def read_caption_table(path: str | os.PathLike) -> pa.Table:
     if not CAPTION_SCHEMA.equals(table.schema, check_metadata=False):
         raise BadInput(f"{path}: a caption table needs the columns {CAPTION_COLUMNS}, has {table.schema.names}")
     return table
+
+
+def decoded_only(table: pa.Table, clip_ids: Sequence[str]) -> tuple[pa.Table, list[str]]:
+    """The caption rows of the clips in ``clip_ids`` (those that decoded), and the clips left out: clips the
+    frames stage could not decode are already reported in its manifest; training says how many it lacks."""
+    keep = pc.is_in(table.column("clip_id"), value_set=pa.array(list(clip_ids), pa.string()))
+    missing = pc.unique(table.column("clip_id").filter(pc.invert(keep))).to_pylist()
+    return table.filter(keep), missing
