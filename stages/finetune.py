@@ -31,6 +31,8 @@ from stages.training import check_frames, pair_sampler, run_training
 
 PROBE_TEXTS = 64  # training captions on which the reference must tokenize as the new model does
 
+SELECTION_METRICS = "metrics/finetune_select.json"  # which weights model.pt holds (train.select)
+
 
 @dataclass
 class LossParams:
@@ -86,7 +88,7 @@ def main() -> None:
     dist = setup()
     sampler = pair_sampler(table, params, dist, threshold=params.relevance_threshold)
     task = VideoTextTask(model, loss, relevancy=table, reference=reference)
-    run_training("finetune", params, task, sampler, dataset, dist, args.params, inputs)
+    run_training("finetune", params, task, sampler, dataset, dist, args.params, inputs, SELECTION_METRICS)
 
 
 if __name__ == "__main__":

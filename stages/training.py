@@ -1,6 +1,8 @@
 """What the three training stages share: process setup, MLflow run with lineage, resumable training, outputs.
 
-Outputs of a training stage ``<name>``: ``<out>/model.pt`` (final weights, in the model's checkpoint format),
+Outputs of a training stage ``<name>``: ``<out>/model.pt`` (the final weights, or with ``train.select`` the best
+evaluated epoch's, the final ones then in ``<out>/last.pt``; ``metrics/<name>_select.json`` says which), in the
+model's checkpoint format,
 ``<out>/history.csv`` (loss and lr per logged step, a DVC plot; the same bytes for the same inputs, so
 throughput goes to MLflow and the log only); the resumable training state lives in
 ``<checkpoints>/checkpoint.pt``, outside the stage's DVC outputs (which DVC removes before a stage runs), so
@@ -21,14 +23,17 @@ from typing import Any
 
 from eva02at.atomic import write_text
 from eva02at.config import ConfigError
+from eva02at.models import VideoCLIP, load_checkpoint_file
 from eva02at.shards import read_frame_spec
 from eva02at.tracking import Tracker, end_abandoned_runs, read_settings
 from eva02at.train.data import ClipPairs
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
 from eva02at.train.loop import resumable_state, train
 from eva02at.train.sampling import CandidateSource, RelevantPairSampler
+from eva02at.train.selection import BestEpoch
 from eva02at.train.tasks import Task
 from stages.common import lineage_tags
+from stages.selection import selection_evaluator, selection_inputs
 
 log = logging.getLogger(__name__)
 EXECUTION_ONLY = ("workers", "log_every", "checkpoint_every", "stop_after_steps")  # train keys results ignore
@@ -74,14 +79,23 @@ def run_training(
     dist: DistInfo,
     params_file: str,
     inputs: dict[str, str] | None = None,
+    selection_metrics: str | None = None,
 ) -> None:
     """Train, track and write the stage's outputs; rank 0 alone tracks and writes.
 
     ``params`` is the stage's params dataclass: ``train``, ``optim``, ``out`` and ``checkpoints`` fields and
     whatever else defines the run (all of it but the output paths is logged and fingerprinted). ``inputs``
     name inputs that DVC does not hash (e.g. the compatibility reference, ``{"compatible_with.sha256": ...}``):
-    fingerprinted beside the DVC deps and tagged.
+    fingerprinted beside the DVC deps and tagged. ``selection_metrics`` (a JSON file) receives which weights
+    ``model.pt`` holds: the final ones, or the selected epoch with its score (``train.select``).
     """
+    select = params.train.select
+    evaluate = None
+    if select is not None:
+        if not isinstance(task.model, VideoCLIP):
+            raise ConfigError(f"{stage}: train.select evaluates video models only; set it to null")
+        evaluate = selection_evaluator(select, task.model, dist.device, params_file)
+        inputs = {**(inputs or {}), **selection_inputs(select)}
     config = {k: v for k, v in asdict(params).items() if k not in ("out", "checkpoints")}
     lead = dist.rank == 0
     tags = {**lineage_tags(stage), **(inputs or {})} if lead else {}
@@ -90,6 +104,18 @@ def run_training(
     out, checkpoint = Path(params.out), Path(params.checkpoints) / "checkpoint.pt"
     with open_tracker(stage, params_file, tags, checkpoint, fingerprint, enabled=lead) as tracker:
         tracker.log_params(config)
+        best = None
+        if select is not None:
+            best = BestEpoch(
+                task,
+                evaluate,
+                select,
+                checkpoint.parent / "best.pt",
+                params.train.epochs,
+                fingerprint,
+                lead,
+                on_score=lambda epoch, score: tracker.log_metrics({f"select.{select.metric}": score}, step=epoch),
+            )
         result = train(
             task,
             sampler,
@@ -103,9 +129,18 @@ def run_training(
                 {k: row[k] for k in ("loss", "lr", "clips_per_s", "seconds_per_step")}, step=row["step"]
             ),
             run_id=tracker.run_id,
+            on_epoch_end=best,
         )
         if lead:
-            task.save(out / "model.pt", {"train_steps": result.steps})
+            record = save_models(task, out, result.steps, best)
+            if selection_metrics is not None:
+                write_text(selection_metrics, json.dumps({stage: {"select": record}}, indent=2) + "\n")
+                tracker.log_artifact(selection_metrics)
+            tracker.log_metrics(
+                {f"select.{k}": v for k, v in record.items() if k in ("epoch", "score") and v is not None}
+            )
+            if best is not None:
+                tracker.log_artifact(out / "last.pt", "checkpoint")
             write_history(out, result.history)
             write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
             tracker.log_artifact(out / "model.pt", "checkpoint")
@@ -118,6 +153,22 @@ def run_training(
                 result.history[-1]["loss"] if result.history else float("nan"),
             )
     cleanup()
+
+
+def save_models(task: Task, out: Path, steps: int, best: BestEpoch | None) -> dict:
+    """``<out>/model.pt``: the selected weights (the best evaluated epoch's, else the final ones), and with a
+    selection ``<out>/last.pt``: the final weights beside them. Returns the selection record for metrics."""
+    if best is None:
+        task.save(out / "model.pt", {"train_steps": steps})
+        return {"selected": "final", "epoch": None, "score": None}
+    task.save(out / "last.pt", {"train_steps": steps})
+    record = best.selection.as_record()
+    if best.selection.epoch is None:
+        log.warning("no epoch was evaluated before training stopped: %s keeps the final weights", out / "model.pt")
+    else:
+        task.model.load_state_dict(load_checkpoint_file(best.path)["state_dict"])
+    task.save(out / "model.pt", {"train_steps": steps, "select": record})
+    return {"selected": "final" if best.selection.epoch is None else "best", **record}
 
 
 def open_tracker(

@@ -29,6 +29,10 @@ EGOCLIP_COLUMNS = (
     "tag_verb",
     "tag_noun",
 )
+EGOCLIP_PLUS = {  # LaViLa's EgoClip+ pickles: file name and captions per clip
+    "rephraser": ("ego4d_train.rephraser.no_punkt_top3.pkl", 3),
+    "narrator": ("ego4d_train.narrator_63690737.return_10.pkl", 10),
+}
 CHOICES = 5
 INTER, INTRA = 1, 2  # EgoVLP's question types: choices from five videos, or from one
 
@@ -58,6 +62,29 @@ def plan_egoclip(
                 }
             )
     return jobs, rows
+
+
+def plan_egoclip_plus(
+    rng: np.random.Generator, rows: list[dict], captions: list[Caption]
+) -> dict[str, list[tuple[str, float, float, list[str]]]]:
+    """EgoClip+ caption sets of the EgoClip ``rows`` in LaViLa's published structure: per set, one row
+    ``(video_uid, start, end, [caption, ...])`` per clip. The captions stand in for the generated ones by
+    narrations of the same verb and noun classes (the rephraser's without "#C", as its files have them)."""
+    same_classes: dict[tuple[str, str], list[str]] = {}
+    for caption in captions:
+        key = (str([caption.verb_class]), str(list(caption.noun_classes)))
+        same_classes.setdefault(key, []).append(third_person(caption.narration))
+    choices = {key: sorted(set(texts)) for key, texts in same_classes.items()}
+    sets = {}
+    for name, (_, count) in EGOCLIP_PLUS.items():
+        sets[name] = []
+        for row in rows:
+            texts = choices[(row["tag_verb"], row["tag_noun"])]
+            drawn = [texts[i] for i in rng.integers(len(texts), size=count)]
+            if name == "rephraser":
+                drawn = [text.removeprefix("#C ") for text in drawn]
+            sets[name].append((row["video_uid"], row["clip_start"], row["clip_end"], drawn))
+    return sets
 
 
 def plan_egomcq(

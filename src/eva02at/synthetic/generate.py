@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -81,11 +82,14 @@ def _ek100(
 
 
 def _ego4d(root: Path, cfg: SampleConfig, pool: list[Caption]) -> tuple[list[VideoJob], dict[str, int]]:
-    """EgoClip (pretraining) and EgoMCQ (held-out videos) from train captions."""
+    """EgoClip (pretraining) with its EgoClip+ caption pickles, and EgoMCQ (held-out videos) from train captions."""
     folder = root / ego4d.ROOT / "annotations"
     folder.mkdir(parents=True)
     clip_jobs, clip_rows = ego4d.plan_egoclip(keyed_rng(cfg.seed, "egoclip"), pool, cfg)
     write_table(folder / "egoclip.csv", ego4d.EGOCLIP_COLUMNS, clip_rows, delimiter="\t")
+    caption_sets = ego4d.plan_egoclip_plus(keyed_rng(cfg.seed, "egoclip_plus"), clip_rows, pool)
+    for name, (filename, _) in ego4d.EGOCLIP_PLUS.items():
+        (folder / filename).write_bytes(pickle.dumps(caption_sets[name], protocol=4))
     mcq_jobs, questions = ego4d.plan_egomcq(keyed_rng(cfg.seed, "egomcq"), pool, cfg)
     (folder / "egomcq.json").write_text(json.dumps(questions))
     return clip_jobs + mcq_jobs, {"egoclip_clips": len(clip_rows), "egomcq_questions": len(questions)}

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice, pairwise
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -256,6 +257,31 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+class CaptionSets:
+    """A relevancy source over a caption table (``eva02at.egoclip_plus``): item i is one clip in one caption set
+    and its candidates are that clip's captions in that set, so the sampler visits every clip once per set in
+    an epoch (AVION's concatenation of the sets) and draws one caption of its list from (seed, epoch) alone.
+
+    ``clip_ids[i]`` names item i's clip in the frame shards and ``texts[c]`` caption c.
+    """
+
+    def __init__(self, table: pa.Table, path: str = "caption table"):
+        index = table.column("caption_index").to_numpy()
+        if len(index) == 0 or index[0] != 0 or np.any((index[1:] != 0) & (np.diff(index) != 1)):
+            raise BadInput(f"{path}: every clip's captions must be consecutive rows numbered 0, 1, ... from 0")
+        self.starts = np.flatnonzero(index == 0)
+        self.ends = np.append(self.starts[1:], len(index))
+        self.clip_ids = table.column("clip_id").take(pa.array(self.starts)).to_pylist()
+        self.texts = table.column("text").to_pylist()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.starts), len(self.texts)
+
+    def candidates(self, video_idx: int, threshold: float = 0.1) -> np.ndarray:
+        return np.arange(self.starts[video_idx], self.ends[video_idx], dtype=np.int64)
 
 
 class OwnCaptions:

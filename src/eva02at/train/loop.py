@@ -53,6 +53,7 @@ from eva02at.train.data import (
 from eva02at.train.distributed import DistInfo
 from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
 from eva02at.train.sampling import RelevantPairSampler
+from eva02at.train.selection import SelectConfig
 from eva02at.train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class TrainConfig:
     stop_after_steps: NonNegativeInt = 0  # stop early without changing the schedule (0: train every epoch)
     augment: AugmentConfig | None = None  # RandomResizedCrop per clip; None: the centred square
     decode_device: Literal["cpu", "cuda"] = "cpu"  # cpu: loader workers decode; cuda: the GPU decodes JPEG batches
+    select: SelectConfig | None = None  # best-epoch selection (train.selection); None: the final weights
 
 
 class NonFiniteLoss(PipelineError):
@@ -154,9 +156,10 @@ class _Monitor:
         self.bar.update(1)
 
     def check(self) -> float:
-        """The last step's mean loss, after checking every pending loss (the one host sync of a window)."""
+        """The last step's mean loss, after checking every pending loss (the one host sync of a window); NaN
+        when every step was checked before the first logged one (an epoch end with ``on_epoch_end``)."""
         if not self.pending:
-            return self.history[-1]["loss"]
+            return self.history[-1]["loss"] if self.history else float("nan")
         loss = _checked_mean_loss(self.pending, self.checkpoint)
         self.pending = []
         return loss
@@ -183,6 +186,7 @@ def train(
     fingerprint: str,
     on_log: Callable[[dict], None] | None = None,
     run_id: str | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``task.model`` on the batches of ``sampler`` (a resumable pair sampler) over ``dataset``.
 
@@ -191,6 +195,8 @@ def train(
     training belongs to) is kept in every checkpoint, so a resumed execution can continue that run.
     ``on_log`` (rank 0) receives each logged row with the throughput since the last one (``clips_per_s``,
     ``seconds_per_step``); the returned history leaves them out, so that it is the same for the same inputs.
+    ``on_epoch_end(epoch)`` (every process; e.g. ``train.selection.BestEpoch``) runs after an epoch's last step,
+    before that step's checkpoint, so that an interruption during it repeats the epoch's end, not skips it.
     """
     _check(config, dist)
     torch.manual_seed(config.seed)
@@ -234,6 +240,9 @@ def train(
             save = dist.rank == 0 and (step % config.checkpoint_every == 0 or step == stop)
             if step % config.log_every == 0 or step == stop:
                 monitor.log(step, epoch, scheduler.get_last_lr()[0])
+            if on_epoch_end is not None and step % steps_per_epoch == 0:
+                monitor.check()  # never evaluate weights that a bad loss has touched
+                on_epoch_end(epoch)
             if save:
                 monitor.check()  # never save weights that a bad loss has touched
                 _save(checkpoint, task, optimizer, scheduler, step, monitor.history, fingerprint, run_id)
