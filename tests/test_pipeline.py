@@ -130,7 +130,8 @@ def test_a_stage_stopped_midway_resumes_to_the_same_weights(tiny_pipeline, tmp_p
     (tmp_path / "stopped.yaml").write_text(yaml.safe_dump(stopped))
     (tmp_path / "full.yaml").write_text(yaml.safe_dump(params))
     run(project, env, "python", "-m", "stages.pretrain", "--params", str(tmp_path / "stopped.yaml"))
-    assert load_checkpoint_file(tmp_path / "ckpt" / "checkpoint.pt")["extra"]["step"] == 1
+    (checkpoint,) = (tmp_path / "ckpt").glob("*/checkpoint.pt")  # the resume point of this configuration
+    assert load_checkpoint_file(checkpoint)["extra"]["step"] == 1
     resumed = run(project, env, "python", "-m", "stages.pretrain", "--params", str(tmp_path / "full.yaml"))
     assert "resuming from" in resumed.stderr and "at optimizer step 1" in resumed.stderr
     uninterrupted = load_checkpoint_file(project / "models" / "pretrain" / "model.pt")["state_dict"]

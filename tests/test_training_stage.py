@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from eva02at.config import from_dict
 from eva02at.models import create_image_clip, load_checkpoint_file, save_image_clip
 from eva02at.shards import FrameSpec
+from eva02at.train.resume import resume_point
 from stages import pretrain
+from stages.training import run_fingerprint
 from tests.processes import alive, children, wait_until
 from tests.project_fixtures import empty_mlflow_store
 from tests.train_fixtures import write_clips
@@ -60,6 +64,13 @@ def write_params(project: Path, name: str, tracking: bool = True, **train) -> Pa
     return path
 
 
+def resume_file(params: Path) -> Path:
+    """The resume point of the run ``params`` defines (outside DVC: no dependency hashes in its fingerprint)."""
+    section = from_dict(pretrain.PretrainParams, yaml.safe_load(params.read_text())["pretrain"])
+    config = {k: v for k, v in asdict(section).items() if k not in ("out", "checkpoints")}
+    return resume_point(section.checkpoints, run_fingerprint(config, {})).resolve()
+
+
 def run_in_process(params: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["pretrain", "--params", str(params)])
     pretrain.main()
@@ -93,12 +104,13 @@ def test_history_is_the_same_bytes_on_a_rerun(project, monkeypatch):
 def test_a_resumed_training_continues_its_mlflow_run(project, monkeypatch):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.create_experiment(EXPERIMENT)
-    checkpoint = (project / "a" / "checkpoints" / "checkpoint.pt").resolve()
+    first = write_params(project, "a", stop_after_steps=2)
+    checkpoint = resume_file(first)
     execution = {"dvc.stage": "pretrain", "train.checkpoint": str(checkpoint), "train.host": socket.gethostname()}
     abandoned = client.create_run(experiment, tags=execution).info.run_id  # what a killed execution leaves
     elsewhere = client.create_run(experiment, tags={**execution, "train.checkpoint": "/other/checkpoint.pt"})
 
-    run_in_process(write_params(project, "a", stop_after_steps=2), monkeypatch)
+    run_in_process(first, monkeypatch)
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
     assert stage_runs(client, checkpoint) == {abandoned: "KILLED", run_id: "FINISHED"}
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # another training's run
@@ -152,7 +164,7 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     stage.wait()
     wait_until(lambda: not any(alive(pid) for pid in workers), "the loader workers to die with the stage")
 
-    checkpoint = (project / "killed" / "checkpoints" / "checkpoint.pt").resolve()
+    checkpoint = resume_file(params)
     assert load_checkpoint_file(checkpoint)["extra"]["step"] == 3
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]

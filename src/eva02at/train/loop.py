@@ -37,7 +37,6 @@ from tqdm import tqdm
 from eva02at.atomic import remove_leftovers
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.errors import PipelineError
-from eva02at.models import load_checkpoint_file
 from eva02at.train.augment import AugmentConfig
 from eva02at.train.data import (
     DECODE_DEVICES,
@@ -50,6 +49,7 @@ from eva02at.train.data import (
 )
 from eva02at.train.distributed import DistInfo
 from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
+from eva02at.train.resume import keep_as_fallback, load_resume_point
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import Task
 
@@ -181,9 +181,11 @@ def train(
 ) -> TrainResult:
     """Train ``task.model`` on the batches of ``sampler`` (a resumable pair sampler) over ``dataset``.
 
-    A checkpoint whose ``fingerprint`` (a digest of everything that defines the run) matches is resumed from;
-    any other is ignored with a warning and overwritten at the next save. ``run_id`` (the tracking run this
-    training belongs to) is kept in every checkpoint, so a resumed execution can continue that run.
+    ``checkpoint`` is this run's resume point (``eva02at.train.resume``): resumed from when its
+    ``fingerprint`` (a digest of everything that defines the run) matches, its fallback when it does not read;
+    a file of another fingerprint is refused, never overwritten. Each save keeps the one before as fallback.
+    ``run_id`` (the tracking run this training belongs to) is kept in every checkpoint, so a resumed execution
+    can continue that run.
     ``on_log`` (rank 0) receives each logged row with the throughput since the last one (``clips_per_s``,
     ``seconds_per_step``); the returned history leaves them out, so that it is the same for the same inputs.
     """
@@ -299,7 +301,8 @@ def _autocast(precision: str, device: torch.device):
 def _save(
     path: Path, task: Task, optimizer, scheduler, step: int, history: list, fingerprint: str, run_id: str | None
 ) -> None:
-    """Atomically write the training state: the model's own checkpoint format, loop state in ``extra``."""
+    """Atomically write the training state (the model's own checkpoint format, loop state in ``extra``), the
+    save before it kept as fallback."""
     extra = {
         "fingerprint": fingerprint,
         "step": step,
@@ -310,35 +313,21 @@ def _save(
         "run_id": run_id,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    keep_as_fallback(path)
     task.save(path, extra)
 
 
-def resumable_state(path: Path, fingerprint: str) -> dict:
-    """The loop state (``extra``) of the checkpoint ``path`` when it continues the run ``fingerprint``, else
-    {}. Cheap: tensors are memory-mapped, not read. An unreadable file gives {} here and its clear error
-    when :func:`train` loads it."""
-    if not path.is_file():
-        return {}
-    try:
-        extra = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("extra", {})
-    except Exception:  # reported by train(), which reads the file for real
-        return {}
-    return extra if extra.get("fingerprint") == fingerprint else {}
-
-
 def _resume(path: Path, fingerprint: str, task: Task, optimizer, scheduler) -> dict:
-    if not path.is_file():
+    data = load_resume_point(path, fingerprint)
+    if data is None:
+        log.info("no resume point %s for this run configuration: training from step 0", path)
         return {}
-    data = load_checkpoint_file(path)
-    extra = data.get("extra", {})
-    if extra.get("fingerprint") != fingerprint:
-        log.warning("%s was written by a different run configuration; starting from scratch", path)
-        return {}
+    extra = data["extra"]
     task.model.load_state_dict(data["state_dict"])
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
-    log.info("resuming from %s at optimizer step %d", path, extra["step"])
+    log.info("resuming from %s at optimizer step %d", data["path"], extra["step"])
     return extra
 
 
