@@ -3,11 +3,16 @@ the last good checkpoint, accumulation that never crosses an epoch, the step the
 
 from __future__ import annotations
 
+import errno
+import io
+import re
+
 import open_clip
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from eva02at.atomic import DiskFull
 from eva02at.losses import get_loss
 from eva02at.models import CheckpointError, from_open_clip, load_checkpoint_file
 from eva02at.shards import FrameSpec
@@ -154,7 +159,11 @@ def test_non_finite_loss_is_read_at_the_next_check_and_named_exactly(shards, tmp
     loss, calls = poisoned_infonce(6)
     checkpoint = tmp_path / "checkpoint.pt"
     config = TrainConfig(epochs=4, batch_size=4, accum_steps=2, workers=0, checkpoint_every=2, log_every=4)
-    with pytest.raises(NonFiniteLoss, match=r"optimizer step 3 \(epoch 0, batch 5 of the epoch, videos \[\d+, \d+"):
+    clips = shards.clip_ids
+    bad_batch = RelevantPairSampler(OwnCaptions(len(clips)), 4, seed=0).batch(0, 5)
+    videos = [clips[int(video)] for video, _ in bad_batch]  # video ids, not dataset indices
+    expected = rf"optimizer step 3 \(epoch 0, batch 5 of the epoch, videos {re.escape(str(videos))}\)"
+    with pytest.raises(NonFiniteLoss, match=expected):
         run(make_task(loss), shards, checkpoint, config)
     assert load_checkpoint_file(checkpoint)["extra"]["step"] == 2
     assert calls["n"] == 8  # steps 3 and 4 ran before the check at step 4
@@ -231,3 +240,39 @@ def test_the_loop_runs_every_step_through_train_step(shards, tmp_path, monkeypat
 def test_gpu_decoding_needs_a_gpu(shards, tmp_path):
     with pytest.raises(ValueError, match="decode_device cuda needs a CUDA training device"):
         run(make_task(), shards, tmp_path / "checkpoint.pt", TrainConfig(workers=0, decode_device="cuda"))
+
+
+class FillsUp(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room = handle, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.handle.write(data)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_good_one(shards, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
+    checkpoint = resume_point(tmp_path, "run")
+    run(make_task(), shards, checkpoint, with_changes(config, stop_after_steps=2), fingerprint="run")
+    real_save = torch.save
+
+    def save_on_a_full_disk(data, path):  # torch's own zip writer, on a disk with 4 KiB left
+        with open(path, "wb") as handle:
+            real_save(data, FillsUp(handle, 4096))
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    with pytest.raises(DiskFull, match=rf"^{checkpoint}: no space left on its file system") as err:
+        run(make_task(), shards, checkpoint, config, fingerprint="run")
+    assert "\n" not in str(err.value) and "inline_container" not in str(err.value)
+    monkeypatch.undo()
+    assert not checkpoint.exists() and sorted(p.name for p in checkpoint.parent.iterdir()) == ["previous.pt"]
+    assert load_checkpoint_file(fallback(checkpoint))["extra"]["step"] == 2  # the last good save, to resume from
+    assert resumable_state(checkpoint, "run")["step"] == 2

@@ -137,8 +137,11 @@ class _Monitor:
     """The host's view of training: losses read once per log or checkpoint point (and checked there), the
     history rows, the throughput of each log window, the progress bar."""
 
-    def __init__(self, history: list[dict], clips_per_step: int, checkpoint: Path, on_log, bar: tqdm):
+    def __init__(
+        self, history: list[dict], clips_per_step: int, checkpoint: Path, clip_ids: Sequence[str], on_log, bar: tqdm
+    ):
         self.history, self.clips_per_step, self.checkpoint = history, clips_per_step, checkpoint
+        self.clip_ids = clip_ids  # the dataset's video ids, to name a bad batch's videos
         self.on_log, self.bar = on_log, bar
         self.pending: list[_Pending] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
@@ -152,7 +155,7 @@ class _Monitor:
         """The last step's mean loss, after checking every pending loss (the one host sync of a window)."""
         if not self.pending:
             return self.history[-1]["loss"]
-        loss = _checked_mean_loss(self.pending, self.checkpoint)
+        loss = _checked_mean_loss(self.pending, self.checkpoint, self.clip_ids)
         self.pending = []
         return loss
 
@@ -213,7 +216,12 @@ def train(
     bar = tqdm(total=stop, initial=step, unit="step", disable=dist.rank != 0, desc=f"train {checkpoint.parent.name}")
     clips_per_step = config.batch_size * dist.world_size * config.accum_steps
     monitor = _Monitor(
-        list(state.get("history", [])), clips_per_step, checkpoint, on_log if dist.rank == 0 else None, bar
+        list(state.get("history", [])),
+        clips_per_step,
+        checkpoint,
+        dataset.clip_ids,
+        on_log if dist.rank == 0 else None,
+        bar,
     )
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -274,9 +282,10 @@ def _chunks(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def _checked_mean_loss(pending: list[_Pending], checkpoint: Path) -> float:
+def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_ids: Sequence[str]) -> float:
     """Read the pending steps' losses in one transfer; the last step's mean, or NonFiniteLoss naming the
-    first bad micro-batch (its optimizer step, epoch, batch of the epoch and videos)."""
+    first bad micro-batch (its optimizer step, epoch, batch of the epoch and video ids, ``clip_ids`` of the
+    batch's dataset indices)."""
     values = torch.stack([p.losses for p in pending]).cpu().numpy()  # (steps, accum_steps)
     bad = np.argwhere(~np.isfinite(values))
     if len(bad):
@@ -284,7 +293,7 @@ def _checked_mean_loss(pending: list[_Pending], checkpoint: Path) -> float:
         where = pending[row]
         raise NonFiniteLoss(
             f"loss is {values[row, micro]} at optimizer step {where.step} (epoch {where.epoch}, batch "
-            f"{where.first_batch + micro} of the epoch, videos {where.videos[micro][:8].tolist()}...); "
+            f"{where.first_batch + micro} of the epoch, videos {[clip_ids[i] for i in where.videos[micro].tolist()]}); "
             f"the last good checkpoint {checkpoint} is kept"
         )
     return float(values[-1].mean())
