@@ -23,6 +23,7 @@ from eva02at.models.config import VideoCLIPConfig
 from eva02at.synthetic import SampleConfig
 from eva02at.tracking import TrackingSettings
 from stages.benchmark import BenchmarksParams, typed_entries
+from stages.common import EXIT_PARAMS
 from stages.evaluate import EvaluateParams
 from stages.export import ExportParams
 from stages.finetune import FinetuneParams
@@ -145,7 +146,7 @@ def test_a_bad_value_stops_its_stage_with_one_line_naming_key_and_value(
     stage, path, value, allowed, tmp_path, monkeypatch, caplog
 ):
     status, errors = run_stage(stage, with_value(PARAMS, path, value), tmp_path, monkeypatch, caplog)
-    assert status == 1
+    assert status == EXIT_PARAMS
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"{tmp_path / 'params.yaml'}: {path} = {value!r}: {allowed}")
 
@@ -153,7 +154,7 @@ def test_a_bad_value_stops_its_stage_with_one_line_naming_key_and_value(
 @pytest.mark.parametrize("stage,path,value,expected", BAD_KEYS, ids=[r[1] for r in BAD_KEYS])
 def test_a_bad_key_stops_its_stage_with_one_line_naming_it(stage, path, value, expected, tmp_path, monkeypatch, caplog):
     status, errors = run_stage(stage, with_value(PARAMS, path, value), tmp_path, monkeypatch, caplog)
-    assert status == 1
+    assert status == EXIT_PARAMS
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"{tmp_path / 'params.yaml'}: {expected}")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from eva02at.atomic import atomic_path, write_text
 from eva02at.config import from_dict, read_params
-from eva02at.errors import MissingInput, PipelineError
+from eva02at.errors import MissingInput, PipelineError, Stopped
 
 log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -252,26 +252,28 @@ class Tracker:
                 path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
                 self._mlflow.log_artifact(str(path))
 
-    def end(self, failed: bool = False) -> None:
-        """End the run; metrics the server still does not take go to ``unlogged`` and, unless the run already
-        failed, a TrackingUnavailable says where (the run stays RUNNING until a rerun continues it)."""
+    def end(self, failed: bool = False, killed: bool = False) -> None:
+        """End the run (``killed``: told to stop); metrics the server still does not take go to ``unlogged``
+        and, unless the run already failed, a TrackingUnavailable says where (the run stays RUNNING until a
+        rerun continues it)."""
         if not (self.enabled and self._mlflow.active_run() is not None):
             return
         if not self._send_pending(now=True):
             kept = self._keep_unsent()
             where = f"kept in {kept}, sent by the next execution" if kept else "lost"
             message = f"MLflow tracking server {self.uri} does not answer: {len(self._pending)} metric row(s) {where}"
-            if failed:
+            if failed or killed:
                 log.warning("%s", message)
                 return
             raise TrackingUnavailable(f"{message}; rerun the stage when the server answers")
-        self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
+        self._mlflow.end_run(status="KILLED" if killed else "FAILED" if failed else "FINISHED")
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end(failed=exc_type is not None)
+        killed = exc_type is not None and issubclass(exc_type, Stopped | KeyboardInterrupt)
+        self.end(failed=exc_type is not None, killed=killed)
 
 
 @dataclass(frozen=True)
