@@ -149,7 +149,8 @@ runpy.run_module("stages.pretrain", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
-def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(project, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(project, monkeypatch, signum):
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     params = write_params(project, "killed", workers=2, checkpoint_every=3)
     marker, log = project / "blocked", (project / "killed.log").open("w")
@@ -160,7 +161,7 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     assert marker.exists(), (project / "killed.log").read_text()
     workers = children(stage.pid)
     assert len(workers) >= 2  # the loader workers of the epoch
-    stage.send_signal(signal.SIGKILL)
+    stage.send_signal(signum)
     stage.wait()
     wait_until(lambda: not any(alive(pid) for pid in workers), "the loader workers to die with the stage")
 
@@ -168,7 +169,12 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     assert load_checkpoint_file(checkpoint)["extra"]["step"] == 3
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
-    assert stage_runs(client, checkpoint) == {run_id: "RUNNING"}  # what kill -9 leaves
+    if signum == signal.SIGKILL:
+        assert stage_runs(client, checkpoint) == {run_id: "RUNNING"}  # what kill -9 leaves
+    else:  # SIGTERM: one plain line, the run ended KILLED
+        assert stage.returncode == 128 + signal.SIGTERM
+        assert "ERROR __main__: pretrain stopped by SIGTERM: " in (project / "killed.log").read_text()
+        assert stage_runs(client, checkpoint) == {run_id: "KILLED"}
 
     resume = [sys.executable, "-m", "stages.pretrain", "--params", str(params)]
     resumed = subprocess.run(resume, env=env, capture_output=True, text=True, check=True)
