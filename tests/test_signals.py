@@ -3,10 +3,12 @@ ends after clean-up with one plain line, and its tracking run ends KILLED, not R
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -37,8 +39,9 @@ threading.Event().wait()
 """
 
 
-def stage_pid(marker) -> int:
-    wait_until(marker.exists, "the stage to start")
+def stage_pid(marker, starter: subprocess.Popen) -> int:
+    wait_until(lambda: marker.exists() or starter.poll() is not None, "the stage to start")
+    assert marker.exists(), f"the stage's starter ended with status {starter.returncode}"
     wait_until(lambda: marker.read_text() != "", "the stage to write its pid")
     return int(marker.read_text())
 
@@ -47,7 +50,7 @@ def stage_pid(marker) -> int:
 def test_a_signalled_stage_stops_with_one_plain_line(tmp_path, signum):
     marker = tmp_path / "pid"
     stage = subprocess.Popen([sys.executable, "-c", STAGE, str(marker)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    stage_pid(marker)
+    stage_pid(marker, stage)
     stage.send_signal(signum)
     _, stderr = stage.communicate()
     assert stage.returncode == 128 + signum
@@ -61,7 +64,7 @@ def test_a_signalled_stage_stops_with_one_plain_line(tmp_path, signum):
 def test_a_stage_stops_when_the_process_that_started_it_is_killed(tmp_path):
     marker, log = tmp_path / "pid", tmp_path / "stage.log"
     parent = subprocess.Popen([sys.executable, "-c", PARENT, STAGE, str(marker), str(log)], cwd=ROOT)
-    pid = stage_pid(marker)
+    pid = stage_pid(marker, parent)
     parent.send_signal(signal.SIGKILL)  # as a scheduler's kill -9 of `dvc repro`: no clean-up of its own
     parent.wait()
     wait_until(lambda: not alive(pid), "the stage to end with its parent")
@@ -80,3 +83,35 @@ def test_a_stopped_run_ends_killed(tmp_path):
     client = MlflowClient(uri)
     statuses = [client.get_run(t.run_id).info.status for t in (tracker, interrupted, failed)]
     assert statuses == ["KILLED", "KILLED", "FAILED"]
+
+
+BLOCK_STAGE = """\
+stages:
+  block:
+    cmd: python block.py {marker}
+    deps: [block.py]
+    outs: [done.txt]
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_dvc_repro_ends_the_stage_it_runs(tmp_path):
+    project, marker, log = tmp_path / "project", tmp_path / "pid", tmp_path / "dvc.log"
+    project.mkdir()
+    (project / "dvc.yaml").write_text(BLOCK_STAGE.format(marker=marker))
+    (project / "block.py").write_text(STAGE)
+    bin_dir = str(Path(sys.executable).parent)
+    # DVC runs a stage through $SHELL -c, and bash hands its process over to the stage (README, Reliability)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["SHELL"] = "/bin/bash"
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, env=env, check=True)
+    with log.open("w") as out:
+        repro = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        pid = stage_pid(marker, repro)
+        repro.send_signal(signal.SIGTERM)  # what a scheduler, a shell's kill or a cancelled flow sends
+        repro.wait()
+    wait_until(lambda: not alive(pid), "the stage to end with dvc repro")
+    assert "stopped by SIGTERM" in log.read_text()
+    assert not (project / "done.txt").exists()
