@@ -7,8 +7,10 @@ task caches its result in Prefect.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from dvc.repo import Repo
 from prefect import get_run_logger
 
 from eva02at.tracking import flatten
+from eva02at.workers import signal_on_parent_exit
 
 # Nothing the flows start reports usage to outside services, whatever the caller's environment says: the one
 # place these are set (MLflow's own switch is set by eva02at.tracking, the only module that imports MLflow; the
@@ -52,12 +55,18 @@ def dvc(*args: str) -> list[str]:
 
 def run(args: Sequence[str], tail: int = 30) -> str:
     """Run a command in the project, each output line going to the flow's log as it comes; returns the
-    output. A non-zero exit raises ``CommandError`` with the command and the last ``tail`` lines."""
+    output. A non-zero exit raises ``CommandError`` with the command and the last ``tail`` lines. The command
+    gets SIGTERM when the flow's process exits, however it exits (a cancelled or killed flow run)."""
     logger = get_run_logger()
     logger.info("$ %s", " ".join(args))
     lines: list[str] = []
     with subprocess.Popen(
-        list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=command_env()
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=command_env(),
+        preexec_fn=functools.partial(signal_on_parent_exit, signal.SIGTERM),  # a cancelled flow stops its command
     ) as process:
         for line in process.stdout or ():
             lines.append(line.rstrip())

@@ -10,6 +10,7 @@ Locally, from the project root: ``python -m flows.reproduce [STAGE ...]``.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -24,10 +25,11 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from eva02at.tracking import Tracker, read_settings
-from flows.common import dvc, read_metrics, run, stage_order
-from stages.common import git_commit
+from flows.common import CommandError, dvc, read_metrics, run, stage_order
+from stages.common import EXIT_PARAMS, git_commit
 
 OUTCOMES = ("ran", "restored", "unchanged", "updated")
+PARAMS_FAILURE = re.compile(rf", exited with {EXIT_PARAMS}$", re.MULTILINE)
 
 
 def _state(target: str) -> tuple[bool, bool, set[Path]]:
@@ -65,7 +67,14 @@ def reproduce_single(target: str, bring_up_to_date: Callable[[], object]) -> str
     return "restored"
 
 
-@task(cache_policy=NO_CACHE)
+def worth_retrying(task, task_run, state) -> bool:
+    """Retry a failed stage unless its params do not fit: its command's exit status EXIT_PARAMS, as DVC's last
+    line reports it (``failed to run: <cmd>, exited with 2``), says a rerun would fail again."""
+    failure = state.data
+    return not (isinstance(failure, CommandError) and PARAMS_FAILURE.search(str(failure)))
+
+
+@task(cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def repro_stage(stage: str) -> dict[str, Any]:
     """Bring one stage up to date; the stages before it in the order have been brought up to date already."""
     started = time.perf_counter()
@@ -101,7 +110,7 @@ def reproduce(
         targets: Stages to bring up to date together with everything upstream of them, named as in
             `dvc stage list` (a foreach group name such as `frames` covers all its items). Empty: all.
         retries: How many times a failed stage is retried (for transient failures: a lost node, a full
-            disk being cleaned, a busy DVC lock).
+            disk being cleaned, a busy DVC lock); a stage whose params do not fit is not retried.
         retry_delay_s: Seconds before the first retry; each further retry waits twice as long.
         track: Log the summary to MLflow as a run named `reproduce`.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from eva02at.config import ConfigError, from_dict, read_params
-from eva02at.errors import PipelineError
+from eva02at.errors import PipelineError, Stopped
+from eva02at.workers import signal_on_parent_exit
 
 T = TypeVar("T")
 
 PARAMS_FILE = Path("params.yaml")
+EXIT_PARAMS = 2  # the exit status of params that do not fit: a rerun cannot succeed, so flows do not retry it
 CODE_AND_CONFIG = ("src", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
@@ -44,20 +47,40 @@ def stage_params(
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     """Run a stage entry point with logging set up.
 
-    An expected failure (a ``PipelineError``) exits with status 1 and its one-line message; anything else
-    (CUDA out of memory, an NCCL or shape error, a bug) propagates with its full traceback.
+    An expected failure (a ``PipelineError``) exits with status 1 and its one-line message (status
+    ``EXIT_PARAMS`` for params that do not fit). SIGTERM (also sent when the process that started the stage
+    exits) and SIGINT stop it after clean-up, with one line and status 128 + the signal. Anything else (CUDA
+    out of memory, an NCCL or shape error, a bug) propagates with its full traceback.
     """
 
     @functools.wraps(func)
     def wrapper() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        previous = signal.signal(signal.SIGTERM, _stop)
+        signal_on_parent_exit(signal.SIGTERM)  # the stage ends with the `dvc repro` (or launcher) that started it
         try:
             func()
         except PipelineError as err:
             logging.getLogger(func.__module__).error("%s", err)
-            sys.exit(1)
+            sys.exit(EXIT_PARAMS if isinstance(err, ConfigError) else 1)
+        except (Stopped, KeyboardInterrupt) as err:
+            signum = err.signum if isinstance(err, Stopped) else signal.SIGINT
+            logging.getLogger(func.__module__).error(
+                "%s stopped by %s: unfinished outputs were dropped, finished ones and the last checkpoint are "
+                "kept; rerun to continue",
+                Path(sys.argv[0]).stem,
+                signal.Signals(signum).name,
+            )
+            sys.exit(128 + signum)
+        finally:  # as it was, for a caller that runs the stage in its own process (tests, a notebook)
+            signal_on_parent_exit(0)
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
 
 
 def git_commit() -> str:

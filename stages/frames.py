@@ -6,6 +6,8 @@ The decode summary (clips ok, failed and clamped, shards written and kept, secon
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +19,10 @@ from eva02at.annotations import FORMATS, Source, read_segments
 from eva02at.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 from eva02at.extract import Summary, TooManyFailures, extract, ray_runner
 from eva02at.shards import FrameSpec
-from eva02at.tracking import Tracker, read_settings
+from eva02at.tracking import Tracker, end_abandoned_runs, read_settings
 from stages.common import lineage_tags, stage_main, stage_params
+
+log = logging.getLogger(__name__)
 
 
 def registered_format(name: str) -> str:
@@ -80,7 +84,13 @@ def main() -> None:
     spec = frame_spec(params, collection)
     source = Source(collection.annotations, collection.videos, collection.pattern, collection.clip_seconds)
     tracking, stage = read_settings(args.params), f"frames@{args.collection}"
-    tags = lineage_tags(stage) if tracking.enabled else {}
+    out = Path(params.out) / args.collection
+    execution = {"dvc.stage": stage, "frames.out": str(out.resolve()), "frames.host": socket.gethostname()}
+    tags = lineage_tags(stage) | execution if tracking.enabled else {}
+    if tracking.enabled:  # runs a killed execution (kill -9) left RUNNING: DVC runs one execution at a time
+        ended = end_abandoned_runs(tracking.experiment, execution, uri=tracking.uri)
+        if ended:
+            log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
     with Tracker(tracking.experiment, stage, tracking.uri, enabled=tracking.enabled, tags=tags) as tracker:
         tracker.log_params({"collection": asdict(collection), "spec": asdict(spec), "workers": params.workers})
         started = time.perf_counter()
@@ -90,7 +100,7 @@ def main() -> None:
                 segments,
                 row_errors,
                 collection.videos,
-                Path(params.out) / args.collection,
+                out,
                 spec,
                 workers=params.workers,
                 clips_per_shard=params.clips_per_shard,

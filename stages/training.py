@@ -5,8 +5,9 @@ evaluated epoch's, the final ones then in ``<out>/last.pt``; ``metrics/<name>_se
 model's checkpoint format,
 ``<out>/history.csv`` (loss and lr per logged step, a DVC plot; the same bytes for the same inputs, so
 throughput goes to MLflow and the log only); the resumable training state lives in
-``<checkpoints>/checkpoint.pt``, outside the stage's DVC outputs (which DVC removes before a stage runs), so
-that an interrupted run continues where it stopped, in the same MLflow run.
+``<checkpoints>/<fingerprint>/checkpoint.pt`` (one resume point per run configuration, with the save before
+it as fallback: ``eva02at.train.resume``), outside the stage's DVC outputs (which DVC removes before a stage
+runs), so that an interrupted run continues where it stopped, in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from eva02at.shards import read_frame_spec
 from eva02at.tracking import Tracker, end_abandoned_runs, read_settings
 from eva02at.train.data import ClipPairs
 from eva02at.train.distributed import DistInfo, broadcast, cleanup
-from eva02at.train.loop import resumable_state, train
+from eva02at.train.loop import train
+from eva02at.train.resume import resumable_state, resume_point
 from eva02at.train.sampling import CandidateSource, RelevantPairSampler
 from eva02at.train.selection import BestEpoch
 from eva02at.train.tasks import Task
@@ -38,6 +40,7 @@ from stages.selection import selection_evaluator, selection_inputs
 log = logging.getLogger(__name__)
 EXECUTION_ONLY = ("workers", "log_every", "checkpoint_every", "stop_after_steps")  # train keys results ignore
 HISTORY_COLUMNS = ("step", "epoch", "loss", "lr")
+UNLOGGED = "unlogged_metrics.jsonl"  # beside the checkpoint: metrics a tracking outage kept from the server
 
 
 def check_frames(directory: str | Path, num_frames: int, image_size: int) -> None:
@@ -101,7 +104,7 @@ def run_training(
     tags = {**lineage_tags(stage), **(inputs or {})} if lead else {}
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")} | (inputs or {})
     fingerprint = broadcast(run_fingerprint(config, deps))
-    out, checkpoint = Path(params.out), Path(params.checkpoints) / "checkpoint.pt"
+    out, checkpoint = Path(params.out), resume_point(params.checkpoints, fingerprint)
     with open_tracker(stage, params_file, tags, checkpoint, fingerprint, enabled=lead) as tracker:
         tracker.log_params(config)
         best = None
@@ -177,7 +180,8 @@ def open_tracker(
     """The MLflow run of this training: the run of a resumable checkpoint, continued, or a new one.
 
     Runs of this stage on this checkpoint and host that are still RUNNING belong to killed executions and
-    are marked KILLED first (DVC never runs a stage twice at once in one project).
+    are marked KILLED first (DVC never runs a stage twice at once in one project). Metrics that a tracking
+    outage kept from the server are written beside the checkpoint and sent when the run is continued.
     """
     tracking = read_settings(params_file)
     if not (enabled and tracking.enabled):
@@ -187,7 +191,10 @@ def open_tracker(
     ended = end_abandoned_runs(tracking.experiment, execution, keep=run_id, uri=tracking.uri)
     if ended:
         log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
-    tracker = Tracker(tracking.experiment, stage, tracking.uri, tags={**tags, **execution}, run_id=run_id)
+    unlogged = checkpoint.with_name(UNLOGGED)
+    tracker = Tracker(
+        tracking.experiment, stage, tracking.uri, tags={**tags, **execution}, run_id=run_id, unlogged=unlogged
+    )
     if tracker.continued:
         log.info("continuing MLflow run %s of the resumed training", tracker.run_id)
     return tracker

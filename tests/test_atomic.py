@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eva02at.atomic import atomic_path, remove_leftovers, write_text
+from eva02at.atomic import DiskFull, atomic_path, remove_leftovers, write_text
 
 
 @pytest.fixture
@@ -112,3 +113,19 @@ def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     assert sorted(p.name for p in remove_leftovers(tmp_path)) == left
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
     assert remove_leftovers(tmp_path / "absent") == []
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_previous_output(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"finished")
+
+    with pytest.raises(DiskFull) as err, atomic_path(target) as tmp, tmp.open("wb") as handle:
+        handle.write(b"half")
+        handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")  # what the next write on a full disk raises
+    message = str(err.value)
+    assert message.startswith(f"{target}: no space left on its file system (") and "\n" not in message
+    assert message.endswith("free space or move the output elsewhere, then rerun")
+    assert target.read_bytes() == b"finished" and sorted(tmp_path.iterdir()) == [target]
+    with pytest.raises(OSError, match="Permission denied"), atomic_path(target):  # other errors stay as they are
+        raise OSError(errno.EACCES, "Permission denied")

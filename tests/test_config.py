@@ -23,6 +23,7 @@ from eva02at.models.config import VideoCLIPConfig
 from eva02at.synthetic import SampleConfig
 from eva02at.tracking import TrackingSettings
 from stages.benchmark import BenchmarksParams, typed_entries
+from stages.common import EXIT_PARAMS
 from stages.evaluate import EvaluateParams
 from stages.export import ExportParams
 from stages.finetune import FinetuneParams
@@ -96,6 +97,13 @@ BAD_KEYS = [
     ("soft_labels", "soft_labels.splits.ek100_test.sentence", "x.csv", "soft_labels.splits.ek100_test.sentence: "),
     ("finetune", "finetune.losses.sms.margn", 0.6, "finetune.losses.sms.margn: unknown key; Input should be 'margin'"),
     ("pretrain", "pretrain.init", DROP, "pretrain.init: missing (required)"),
+    ("finetune", "finetune.optim", DROP, "finetune.optim: missing section (required: write it out"),
+    ("finetune", "finetune.train", DROP, "finetune.train: missing section (required: write it out"),
+    ("finetune", "finetune.losses", DROP, "finetune.losses: missing section (required: write it out"),
+    ("image_clip", "image_clip.train", DROP, "image_clip.train: missing section (required: write it out"),
+    ("pretrain", "pretrain.optim", DROP, "pretrain.optim: missing section (required: write it out"),
+    ("export", "export.codes", DROP, "export.codes: missing section (required: write it out"),
+    ("evaluate", "evaluate.random", DROP, "evaluate.random: missing section (required: write it out"),
     ("finetune", "finetune.optim.betas", [0.9, 1.5], "finetune.optim.betas.1 = 1.5: Input should be less than 1"),
     ("sample", "sample.segment_seconds", [2.5, 1.5], "sample: sample.segment_seconds: expected [low, high] with"),
     ("benchmark", "benchmarks.entries.egomcq.queries", DROP, "benchmarks.entries.egomcq.queries: missing (required)"),
@@ -138,7 +146,7 @@ def test_a_bad_value_stops_its_stage_with_one_line_naming_key_and_value(
     stage, path, value, allowed, tmp_path, monkeypatch, caplog
 ):
     status, errors = run_stage(stage, with_value(PARAMS, path, value), tmp_path, monkeypatch, caplog)
-    assert status == 1
+    assert status == EXIT_PARAMS
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"{tmp_path / 'params.yaml'}: {path} = {value!r}: {allowed}")
 
@@ -146,7 +154,7 @@ def test_a_bad_value_stops_its_stage_with_one_line_naming_key_and_value(
 @pytest.mark.parametrize("stage,path,value,expected", BAD_KEYS, ids=[r[1] for r in BAD_KEYS])
 def test_a_bad_key_stops_its_stage_with_one_line_naming_it(stage, path, value, expected, tmp_path, monkeypatch, caplog):
     status, errors = run_stage(stage, with_value(PARAMS, path, value), tmp_path, monkeypatch, caplog)
-    assert status == 1
+    assert status == EXIT_PARAMS
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"{tmp_path / 'params.yaml'}: {expected}")
 
@@ -162,6 +170,14 @@ def test_every_section_of_the_projects_params_fits_its_schema():
     entries = typed_entries(built["benchmarks"], "params.yaml")  # each entry against its benchmark's params
     assert entries["ek100_mir"].truth.endswith("ek100_test.npz") and entries["egomcq"].collection == "egomcq"
     assert built["finetune"].losses.sms == {"margin": 0.6, "threshold": 0.1, "lam": pytest.approx(1.1 / 240)}
+
+
+def test_a_section_indented_under_another_is_refused_not_replaced_by_defaults():
+    section = copy.deepcopy(PARAMS["finetune"])
+    section["train"]["optim"] = section.pop("optim")  # optim indented one level too deep
+    with pytest.raises(ConfigError, match=r"^finetune\.optim: missing section") as err:
+        from_dict(FinetuneParams, section, "finetune")
+    assert "\n" not in str(err.value)
 
 
 def test_every_problem_of_a_section_is_reported_in_one_line():

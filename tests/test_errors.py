@@ -1,5 +1,5 @@
-"""An expected failure (a PipelineError) ends a stage or command with one clear line and exit status 1;
-anything else (a CUDA out-of-memory, a shape error, a bug) keeps its full traceback."""
+"""An expected failure (a PipelineError) ends a stage or command with one clear line and exit status 1 (2 for
+params that do not fit); anything else (a CUDA out-of-memory, a shape error, a bug) keeps its full traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ruamel.yaml import YAML
 
 from eva02at import cli
 from eva02at.config import read_params
+from stages.common import EXIT_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
@@ -29,14 +30,14 @@ def python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True)
 
 
-def test_a_bad_param_ends_the_stage_with_one_line_and_exit_1(tmp_path):
+def test_a_bad_param_ends_the_stage_with_one_line_and_the_params_exit_status(tmp_path):
     params = read_params(ROOT / "params.yaml")
     finetune = {**params["finetune"], "optim": {**params["finetune"]["optim"], "lr": "1e-4"}}
     write_params(tmp_path / "params.yaml", finetune=finetune)
 
     result = python("-m", "stages.finetune", "--params", "params.yaml", cwd=tmp_path)
 
-    assert result.returncode == 1
+    assert result.returncode == EXIT_PARAMS == 2  # a flow does not retry it
     assert result.stderr.splitlines() == [
         "ERROR __main__: params.yaml: finetune.optim.lr = '1e-4': Input should be a valid number"
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 
@@ -9,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import eva02at.extract
+from eva02at import extract as extract_module
 from eva02at.annotations import (
     CLAMP_END_PAST_VIDEO,
     CLAMP_NEGATIVE_START,
@@ -17,6 +18,7 @@ from eva02at.annotations import (
     Source,
     read_segments,
 )
+from eva02at.atomic import DiskFull, atomic_path
 from eva02at.extract import TooManyFailures, extract, plan_shards, resize_crop
 from eva02at.jpeg import decode_jpegs, encode_jpeg
 from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, ShardReadError, read_shard
@@ -182,7 +184,7 @@ def test_each_video_is_indexed_once_per_run_whatever_its_shards(tmp_path, ego4d_
         reads.append(path.name)
         return index_video(path)
 
-    monkeypatch.setattr(eva02at.extract, "index_video", counted)
+    monkeypatch.setattr(extract_module, "index_video", counted)
     summary = extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=4, size=16), clips_per_shard=6)
     assert summary.written_shards == 6 and summary.ok == 30
     assert sorted(reads) == sorted([long, short])  # not once per shard of the long video
@@ -250,3 +252,32 @@ def test_segments_just_past_the_end_or_before_the_start_are_clamped_and_counted(
     assert rows["clip_0"]["clamped"] == [CLAMP_NEGATIVE_START] and rows["clip_0"]["status"] == "ok"
     assert summary.clamped == {CLAMP_END_PAST_VIDEO: 1, CLAMP_NEGATIVE_START: 1}
     assert "1 end_past_video, 1 negative_start" in str(summary)
+
+
+def test_a_full_disk_stops_with_one_line_naming_the_shard_and_a_rerun_gives_the_same_bytes(
+    tmp_path, ego4d_dir, monkeypatch
+):
+    segments = real_clips(ego4d_dir)[:12]
+    spec = FrameSpec(num_frames=2, size=16)
+    extract(segments, [], ego4d_dir, tmp_path / "roomy", spec, clips_per_shard=4, max_failure_fraction=1)
+    real_write = extract_module.write_shard
+
+    def write_on_a_full_disk(path, views):  # the second shard's writer meets a full disk
+        if path.name != "shard-00001.arrow":
+            return real_write(path, views)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"ARROW1 half a shard")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(extract_module, "write_shard", write_on_a_full_disk)
+    full = tmp_path / "full"
+    with pytest.raises(DiskFull, match=r"shard-00001\.arrow: no space left on its file system") as err:
+        extract(segments, [], ego4d_dir, full, spec, clips_per_shard=4, max_failure_fraction=1)
+    assert "\n" not in str(err.value)
+    assert not (full / MANIFEST).exists() and not (full / "shards" / "shard-00001.arrow").exists()
+    assert not [p for p in full.rglob("*") if p.name.startswith(".")]  # no temporary file left
+    monkeypatch.undo()
+    extract(segments, [], ego4d_dir, full, spec, clips_per_shard=4, max_failure_fraction=1)  # space again
+    made = sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(tmp_path / "roomy") for p in (tmp_path / "roomy").rglob("*") if p.is_file())
+    assert all((full / p).read_bytes() == (tmp_path / "roomy" / p).read_bytes() for p in made)

@@ -269,6 +269,20 @@ def test_reproduce_retries_a_failed_stage_and_reports_failure(project, tmp_path)
     assert (project / "flaky" / "done.txt").read_text() == "ok"
 
 
+@pytest.mark.slow
+def test_reproduce_does_not_retry_a_stage_whose_params_do_not_fit(project, tmp_path):
+    counter = tmp_path / "attempts.txt"
+    (project / "flaky").mkdir()
+    (project / "flaky" / "dvc.yaml").write_text(FLAKY)
+    script = FLAKY_SCRIPT.format(counter=counter).replace(
+        'raise SystemExit("transient failure")', "raise SystemExit(2)"
+    )
+    (project / "flaky" / "flaky.py").write_text(script)  # exits as a stage with params that do not fit
+    with pytest.raises(CommandError, match="exited with 2"):
+        reproduce(targets=["flaky/dvc.yaml:flaky"], retries=2, retry_delay_s=0)
+    assert counter.read_text() == "1"  # one attempt: a retry could only fail again
+
+
 # --- retrain -------------------------------------------------------------------------------------------
 
 

@@ -89,7 +89,7 @@ def test_kill_9_leaves_no_worker_and_the_rerun_gives_the_uninterrupted_output(tm
     assert "clips decoded" in log
 
     killed = tmp_path / "killed"
-    write_params(killed, {"enabled": False})
+    write_params(killed, {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "frames"})
     stage = start_stage(killed)
     first_part = killed / "frames" / "clips" / "parts" / "shard-00000.parquet"
     wait_until(lambda: first_part.exists() or stage.poll() is not None, "the first finished shard", WAIT_LIMIT_S)
@@ -107,10 +107,14 @@ def test_kill_9_leaves_no_worker_and_the_rerun_gives_the_uninterrupted_output(tm
     for folder, name in ((collection / "parts", "shard-00001.parquet"), (collection / "shards", "shard-00001.arrow")):
         (folder / f".{name}.tmp-0123456789abcdef").write_bytes(b"PAR1 half")
 
-    assert "kept from an earlier run" in run_stage(killed)
+    rerun = run_stage(killed)
+    assert "kept from an earlier run" in rerun and "of killed frames@clips executions as KILLED" in rerun
     assert outputs(killed / "frames") == outputs(clean / "frames")
 
-    (run,) = find_runs("frames", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = find_runs("frames", f"sqlite:///{tmp_path / 'mlflow.db'}")  # newest first
+    assert [r.status for r in runs] == ["FINISHED", "KILLED", "FINISHED"]  # the rerun, the killed one, clean
+    assert runs[1].tags["frames.out"] == str((killed / "frames" / "clips").resolve())
+    run = runs[2]
     assert run.name == "frames@clips" and run.status == "FINISHED"
     assert run.tags["dvc.stage"] == "frames@clips" and "git.commit" in run.tags
     metrics = run.metrics

@@ -15,6 +15,7 @@ import yaml
 
 from eva02at.models import load_checkpoint_file
 from eva02at.tracking import find_runs
+from stages.common import EXIT_PARAMS
 from tests.project_fixtures import git
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_pipeline")]  # the fixture is built once per worker
@@ -89,7 +90,7 @@ def test_params_that_do_not_fit_fail_before_any_work(tiny_pipeline, tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
     frames = run(project, env, "python", "-m", "stages.pretrain", "--params", str(bad), check=False)
-    assert frames.returncode == 1
+    assert frames.returncode == EXIT_PARAMS
     assert "holds 4 frames per clip but the model takes 3" in frames.stderr
     missing = run(project, env, "python", "-m", "stages.finetune", "--params", str(bad), check=False)
     assert missing.returncode == 1 and f"{tmp_path / 'missing.pt'}: no such file" in missing.stderr
@@ -130,7 +131,8 @@ def test_a_stage_stopped_midway_resumes_to_the_same_weights(tiny_pipeline, tmp_p
     (tmp_path / "stopped.yaml").write_text(yaml.safe_dump(stopped))
     (tmp_path / "full.yaml").write_text(yaml.safe_dump(params))
     run(project, env, "python", "-m", "stages.pretrain", "--params", str(tmp_path / "stopped.yaml"))
-    assert load_checkpoint_file(tmp_path / "ckpt" / "checkpoint.pt")["extra"]["step"] == 1
+    (checkpoint,) = (tmp_path / "ckpt").glob("*/checkpoint.pt")  # the resume point of this configuration
+    assert load_checkpoint_file(checkpoint)["extra"]["step"] == 1
     resumed = run(project, env, "python", "-m", "stages.pretrain", "--params", str(tmp_path / "full.yaml"))
     assert "resuming from" in resumed.stderr and "at optimizer step 1" in resumed.stderr
     uninterrupted = load_checkpoint_file(project / "models" / "pretrain" / "model.pt")["state_dict"]

@@ -3,11 +3,16 @@ the last good checkpoint, accumulation that never crosses an epoch, the step the
 
 from __future__ import annotations
 
+import errno
+import io
+import re
+
 import open_clip
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from eva02at.atomic import DiskFull
 from eva02at.losses import get_loss
 from eva02at.models import CheckpointError, from_open_clip, load_checkpoint_file
 from eva02at.shards import FrameSpec
@@ -15,8 +20,9 @@ from eva02at.train import loop
 from eva02at.train.augment import AugmentConfig
 from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
 from eva02at.train.distributed import DistInfo
-from eva02at.train.loop import NonFiniteLoss, TrainConfig, resumable_state, train, train_step
+from eva02at.train.loop import NonFiniteLoss, TrainConfig, train, train_step
 from eva02at.train.optim import OptimConfig
+from eva02at.train.resume import ForeignCheckpoint, fallback, resumable_state, resume_point
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask
 from tests.train_fixtures import write_clips
@@ -74,24 +80,53 @@ def test_resumed_run_ends_with_the_same_weights_whatever_the_worker_count(shards
     assert result_b.history == result.history
 
 
-def test_checkpoint_of_another_configuration_is_not_resumed(shards, tmp_path):
+def test_resume_points_are_kept_per_configuration_and_never_overwritten(shards, tmp_path, caplog):
     config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
-    checkpoint = tmp_path / "checkpoint.pt"
-    run(make_task(), shards, checkpoint, config, fingerprint="first", run_id="run-1")
-    assert resumable_state(checkpoint, "first")["run_id"] == "run-1"  # the tracking run a resume continues
-    assert resumable_state(checkpoint, "second") == {}
-    again = run(make_task(), shards, checkpoint, config, fingerprint="second", run_id="run-2")
-    assert again.steps == 6 and len(again.history) == 6  # trained from scratch, not resumed at the end
-    assert load_checkpoint_file(checkpoint)["extra"]["fingerprint"] == "second"
-    assert resumable_state(checkpoint, "second")["run_id"] == "run-2"
+    first, second = resume_point(tmp_path, "a" * 64), resume_point(tmp_path, "b" * 64)
+    assert first.parent != second.parent and first.parent.parent == tmp_path
+    run(make_task(), shards, first, with_changes(config, stop_after_steps=3), fingerprint="a" * 64, run_id="run-1")
+    first_bytes = first.read_bytes()
+    assert resumable_state(first, "a" * 64)["run_id"] == "run-1"  # the tracking run a resume continues
+    assert resumable_state(first, "b" * 64) == {}
+    again = run(make_task(), shards, second, config, fingerprint="b" * 64, run_id="run-2")
+    assert again.steps == 6 and len(again.history) == 6  # its own resume point: trained from scratch
+    assert first.read_bytes() == first_bytes  # the interrupted run's state is untouched
+    assert load_checkpoint_file(second)["extra"]["step"] == 6
+    assert load_checkpoint_file(fallback(second))["extra"]["step"] == 5  # the save before the newest
+    with pytest.raises(ForeignCheckpoint, match=r"checkpoint\.pt holds the resume point of another run"):
+        run(make_task(), shards, first, config, fingerprint="b" * 64)  # refused, not overwritten
+    assert first.read_bytes() == first_bytes
+
+    caplog.set_level("INFO")
+    run(make_task(), shards, first, config, fingerprint="a" * 64)  # resumes at step 3 and ends
+    assert f"resuming from {first} at optimizer step 3" in caplog.text
+    assert load_checkpoint_file(fallback(first))["extra"]["step"] == 5
+
+
+def test_a_truncated_newest_save_falls_back_to_the_previous_one(shards, tmp_path, caplog):
+    config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
+    checkpoint = resume_point(tmp_path, "run")
+    run(make_task(), shards, checkpoint, with_changes(config, stop_after_steps=3), fingerprint="run")
     leftover = checkpoint.parent / ".checkpoint.pt.tmp-0123456789abcdef"  # a save killed midway
     leftover.write_bytes(checkpoint.read_bytes()[:1000])
-    run(make_task(), shards, checkpoint, config, fingerprint="second")  # resumed at its end: no step, no save
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # cut short (a full disk, a copy)
+    assert resumable_state(checkpoint, "run")["step"] == 2  # the fallback's state
+    caplog.set_level("INFO")
+    resumed = make_task()
+    assert run(resumed, shards, checkpoint, config, fingerprint="run").steps == 6
     assert not leftover.exists()
-    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated: train() reports it, with the file
-    assert resumable_state(checkpoint, "second") == {}
+    assert f"resuming from the fallback {fallback(checkpoint)}" in caplog.text
+    assert f"resuming from {fallback(checkpoint)} at optimizer step 2" in caplog.text
+    straight = make_task()
+    run(straight, shards, tmp_path / "straight" / "checkpoint.pt", config, fingerprint="run")
+    assert_same_weights(straight, resumed)  # exact resume from the fallback
+    assert load_checkpoint_file(fallback(checkpoint))["extra"]["step"] == 5
+
+    for path in (checkpoint, fallback(checkpoint)):  # neither reads: the newest one's error, naming it
+        path.write_bytes(path.read_bytes()[:1000])
+    assert resumable_state(checkpoint, "run") == {}
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt: cannot read"):
-        run(make_task(), shards, checkpoint, config, fingerprint="second")
+        run(make_task(), shards, checkpoint, config, fingerprint="run")
 
 
 def poisoned_infonce(bad_call: int):
@@ -126,7 +161,11 @@ def test_non_finite_loss_is_read_at_the_next_check_and_named_exactly(shards, tmp
     config = TrainConfig(
         epochs=4, batch_size=4, accum_steps=2, accum_whole_batch=False, workers=0, checkpoint_every=2, log_every=4
     )
-    with pytest.raises(NonFiniteLoss, match=r"optimizer step 3 \(epoch 0, batch 5 of the epoch, videos \[\d+, \d+"):
+    clips = shards.clip_ids
+    bad_batch = RelevantPairSampler(OwnCaptions(len(clips)), 4, seed=0).batch(0, 5)
+    videos = [clips[int(video)] for video, _ in bad_batch]  # video ids, not dataset indices
+    expected = rf"optimizer step 3 \(epoch 0, batch 5 of the epoch, videos {re.escape(str(videos))}\)"
+    with pytest.raises(NonFiniteLoss, match=expected):
         run(make_task(loss), shards, checkpoint, config)
     assert load_checkpoint_file(checkpoint)["extra"]["step"] == 2
     assert calls["n"] == 8  # steps 3 and 4 ran before the check at step 4
@@ -219,3 +258,39 @@ def test_the_loop_runs_every_step_through_train_step(shards, tmp_path, monkeypat
 def test_gpu_decoding_needs_a_gpu(shards, tmp_path):
     with pytest.raises(ValueError, match="decode_device cuda needs a CUDA training device"):
         run(make_task(), shards, tmp_path / "checkpoint.pt", TrainConfig(workers=0, decode_device="cuda"))
+
+
+class FillsUp(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room = handle, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.handle.write(data)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_good_one(shards, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
+    checkpoint = resume_point(tmp_path, "run")
+    run(make_task(), shards, checkpoint, with_changes(config, stop_after_steps=2), fingerprint="run")
+    real_save = torch.save
+
+    def save_on_a_full_disk(data, path):  # torch's own zip writer, on a disk with 4 KiB left
+        with open(path, "wb") as handle:
+            real_save(data, FillsUp(handle, 4096))
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    with pytest.raises(DiskFull, match=rf"^{checkpoint}: no space left on its file system") as err:
+        run(make_task(), shards, checkpoint, config, fingerprint="run")
+    assert "\n" not in str(err.value) and "inline_container" not in str(err.value)
+    monkeypatch.undo()
+    assert not checkpoint.exists() and sorted(p.name for p in checkpoint.parent.iterdir()) == ["previous.pt"]
+    assert load_checkpoint_file(fallback(checkpoint))["extra"]["step"] == 2  # the last good save, to resume from
+    assert resumable_state(checkpoint, "run")["step"] == 2

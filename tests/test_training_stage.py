@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from eva02at.config import from_dict
 from eva02at.models import create_image_clip, load_checkpoint_file, save_image_clip
 from eva02at.shards import FrameSpec
+from eva02at.train.resume import resume_point
 from stages import pretrain
+from stages.training import run_fingerprint
 from tests.processes import alive, children, wait_until
 from tests.project_fixtures import empty_mlflow_store
 from tests.train_fixtures import write_clips
@@ -60,6 +64,13 @@ def write_params(project: Path, name: str, tracking: bool = True, **train) -> Pa
     return path
 
 
+def resume_file(params: Path) -> Path:
+    """The resume point of the run ``params`` defines (outside DVC: no dependency hashes in its fingerprint)."""
+    section = from_dict(pretrain.PretrainParams, yaml.safe_load(params.read_text())["pretrain"])
+    config = {k: v for k, v in asdict(section).items() if k not in ("out", "checkpoints")}
+    return resume_point(section.checkpoints, run_fingerprint(config, {})).resolve()
+
+
 def run_in_process(params: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["pretrain", "--params", str(params)])
     pretrain.main()
@@ -93,12 +104,13 @@ def test_history_is_the_same_bytes_on_a_rerun(project, monkeypatch):
 def test_a_resumed_training_continues_its_mlflow_run(project, monkeypatch):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.create_experiment(EXPERIMENT)
-    checkpoint = (project / "a" / "checkpoints" / "checkpoint.pt").resolve()
+    first = write_params(project, "a", stop_after_steps=2)
+    checkpoint = resume_file(first)
     execution = {"dvc.stage": "pretrain", "train.checkpoint": str(checkpoint), "train.host": socket.gethostname()}
     abandoned = client.create_run(experiment, tags=execution).info.run_id  # what a killed execution leaves
     elsewhere = client.create_run(experiment, tags={**execution, "train.checkpoint": "/other/checkpoint.pt"})
 
-    run_in_process(write_params(project, "a", stop_after_steps=2), monkeypatch)
+    run_in_process(first, monkeypatch)
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
     assert stage_runs(client, checkpoint) == {abandoned: "KILLED", run_id: "FINISHED"}
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # another training's run
@@ -137,7 +149,8 @@ runpy.run_module("stages.pretrain", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
-def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(project, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(project, monkeypatch, signum):
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     params = write_params(project, "killed", workers=2, checkpoint_every=3)
     marker, log = project / "blocked", (project / "killed.log").open("w")
@@ -148,15 +161,20 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     assert marker.exists(), (project / "killed.log").read_text()
     workers = children(stage.pid)
     assert len(workers) >= 2  # the loader workers of the epoch
-    stage.send_signal(signal.SIGKILL)
+    stage.send_signal(signum)
     stage.wait()
     wait_until(lambda: not any(alive(pid) for pid in workers), "the loader workers to die with the stage")
 
-    checkpoint = (project / "killed" / "checkpoints" / "checkpoint.pt").resolve()
+    checkpoint = resume_file(params)
     assert load_checkpoint_file(checkpoint)["extra"]["step"] == 3
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
-    assert stage_runs(client, checkpoint) == {run_id: "RUNNING"}  # what kill -9 leaves
+    if signum == signal.SIGKILL:
+        assert stage_runs(client, checkpoint) == {run_id: "RUNNING"}  # what kill -9 leaves
+    else:  # SIGTERM: one plain line, the run ended KILLED
+        assert stage.returncode == 128 + signal.SIGTERM
+        assert "ERROR __main__: pretrain stopped by SIGTERM: " in (project / "killed.log").read_text()
+        assert stage_runs(client, checkpoint) == {run_id: "KILLED"}
 
     resume = [sys.executable, "-m", "stages.pretrain", "--params", str(params)]
     resumed = subprocess.run(resume, env=env, capture_output=True, text=True, check=True)

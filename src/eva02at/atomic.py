@@ -7,12 +7,14 @@ umask, not ``mkstemp``'s 0600 or ``mkdtemp``'s 0700), so that a team sharing a m
 outputs; and the data is flushed to disk (``fsync``) before the rename and the rename itself after it,
 so that a power loss cannot leave a finished name on empty or partial contents. A writer killed mid-write
 (SIGKILL runs no clean-up) leaves its temporary sibling behind: ``remove_leftovers`` clears them where a
-rerun resumes in the same folder.
+rerun resumes in the same folder. A write that fails for want of space (ENOSPC, also when a library reports
+it as its own error, as torch's zip writer does) is a one-line ``DiskFull`` naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -21,8 +23,25 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from eva02at.errors import PipelineError
+
 log = logging.getLogger(__name__)
 TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{16}")  # the names atomic_path gives its temporary siblings
+
+
+class DiskFull(PipelineError):
+    """An output could not be written for want of space; nothing was left in its place."""
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` or an error it was raised from or during is ENOSPC (disk full) or EDQUOT (quota)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -42,11 +61,17 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
             shutil.rmtree(target)
         os.replace(tmp, target)
         _fsync(target.parent)  # makes the rename itself durable
-    except BaseException:
+    except BaseException as err:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if out_of_space(err):
+            free = shutil.disk_usage(target.parent).free
+            raise DiskFull(
+                f"{target}: no space left on its file system ({free / 2**20:.1f} MiB free) while writing it; "
+                "nothing was left in its place: free space or move the output elsewhere, then rerun",
+            ) from err
         raise
 
 

@@ -170,6 +170,8 @@ def stream_results(task: Callable[..., Any], calls: Mapping[str, tuple], window:
         return
     name, first = next(iter(failed.items()))
     if isinstance(first, RayTaskError):
+        if isinstance(first.cause, PipelineError):
+            raise first.cause  # an expected failure (a full disk) stays one line
         raise first  # an error inside the task keeps its traceback
     raise TasksLost(
         f"{len(failed)} of {len(names)} tasks failed on the Ray cluster ({', '.join(sorted(failed))}), "

@@ -5,7 +5,9 @@ The schema is the stages' plain dataclasses: their type hints give each key's ty
 pydantic validates a section against it in strict mode with JSON semantics, which is what YAML data is: a
 string never becomes a number (``lr: "1e-4"``), a number never a boolean, a list fills a tuple, and an
 unknown key is refused. What this module adds to pydantic is the error: one line naming the key path
-(``finetune.optim.lr``), the value and what is allowed.
+(``finetune.optim.lr``), the value and what is allowed; and that every section (a field whose type is a
+dataclass, e.g. ``finetune.train``) must be written out: a deleted or mis-indented section is refused, never
+filled with the code's defaults, so that what a run uses is in params.yaml, where DVC sees it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def from_dict(cls: type[T], values: Any, where: str = "") -> T:
     """
     where = where or cls.__name__
     _refuse_non_json(values, where)
+    _require_sections(cls, values, where)
     try:
         return _section_model(cls).model_validate_json(json.dumps({"section": values})).section  # type: ignore[attr-defined]
     except ValidationError as err:
@@ -92,6 +95,24 @@ def from_dict(cls: type[T], values: Any, where: str = "") -> T:
 def _section_model(cls: type) -> type[BaseModel]:
     """A one-field model carrying the strict config, so that the dataclasses themselves stay plain."""
     return create_model(f"{cls.__name__}Section", __config__=STRICT, section=(cls, ...))
+
+
+def _require_sections(cls: type, values: Any, where: str) -> None:
+    """Every dataclass-typed field of ``cls`` present in ``values``, recursively (an optional one may be
+    left out or null); pydantic would fill a missing one from the dataclass's default factory."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(values, dict)):
+        return
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        hint = hints[item.name]
+        if not dataclasses.is_dataclass(hint):
+            continue
+        if item.name not in values:
+            raise ConfigError(
+                f"{where}.{item.name}: missing section (required: write it out in the params file, even empty as "
+                f"{item.name}: {{}}; a section indented under another key is not where it belongs)"
+            )
+        _require_sections(hint, values[item.name], f"{where}.{item.name}")
 
 
 def _refuse_non_json(value: Any, path: str) -> None:

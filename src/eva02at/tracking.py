@@ -7,6 +7,13 @@ records (``RunRecord``, ``ModelVersion``) so that callers never handle MLflow ob
 A training run interrupted and resumed is one MLflow run: the resumed execution continues the run whose id
 its checkpoint holds (``Tracker(run_id=...)``), and runs that a killed execution left RUNNING are marked
 KILLED when the stage starts again (``end_abandoned_runs``).
+
+Outages of a tracking server (an ``http(s)://`` URI): MLflow's HTTP timeout and retries are bounded here
+(``HTTP_LIMITS``; the environment overrides them), a stage that cannot reach the server at its start fails
+within seconds with one line naming the URI (``TrackingUnavailable``), and metrics logged while the server is
+gone mid-run are kept and sent when it answers again; those still unsent when the run ends are written to the
+tracker's ``unlogged`` file and sent by the next execution that continues the run. The outage handling is
+written here because MLflow's client has none: it retries each call, then raises.
 """
 
 from __future__ import annotations
@@ -15,19 +22,60 @@ import json
 import logging
 import os
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eva02at.atomic import atomic_path
+from eva02at.atomic import atomic_path, write_text
 from eva02at.config import from_dict, read_params
-from eva02at.errors import MissingInput
+from eva02at.errors import MissingInput, PipelineError, Stopped
 
 log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 # MLflow reports usage unless told not to; set before MLflow is first imported (always from here), so that
 # neither a stage nor anything it starts does.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's defaults (120 s per request, 7 retries with doubling back-off) block a call for minutes when the
+# server is gone; these bound one call to about 30 s on a hung server and a few seconds on a refused one.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+for _name, _value in HTTP_LIMITS.items():
+    os.environ.setdefault(_name, _value)
+HEALTH_TIMEOUT_S = 5.0  # for the one request that checks a server is there
+RETRY_AFTER_S = 60.0  # after a failed send, buffered metrics wait this long before the next try
+
+
+class TrackingUnavailable(PipelineError):
+    """The tracking server does not answer; the message names its URI and what to do."""
+
+
+def server_answers(uri: str) -> bool:
+    """Whether the tracking store at ``uri`` is there: a local store always is; a server must answer an HTTP
+    request (any status) within HEALTH_TIMEOUT_S."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return True
+    except urllib.error.HTTPError:  # it answered, with an error status (e.g. authentication)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def require_server(uri: str) -> None:
+    """Fail in one line naming ``uri`` when its server does not answer (before any MLflow call could block)."""
+    if not server_answers(uri):
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} does not answer within {HEALTH_TIMEOUT_S:.0f} s: start it, point "
+            "MLFLOW_TRACKING_URI (or tracking.uri in params.yaml) at one that answers, or set tracking.enabled: false"
+        )
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -67,6 +115,8 @@ class Tracker:
 
     With ``run_id`` the run of an earlier, interrupted execution is continued (set RUNNING again, ``tags``
     added); a run that this store does not have, or cannot continue, is replaced by a new one, with a warning.
+    Metrics the server does not take (an outage) are kept and sent with the next ones; ``unlogged`` is the file
+    that receives those still unsent when the run ends, and whose rows a later tracker sends first.
     """
 
     def __init__(
@@ -77,21 +127,40 @@ class Tracker:
         enabled: bool = True,
         tags: dict[str, str] | None = None,
         run_id: str | None = None,
+        unlogged: Path | None = None,
     ):
         self.enabled = enabled
         self.run_id: str | None = None
         self.continued = False
+        self.uri = tracking_uri(uri)
+        self.unlogged = unlogged
+        self._pending: list[tuple[dict[str, float], int | None]] = []  # metrics the server has not taken yet
+        self._retry_at: float | None = None  # set while the server is out
         if not enabled:
             return
+        require_server(self.uri)
         import mlflow
 
         self._mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri(uri))
+        mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment)
         run = self._continue(run_id, run_name, tags or {}) if run_id else None
         self.continued = run is not None
         run = run or mlflow.start_run(run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id
+        self._send_unlogged()
+
+    def _send_unlogged(self) -> None:
+        """Send the rows an earlier execution could not, then remove their file."""
+        if self.unlogged is None or not self.unlogged.is_file():
+            return
+        rows = [json.loads(line) for line in self.unlogged.read_text().splitlines() if line]
+        for row in rows:
+            self._mlflow.log_metrics(row["metrics"], step=row["step"])
+        self.unlogged.unlink()
+        log.info(
+            "sent %d metric row(s) of an earlier execution from %s to run %s", len(rows), self.unlogged, self.run_id
+        )
 
     def _continue(self, run_id: str, run_name: str, tags: dict[str, str]):
         from mlflow.exceptions import MlflowException
@@ -117,8 +186,48 @@ class Tracker:
             self._mlflow.set_tags(changed)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Send ``metrics``, after any the server did not take; during an outage they are kept, and sends are
+        tried again RETRY_AFTER_S later, so that training goes on at its pace."""
         if self.enabled:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            self._pending.append(({k: float(v) for k, v in metrics.items()}, step))
+            self._send_pending()
+
+    def _send_pending(self, now: bool = False) -> bool:
+        """Send the kept metrics in order; False when the server is out (then they stay kept)."""
+        if not now and self._retry_at is not None and time.monotonic() < self._retry_at:
+            return False
+        sent = 0
+        try:
+            while self._pending:
+                metrics, step = self._pending[0]
+                self._mlflow.log_metrics(metrics, step=step)
+                self._pending.pop(0)
+                sent += 1
+        except Exception as err:
+            if server_answers(self.uri):  # not an outage: a real error, of this row
+                self._pending.pop(0)
+                raise
+            if self._retry_at is None:
+                log.warning(
+                    "MLflow tracking server %s does not answer (%s); metrics are kept and sent when it answers again",
+                    self.uri,
+                    type(err).__name__,
+                )
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            return False
+        if self._retry_at is not None:
+            log.info("MLflow tracking server %s answers again: %d kept metric row(s) sent", self.uri, sent)
+            self._retry_at = None
+        return True
+
+    def _keep_unsent(self) -> Path | None:
+        """Write the metrics still unsent to ``unlogged`` (after rows already there); its path, or None."""
+        if not self._pending or self.unlogged is None:
+            return None
+        old = self.unlogged.read_text() if self.unlogged.is_file() else ""
+        rows = "".join(json.dumps({"step": step, "metrics": metrics}) + "\n" for metrics, step in self._pending)
+        write_text(self.unlogged, old + rows)
+        return self.unlogged
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.enabled:
@@ -126,7 +235,15 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            self._mlflow.log_artifact(str(path), artifact_path)
+            try:
+                self._mlflow.log_artifact(str(path), artifact_path)
+            except Exception as err:
+                if server_answers(self.uri):
+                    raise
+                raise TrackingUnavailable(
+                    f"MLflow tracking server {self.uri} went away: {path} not logged to run {self.run_id}; "
+                    "the stage's outputs are written: rerun it when the server answers (it resumes at its last step)"
+                ) from err
 
     def log_json(self, data: Any, name: str) -> None:
         if self.enabled:
@@ -135,15 +252,28 @@ class Tracker:
                 path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
                 self._mlflow.log_artifact(str(path))
 
-    def end(self, failed: bool = False) -> None:
-        if self.enabled and self._mlflow.active_run() is not None:
-            self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
+    def end(self, failed: bool = False, killed: bool = False) -> None:
+        """End the run (``killed``: told to stop); metrics the server still does not take go to ``unlogged``
+        and, unless the run already failed, a TrackingUnavailable says where (the run stays RUNNING until a
+        rerun continues it)."""
+        if not (self.enabled and self._mlflow.active_run() is not None):
+            return
+        if not self._send_pending(now=True):
+            kept = self._keep_unsent()
+            where = f"kept in {kept}, sent by the next execution" if kept else "lost"
+            message = f"MLflow tracking server {self.uri} does not answer: {len(self._pending)} metric row(s) {where}"
+            if failed or killed:
+                log.warning("%s", message)
+                return
+            raise TrackingUnavailable(f"{message}; rerun the stage when the server answers")
+        self._mlflow.end_run(status="KILLED" if killed else "FAILED" if failed else "FINISHED")
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end(failed=exc_type is not None)
+        killed = exc_type is not None and issubclass(exc_type, Stopped | KeyboardInterrupt)
+        self.end(failed=exc_type is not None, killed=killed)
 
 
 @dataclass(frozen=True)
@@ -175,6 +305,7 @@ def _client(uri: str | None):
     from mlflow import MlflowClient
 
     resolved = tracking_uri(uri)
+    require_server(resolved)
     return MlflowClient(tracking_uri=resolved, registry_uri=resolved)
 
 

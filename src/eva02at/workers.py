@@ -23,14 +23,19 @@ PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _parent_pid: int | None = None  # set in worker processes only
 
 
+def signal_on_parent_exit(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent exits, however it exits (nothing elsewhere)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Make this process receive SIGKILL when ``parent_pid`` (its parent) exits; a pool's worker initializer."""
     global _parent_pid
     _parent_pid = parent_pid
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    signal_on_parent_exit(signal.SIGKILL)
     check_parent()
 
 

@@ -38,7 +38,6 @@ from tqdm import tqdm
 from eva02at.atomic import remove_leftovers
 from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.errors import PipelineError
-from eva02at.models import load_checkpoint_file
 from eva02at.train.accumulate import ModelInputs, micro_batch_gradients, whole_batch_gradients
 from eva02at.train.augment import AugmentConfig
 from eva02at.train.data import (
@@ -52,6 +51,7 @@ from eva02at.train.data import (
 )
 from eva02at.train.distributed import DistInfo
 from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
+from eva02at.train.resume import keep_as_fallback, load_resume_point
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.selection import SelectConfig
 from eva02at.train.tasks import Task
@@ -144,8 +144,11 @@ class _Monitor:
     """The host's view of training: losses read once per log or checkpoint point (and checked there), the
     history rows, the throughput of each log window, the progress bar."""
 
-    def __init__(self, history: list[dict], clips_per_step: int, checkpoint: Path, on_log, bar: tqdm):
+    def __init__(
+        self, history: list[dict], clips_per_step: int, checkpoint: Path, clip_ids: Sequence[str], on_log, bar: tqdm
+    ):
         self.history, self.clips_per_step, self.checkpoint = history, clips_per_step, checkpoint
+        self.clip_ids = clip_ids  # the dataset's video ids, to name a bad batch's videos
         self.on_log, self.bar = on_log, bar
         self.pending: list[_Pending] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
@@ -160,7 +163,7 @@ class _Monitor:
         when every step was checked before the first logged one (an epoch end with ``on_epoch_end``)."""
         if not self.pending:
             return self.history[-1]["loss"] if self.history else float("nan")
-        loss = _checked_mean_loss(self.pending, self.checkpoint)
+        loss = _checked_mean_loss(self.pending, self.checkpoint, self.clip_ids)
         self.pending = []
         return loss
 
@@ -190,9 +193,11 @@ def train(
 ) -> TrainResult:
     """Train ``task.model`` on the batches of ``sampler`` (a resumable pair sampler) over ``dataset``.
 
-    A checkpoint whose ``fingerprint`` (a digest of everything that defines the run) matches is resumed from;
-    any other is ignored with a warning and overwritten at the next save. ``run_id`` (the tracking run this
-    training belongs to) is kept in every checkpoint, so a resumed execution can continue that run.
+    ``checkpoint`` is this run's resume point (``eva02at.train.resume``): resumed from when its
+    ``fingerprint`` (a digest of everything that defines the run) matches, its fallback when it does not read;
+    a file of another fingerprint is refused, never overwritten. Each save keeps the one before as fallback.
+    ``run_id`` (the tracking run this training belongs to) is kept in every checkpoint, so a resumed execution
+    can continue that run.
     ``on_log`` (rank 0) receives each logged row with the throughput since the last one (``clips_per_s``,
     ``seconds_per_step``); the returned history leaves them out, so that it is the same for the same inputs.
     ``on_epoch_end(epoch)`` (every process; e.g. ``train.selection.BestEpoch``) runs after an epoch's last step,
@@ -224,7 +229,12 @@ def train(
     bar = tqdm(total=stop, initial=step, unit="step", disable=dist.rank != 0, desc=f"train {checkpoint.parent.name}")
     clips_per_step = config.batch_size * dist.world_size * config.accum_steps
     monitor = _Monitor(
-        list(state.get("history", [])), clips_per_step, checkpoint, on_log if dist.rank == 0 else None, bar
+        list(state.get("history", [])),
+        clips_per_step,
+        checkpoint,
+        dataset.clip_ids,
+        on_log if dist.rank == 0 else None,
+        bar,
     )
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -288,9 +298,10 @@ def _chunks(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def _checked_mean_loss(pending: list[_Pending], checkpoint: Path) -> float:
+def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_ids: Sequence[str]) -> float:
     """Read the pending steps' losses in one transfer; the last step's mean, or NonFiniteLoss naming the
-    first bad micro-batch (its optimizer step, epoch, batch of the epoch and videos)."""
+    first bad micro-batch (its optimizer step, epoch, batch of the epoch and video ids, ``clip_ids`` of the
+    batch's dataset indices)."""
     values = torch.stack([p.losses for p in pending]).cpu().numpy()  # (steps, accum_steps)
     bad = np.argwhere(~np.isfinite(values))
     if len(bad):
@@ -298,7 +309,7 @@ def _checked_mean_loss(pending: list[_Pending], checkpoint: Path) -> float:
         where = pending[row]
         raise NonFiniteLoss(
             f"loss is {values[row, micro]} at optimizer step {where.step} (epoch {where.epoch}, batch "
-            f"{where.first_batch + micro} of the epoch, videos {where.videos[micro][:8].tolist()}...); "
+            f"{where.first_batch + micro} of the epoch, videos {[clip_ids[i] for i in where.videos[micro].tolist()]}); "
             f"the last good checkpoint {checkpoint} is kept"
         )
     return float(values[-1].mean())
@@ -315,7 +326,8 @@ def _autocast(precision: str, device: torch.device):
 def _save(
     path: Path, task: Task, optimizer, scheduler, step: int, history: list, fingerprint: str, run_id: str | None
 ) -> None:
-    """Atomically write the training state: the model's own checkpoint format, loop state in ``extra``."""
+    """Atomically write the training state (the model's own checkpoint format, loop state in ``extra``), the
+    save before it kept as fallback."""
     extra = {
         "fingerprint": fingerprint,
         "step": step,
@@ -326,35 +338,21 @@ def _save(
         "run_id": run_id,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    keep_as_fallback(path)
     task.save(path, extra)
 
 
-def resumable_state(path: Path, fingerprint: str) -> dict:
-    """The loop state (``extra``) of the checkpoint ``path`` when it continues the run ``fingerprint``, else
-    {}. Cheap: tensors are memory-mapped, not read. An unreadable file gives {} here and its clear error
-    when :func:`train` loads it."""
-    if not path.is_file():
-        return {}
-    try:
-        extra = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("extra", {})
-    except Exception:  # reported by train(), which reads the file for real
-        return {}
-    return extra if extra.get("fingerprint") == fingerprint else {}
-
-
 def _resume(path: Path, fingerprint: str, task: Task, optimizer, scheduler) -> dict:
-    if not path.is_file():
+    data = load_resume_point(path, fingerprint)
+    if data is None:
+        log.info("no resume point %s for this run configuration: training from step 0", path)
         return {}
-    data = load_checkpoint_file(path)
-    extra = data.get("extra", {})
-    if extra.get("fingerprint") != fingerprint:
-        log.warning("%s was written by a different run configuration; starting from scratch", path)
-        return {}
+    extra = data["extra"]
     task.model.load_state_dict(data["state_dict"])
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
-    log.info("resuming from %s at optimizer step %d", path, extra["step"])
+    log.info("resuming from %s at optimizer step %d", data["path"], extra["step"])
     return extra
 
 
