@@ -120,7 +120,7 @@ def test_the_stage_keeps_the_best_evaluated_epoch_beside_the_last_and_records_it
     best = max(record["scores"].items(), key=lambda item: (item[1], -int(item[0])))  # ties: the earlier epoch
     assert (record["selected"], str(record["epoch"]), record["score"]) == ("best", best[0], best[1])
     assert record["on_test_set"] is False and record["collection"] == str(project / "validation")
-    run_id = load_checkpoint_file(project / "a" / "checkpoints" / "checkpoint.pt")["extra"]["run_id"]
+    run_id = load_checkpoint_file(next((project / "a" / "checkpoints").glob("*/checkpoint.pt")))["extra"]["run_id"]
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     history = client.get_metric_history(run_id, "select.recall_at_1")
     assert {str(m.step): m.value for m in history} == record["scores"]
