@@ -47,7 +47,7 @@ def main() -> None:
     )
     check_frames(params.frames, params.num_frames, model.image_size)
     shards = FrameShards(params.frames)
-    clips = shards.clip_ids
+    clips = shards.ids  # one Arrow array: no Python string per clip
     texts = shards.texts(clips)
     dist = setup()
     sampler = pair_sampler(OwnCaptions(len(clips)), params, dist)

@@ -192,8 +192,10 @@ def test_a_truncated_shard_is_named_and_decoded_again(tmp_path, ego4d_dir, caplo
     shard, part = out / "shards" / "shard-00001.arrow", out / "parts" / "shard-00002.parquet"
     for damaged in (shard, part):
         damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    shards = FrameShards(out)  # the index comes from the manifest; a shard is read with its first clip
     with pytest.raises(ShardReadError, match=str(shard)):
-        FrameShards(out)
+        for clip in shards.clip_ids:
+            shards.jpegs(clip)
     with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
         summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
     assert summary.written_shards == 2 and summary.kept_shards == 1
