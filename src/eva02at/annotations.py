@@ -47,9 +47,9 @@ CLAMP_NEGATIVE_START = "negative_start"  # EgoClip clip_start < 0: starts at 0, 
 CLAMP_END_PAST_VIDEO = "end_past_video"  # end within one frame past the video's end: ends on its last frame
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Segment:
-    """One annotated clip: a time span of one video file, in seconds."""
+    """One annotated clip: a time span of one video file, in seconds (slots: EgoClip holds 3.85M of them)."""
 
     clip_id: str
     video: str  # path relative to the collection's video root

@@ -56,6 +56,7 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 MANIFEST = "manifest.parquet"
+MANIFEST_ROW_GROUP = 1 << 16  # rows per Parquet row group of a manifest written in pieces
 SHARDS = "shards"
 SPEC_KEY = "spec"  # manifest metadata key of the collection's FrameSpec (JSON)
 
@@ -149,11 +150,27 @@ def _clip_rows(views: list[dict]) -> list[dict]:
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict], metadata: dict[str, str] | None = None) -> None:
     """Write manifest rows to Parquet atomically; ``metadata`` lands in the schema (e.g. a plan hash)."""
-    table = pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)
-    if metadata:
-        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_manifest_tables(path, [pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)], metadata)
+
+
+def write_manifest_tables(
+    path: str | os.PathLike,
+    tables: Iterable[pa.Table],
+    metadata: dict[str, str] | None = None,
+    rows_per_group: int = MANIFEST_ROW_GROUP,
+) -> None:
+    """Write manifest tables (e.g. one per shard, read one at a time) to one Parquet file atomically, holding
+    about ``rows_per_group`` rows at a time whatever the total."""
+    schema = MANIFEST_SCHEMA.with_metadata(metadata) if metadata else MANIFEST_SCHEMA
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        pending: list[pa.Table] = []
+        for table in tables:
+            pending.append(table.cast(MANIFEST_SCHEMA))
+            if sum(len(t) for t in pending) >= rows_per_group:
+                writer.write_table(pa.concat_tables(pending).cast(schema), row_group_size=rows_per_group)
+                pending = []
+        if pending:
+            writer.write_table(pa.concat_tables(pending).cast(schema))
 
 
 def read_manifest(path: str | os.PathLike) -> pa.Table:
