@@ -159,9 +159,11 @@ def _write_sentences(videos: Path, path: Path, rows: int) -> None:
 
 
 def fake_decoder() -> None:
-    """Replace the frames stage's video index and frame decoding: every video is ``VIDEO_SECONDS`` long at
-    ``FPS``, every frame a blank picture; JPEG encoding, shards and manifests stay the real ones."""
+    """Replace the frames stage's video index, frame decoding and JPEG encoding: every video is
+    ``VIDEO_SECONDS`` long at ``FPS``, every frame the JPEG of one blank picture; planning, shards and
+    manifests stay the real ones."""
     from eva02at import extract
+    from eva02at.jpeg import encode_jpeg
     from eva02at.video import FrameIndex
 
     frames = int(VIDEO_SECONDS * FPS)
@@ -171,8 +173,10 @@ def fake_decoder() -> None:
         blank = np.zeros((height, width, 3), np.uint8)
         return ((frame, blank) for frame in wanted)
 
+    blank_jpeg = encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90)
     extract.index_video = lambda path: index
     extract.scaled_frames = scaled_frames
+    extract.encode_jpeg = lambda picture, quality: blank_jpeg
 
 
 # --- components -------------------------------------------------------------------------------------------
