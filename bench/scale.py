@@ -58,6 +58,7 @@ def data_dir(clips: int, work: Path) -> Path:
 def write_tables(clips: int, work: Path) -> Path:
     """EgoClip (TSV), EgoMCQ (JSON) and EK100 (CSV) tables for ``clips`` EgoClip clips; kept when present."""
     out = data_dir(clips, work)
+    _write_index_manifest(out / "index" / "manifest.parquet", clips)
     if (out / "done").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,40 @@ def write_tables(clips: int, work: Path) -> Path:
     )
     (out / "done").write_text("")
     return out
+
+
+def _write_index_manifest(path: Path, clips: int) -> None:
+    """A frames manifest of ``clips`` decoded EgoClip clips in ``CLIPS_PER_SHARD`` shards, written column by
+    column (no shard files: the index is built from the manifest alone); kept when present."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from eva02at.shards import MANIFEST_SCHEMA
+
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = pa.array(np.arange(clips))
+    text = pc.binary_join_element_wise("#C C picks object ", pc.cast(k, pa.string()), " from the counter", "")
+    columns = {
+        "clip_id": pc.binary_join_element_wise(pc.cast(k, pa.string()), "_egoclip", ""),
+        "source": pa.nulls(clips, pa.string()),
+        "line": pa.array(np.arange(2, clips + 2, dtype=np.int32)),
+        "start": pa.array(np.zeros(clips)),
+        "end": pa.array(np.ones(clips)),
+        "text": text,
+        "frame_indices": pa.nulls(clips, MANIFEST_SCHEMA.field("frame_indices").type),
+        "height": pa.array(np.full(clips, 16, np.int32)),
+        "width": pa.array(np.full(clips, 16, np.int32)),
+        "status": pa.array(np.full(clips, "ok")),
+        "error": pa.nulls(clips, pa.string()),
+        "shard": pc.binary_join_element_wise(
+            "shard-", pc.cast(pa.array(np.arange(clips) // CLIPS_PER_SHARD), pa.string()), ".arrow", ""
+        ),
+        "clamped": pa.nulls(clips, pa.list_(pa.string())),
+    }
+    pq.write_table(pa.table(columns, schema=MANIFEST_SCHEMA), path)
 
 
 def _video_uid(k: int) -> str:
@@ -237,6 +272,22 @@ def frames_resume(clips: int, work: Path) -> None:
     _frames(clips, work)
 
 
+def train_imports(clips: int, work: Path) -> None:
+    """The training index's imports alone (torch, pyarrow): its process's memory before any index."""
+    import eva02at.train.data
+    import eva02at.train.sampling  # noqa: F401
+
+
+def clip_index(clips: int, work: Path) -> None:
+    """The training index of ``clips`` clips from the manifest alone (every clip located, its caption read)."""
+    from eva02at.shards import FrameShards
+    from eva02at.train.data import ClipPairs
+
+    shards = FrameShards(data_dir(clips, work) / "index")
+    pairs = ClipPairs(shards, shards.ids, shards.texts(shards.ids))
+    assert len(pairs) == clips and pairs.positions[-1] == clips - 1
+
+
 def train_index(clips: int, work: Path) -> None:
     """The pretraining stage's dataset: the clip index, the captions, the sampler's first epoch, some items."""
     from eva02at.shards import FrameShards
@@ -299,7 +350,9 @@ COMPONENTS: dict[str, Component] = {
     "soft labels (ek100 train)": soft_labels,
     "frames plan+write (egoclip)": frames_plan,
     "frames resume (egoclip)": frames_resume,
+    "imports of the training index (baseline)": train_imports,
     "training index+sampler (egoclip)": train_index,
+    "training index from the manifest (egoclip)": clip_index,
     "evaluate (ek100 test, egomcq)": evaluate,
     "mlflow logging (1 epoch)": mlflow_logging,
     "dvc hashing of frames (egoclip)": dvc_hashing,

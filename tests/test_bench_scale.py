@@ -55,3 +55,12 @@ def test_a_component_name_registered_twice_is_an_error(monkeypatch):
     monkeypatch.setattr(scale, "MODULES", ("bench.scale", "bench.scale"))
     with pytest.raises(ValueError, match="already registered"):
         scale.components()
+
+
+def test_the_index_is_built_from_a_manifest_alone(work):
+    scale.clip_index(CLIPS, work)  # asserts every clip is placed
+    shards = FrameShards(scale.data_dir(CLIPS, work) / "index")
+    assert len(shards.shard_names) == -(-CLIPS // scale.CLIPS_PER_SHARD)
+    assert shards._row.max() == scale.CLIPS_PER_SHARD - 1 and shards.texts(["7_egoclip"]).to_pylist() == [
+        "#C C picks object 7 from the counter"
+    ]
