@@ -87,6 +87,11 @@ def test_columnar_index_finds_every_clip_where_the_shards_hold_it(tmp_path):
     assert "clip-missing" not in shards and shards.clip_ids[0] in shards
     assert list(shards.positions(["clip-missing", shards.clip_ids[3]])) == [-1, 3]
     assert shards.texts(shards.ids[:2]).to_pylist() == [f"text of {c}" for c in shards.clip_ids[:2]]
+    # every clip at once takes the short paths (no hash tables): the same answers as looking each one up
+    assert shards.texts(shards.ids).to_pylist() == [f"text of {c}" for c in shards.clip_ids]
+    assert (
+        shards.positions(shards.ids).tolist() == shards.positions(shards.clip_ids).tolist() == list(range(len(brute)))
+    )
     with pytest.raises(KeyError, match="not in the shards"):
         shards.jpegs("clip-missing")
     clone = pickle.loads(pickle.dumps(shards))

@@ -235,11 +235,16 @@ class FrameShards:
 
     def positions(self, clip_ids: Sequence[str] | pa.Array) -> np.ndarray:
         """Index positions (int64) of ``clip_ids``, -1 for a clip that is not in the shards."""
+        if isinstance(clip_ids, pa.Array) and clip_ids.equals(self.ids):  # every clip: no hash table to build
+            return np.arange(len(self.ids), dtype=np.int64)
         found = pc.index_in(pa.array(clip_ids, pa.string()), value_set=self.ids)
         return found.fill_null(-1).to_numpy().astype(np.int64)
 
     def texts(self, clip_ids: Sequence[str] | pa.Array) -> pa.StringArray:
         """The annotation text of each clip (its caption, for captioned collections), as one Arrow array."""
+        if isinstance(clip_ids, pa.Array) and clip_ids.equals(self.ids):  # every decoded clip, in order
+            table = _read_manifest_columns(self._manifest_path, ["status", "text"])
+            return table.filter(pc.equal(table["status"], "ok"))["text"].combine_chunks()
         table = _read_manifest_columns(self._manifest_path, ["clip_id", "text"])
         found = pc.index_in(pa.array(clip_ids, pa.string()), value_set=table["clip_id"].combine_chunks())
         if found.null_count:
