@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,6 +59,10 @@ class Segment:
     line: int  # line of the annotation file (header = 1); 0 for clips cut from plain videos
     text: str = ""
     clamped: tuple[str, ...] = ()  # CLAMP_* reasons applied while reading
+
+    def __post_init__(self) -> None:
+        # one string per video, not per clip: EgoClip's 3.85M clips name about 9.6k videos
+        object.__setattr__(self, "video", sys.intern(self.video))
 
 
 @dataclass(frozen=True)
