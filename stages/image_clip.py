@@ -47,7 +47,7 @@ def main() -> None:
     model = create_image_clip(params.model, params.weights)
     check_frames(params.frames, 1, int(model.visual.image_size[0]))
     shards = FrameShards(params.frames)
-    clips = shards.clip_ids
+    clips = shards.ids  # one Arrow array: no Python string per clip
     texts = shards.texts(clips)
     task = ImageTextTask(model, params.model, get_loss("infonce", temperature=params.temperature))
     if params.weights:

@@ -63,7 +63,7 @@ def main() -> None:
     check_frames(params.frames, params.num_frames, model.image_size)
     shards = FrameShards(params.frames)
     if params.captions is None:
-        clips = shards.clip_ids
+        clips = shards.ids  # one Arrow array: no Python string per clip
         source, dataset = OwnCaptions(len(clips)), ClipPairs(shards, clips, shards.texts(clips))
     else:  # one item per clip and caption set, one caption of its list drawn per epoch
         table, missing = decoded_only(read_caption_table(params.captions), shards.clip_ids)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import pickle
+from itertools import pairwise
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,7 +23,15 @@ from eva02at.annotations import (
 from eva02at.atomic import DiskFull, atomic_path
 from eva02at.extract import TooManyFailures, extract, plan_shards, resize_crop
 from eva02at.jpeg import decode_jpegs, encode_jpeg
-from eva02at.shards import MANIFEST, MANIFEST_SCHEMA, FrameShards, FrameSpec, ShardReadError, read_shard
+from eva02at.shards import (
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    FrameShards,
+    FrameSpec,
+    ShardReadError,
+    read_shard,
+    write_manifest_tables,
+)
 from eva02at.video import index_video, read_frames, scaled_frames
 
 CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps
@@ -211,8 +221,10 @@ def test_a_truncated_shard_is_named_and_decoded_again(tmp_path, ego4d_dir, caplo
     shard, part = out / "shards" / "shard-00001.arrow", out / "parts" / "shard-00002.parquet"
     for damaged in (shard, part):
         damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    shards = FrameShards(out)  # the index comes from the manifest; a shard is read with its first clip
     with pytest.raises(ShardReadError, match=str(shard)):
-        FrameShards(out)
+        for clip in shards.clip_ids:
+            shards.jpegs(clip)
     with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
         summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
     assert summary.written_shards == 2 and summary.kept_shards == 1
@@ -281,3 +293,37 @@ def test_a_full_disk_stops_with_one_line_naming_the_shard_and_a_rerun_gives_the_
     made = sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file())
     assert made == sorted(p.relative_to(tmp_path / "roomy") for p in (tmp_path / "roomy").rglob("*") if p.is_file())
     assert all((full / p).read_bytes() == (tmp_path / "roomy" / p).read_bytes() for p in made)
+
+def test_resume_keeps_shards_by_size_and_decodes_again_one_whose_checksum_changed(tmp_path, ego4d_dir, caplog):
+    segments = real_clips(ego4d_dir)[:10]
+    spec = FrameSpec(num_frames=2, size=16)
+    extract(segments, [], ego4d_dir, tmp_path / "clean", spec, clips_per_shard=4, max_failure_fraction=1)
+    out = tmp_path / "resumed"
+    first = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
+    flipped = out / "shards" / "shard-00000.arrow"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum, checked while the rest decodes, sees it
+    flipped.write_bytes(bytes(data))
+    (out / "parts" / "shard-00002.parquet").unlink()
+    with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
+        summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
+    assert summary.written_shards == 2 and summary.kept_shards == first.written_shards - 2
+    assert f"{flipped} does not match its manifest part" in caplog.text and "(checksum)" in caplog.text
+    for path in sorted((tmp_path / "clean").glob("**/*.*")):
+        name = path.relative_to(tmp_path / "clean")
+        assert (out / name).read_bytes() == path.read_bytes(), name
+
+
+def test_a_manifest_written_in_pieces_is_the_whole_table(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [
+        {"clip_id": f"c{k}", "source": "v.mp4", "line": k + 2, "start": float(k), "end": k + 1.0, "text": "t",
+         "frame_indices": [[k]], "height": 8, "width": 8, "status": "ok", "error": "", "shard": "s", "clamped": []}
+        for k in range(40)
+    ]  # fmt: skip
+    cuts = sorted(rng.choice(np.arange(1, 40), 6, replace=False).tolist())
+    pieces = [pa.Table.from_pylist(rows[a:b], schema=MANIFEST_SCHEMA) for a, b in pairwise([0, *cuts, 40])]
+    write_manifest_tables(tmp_path / "m.parquet", iter(pieces), {"spec": "x"}, rows_per_group=7)
+    whole = pq.ParquetFile(tmp_path / "m.parquet")
+    assert whole.read().to_pylist() == rows and whole.schema_arrow.metadata == {b"spec": b"x"}
+    assert max(whole.metadata.row_group(g).num_rows for g in range(whole.num_row_groups)) == 7

@@ -4,8 +4,11 @@ A collection is planned into shards of at most ``clips_per_shard`` clips, whole 
 long video's clips (in time order) over several shards, so a worker's memory is bounded by one shard whatever
 the video's length. Decoding one shard (:func:`decode_shard`, a plain picklable call) writes its frames and
 then its manifest part, both atomically; the part records a stamp of what the shard was planned from and the
-shard file's size and checksum, and a rerun keeps a shard only when all three still match. Every clip ends
-as a manifest row, "ok" or "error" with the reason; the run fails only above a failure threshold.
+shard file's size and checksum. A rerun keeps a shard whose stamp and size match (one footer read and one
+stat per shard), and checks the kept shards' checksums in a thread while the rest decodes: a shard whose
+bytes changed is decoded again after it. Every clip ends as a manifest row, "ok" or "error" with the
+reason; the run fails only above a failure threshold. Planning and the final manifest hold one shard's
+rows at a time, so memory grows with the clip count only by the plan itself.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import logging
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from itertools import groupby
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import chain, groupby
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 from tqdm import tqdm
 
@@ -31,6 +37,7 @@ from eva02at.errors import PipelineError
 from eva02at.jpeg import encode_jpeg
 from eva02at.shards import (
     MANIFEST,
+    MANIFEST_SCHEMA,
     SHARD_LAYOUT,
     SHARDS,
     FrameSpec,
@@ -39,6 +46,7 @@ from eva02at.shards import (
     manifest_metadata,
     read_manifest,
     write_manifest,
+    write_manifest_tables,
     write_shard,
 )
 from eva02at.video import (
@@ -54,6 +62,7 @@ from eva02at.workers import check_parent, map_unordered
 
 log = logging.getLogger(__name__)
 PARTS = "parts"
+SEGMENT_FIELDS = tuple(f.name for f in fields(Segment))
 
 
 @dataclass(frozen=True)
@@ -135,13 +144,24 @@ def extract(
     (out_dir / SHARDS).mkdir(parents=True, exist_ok=True)
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     tasks = plan_shards(segments, video_root, out_dir, spec, clips_per_shard)
-    todo = [task for task in tasks if not is_finished(task)]
+    kept, todo = [], []
+    for task in tasks:
+        (kept if is_finished(task) else todo).append(task)
     _remove_stale(out_dir, {task.name for task in tasks})
     todo = with_shared_indexes(todo, workers)
-    with tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar:
-        for result in (runner or run_local)(todo, workers):
+    run = runner or run_local
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="shard-checksums") as pool,
+        tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar,
+    ):
+        changed = pool.submit(lambda: [task for task in kept if not content_matches(task)])
+        for result in run(todo, workers):
             bar.update(result.clips)
-    return finish(tasks, row_errors, out_dir, spec, len(todo), max_failure_fraction)
+        redo = changed.result()
+        bar.total += sum(len(t.clips) for t in redo)
+        for result in run(redo, workers):
+            bar.update(result.clips)
+    return finish(tasks, row_errors, out_dir, spec, len(todo) + len(redo), max_failure_fraction)
 
 
 def plan_shards(
@@ -201,30 +221,48 @@ def _try_index(path: Path) -> tuple[Path, FrameIndex | None]:
 
 
 def _stamp(group: Sequence[Segment], spec: FrameSpec, video_root: str) -> str:
-    text = json.dumps([SHARD_LAYOUT, video_root, asdict(spec), [asdict(s) for s in group]], sort_keys=True)
+    clips = [{name: getattr(s, name) for name in SEGMENT_FIELDS} for s in group]  # asdict, without its deep copy
+    text = json.dumps([SHARD_LAYOUT, video_root, asdict(spec), clips], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def is_finished(task: ShardTask) -> bool:
-    """Whether an earlier run finished this shard: its part has the stamp, its file the recorded size and hash."""
-    if not task.part_path.is_file():
+    """Whether an earlier run finished this shard: its part has the stamp, its file the recorded size (the
+    checksum is :func:`content_matches`, checked while other shards decode)."""
+    recorded = _recorded_file(task)
+    if recorded is None:
         return False
-    try:
-        meta = manifest_metadata(task.part_path)
-    except ShardReadError as err:
-        log.warning("%s; decoding it again", err)
-        return False
-    if meta.get("stamp") != task.stamp:
-        return False
-    recorded = ShardFile(int(meta.get("shard_bytes", -1)), meta.get("shard_sha256", ""))
-    found = ShardFile.of(task.shard_path) if task.shard_path.is_file() else None
-    if found != recorded:
-        state = "missing" if found is None else f"{found.size} bytes, recorded {recorded.size}"
+    found = task.shard_path.stat().st_size if task.shard_path.is_file() else None
+    if found != recorded.size:
+        state = "missing" if found is None else f"{found} bytes, recorded {recorded.size}"
         log.warning(
             "%s does not match its manifest part %s (%s); decoding it again", task.shard_path, task.part_path, state
         )
         return False
     return True
+
+
+def content_matches(task: ShardTask) -> bool:
+    """Whether a kept shard's bytes still have the checksum its part recorded."""
+    recorded = _recorded_file(task)
+    if recorded is not None and ShardFile.of(task.shard_path) == recorded:
+        return True
+    log.warning("%s does not match its manifest part %s (checksum); decoding it again", task.shard_path, task.part_path)
+    return False
+
+
+def _recorded_file(task: ShardTask) -> ShardFile | None:
+    """The shard file its part records, or None when the part is missing, unreadable or of another plan."""
+    if not task.part_path.is_file():
+        return None
+    try:
+        meta = manifest_metadata(task.part_path)
+    except ShardReadError as err:
+        log.warning("%s; decoding it again", err)
+        return None
+    if meta.get("stamp") != task.stamp:
+        return None
+    return ShardFile(int(meta.get("shard_bytes", -1)), meta.get("shard_sha256", ""))
 
 
 def _remove_stale(out_dir: Path, names: set[str]) -> None:
@@ -275,24 +313,42 @@ def finish(
     """Join the shards' manifest parts and the annotation errors into the manifest; summarise; apply the
     failure threshold."""
     out_dir = Path(out_dir)
-    rows = [row for task in tasks for row in read_manifest(task.part_path).to_pylist()]
-    rows += [
+    tally = _Tally()
+    errors = [
         _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason) for e in row_errors
     ]
-    write_manifest(out_dir / MANIFEST, rows, spec.metadata())
-    failed = [r for r in rows if r["status"] != "ok"]
-    clamped = Counter(reason for row in rows for reason in row["clamped"] or ())
-    summary = Summary(len(rows), len(rows) - len(failed), len(failed), len(tasks) - written, written, dict(clamped))
+    parts = (read_manifest(task.part_path) for task in tasks)
+    tables = (tally(table) for table in chain(parts, [pa.Table.from_pylist(errors, schema=MANIFEST_SCHEMA)]))
+    write_manifest_tables(out_dir / MANIFEST, tables, spec.metadata())
+    summary = Summary(
+        tally.clips, tally.clips - tally.failed, tally.failed, len(tasks) - written, written, dict(tally.clamped)
+    )
     log.info("%s: %s", out_dir, summary)
-    for row in failed:
-        log.warning("failed clip %s (%s): %s", row["clip_id"], row["source"] or "annotation", row["error"])
-    if rows and len(failed) / len(rows) > max_failure_fraction:
+    if tally.clips and tally.failed / tally.clips > max_failure_fraction:
         raise TooManyFailures(
-            f"{out_dir}: {len(failed)} of {len(rows)} clips failed, more than the allowed fraction "
+            f"{out_dir}: {tally.failed} of {tally.clips} clips failed, more than the allowed fraction "
             f"{max_failure_fraction}; decoded clips are kept, see {out_dir / MANIFEST}",
             summary,
         )
     return summary
+
+
+class _Tally:
+    """Counts clips, failures and clamps of manifest tables passing through, and logs each failure."""
+
+    def __init__(self):
+        self.clips, self.failed, self.clamped = 0, 0, Counter()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        self.clips += len(table)
+        for row in table.filter(pc.not_equal(table["status"], "ok")).select(["clip_id", "source", "error"]).to_pylist():
+            self.failed += 1
+            log.warning("failed clip %s (%s): %s", row["clip_id"], row["source"] or "annotation", row["error"])
+        counts = pc.value_counts(pc.list_flatten(table["clamped"]))
+        self.clamped.update(
+            dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+        )
+        return table
 
 
 def decode_shard(task: ShardTask) -> ShardResult:

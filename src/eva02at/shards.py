@@ -10,13 +10,18 @@ refer to those frames by position, so a frame that several jittered views share 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from eva02at.atomic import atomic_path
@@ -51,6 +56,7 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 MANIFEST = "manifest.parquet"
+MANIFEST_ROW_GROUP = 1 << 16  # rows per Parquet row group of a manifest written in pieces
 SHARDS = "shards"
 SPEC_KEY = "spec"  # manifest metadata key of the collection's FrameSpec (JSON)
 
@@ -144,11 +150,27 @@ def _clip_rows(views: list[dict]) -> list[dict]:
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict], metadata: dict[str, str] | None = None) -> None:
     """Write manifest rows to Parquet atomically; ``metadata`` lands in the schema (e.g. a plan hash)."""
-    table = pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)
-    if metadata:
-        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_manifest_tables(path, [pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)], metadata)
+
+
+def write_manifest_tables(
+    path: str | os.PathLike,
+    tables: Iterable[pa.Table],
+    metadata: dict[str, str] | None = None,
+    rows_per_group: int = MANIFEST_ROW_GROUP,
+) -> None:
+    """Write manifest tables (e.g. one per shard, read one at a time) to one Parquet file atomically, holding
+    about ``rows_per_group`` rows at a time whatever the total."""
+    schema = MANIFEST_SCHEMA.with_metadata(metadata) if metadata else MANIFEST_SCHEMA
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        pending: list[pa.Table] = []
+        for table in tables:
+            pending.append(table.cast(MANIFEST_SCHEMA))
+            if sum(len(t) for t in pending) >= rows_per_group:
+                writer.write_table(pa.concat_tables(pending).cast(schema), row_group_size=rows_per_group)
+                pending = []
+        if pending:
+            writer.write_table(pa.concat_tables(pending).cast(schema))
 
 
 def read_manifest(path: str | os.PathLike) -> pa.Table:
@@ -170,81 +192,138 @@ def manifest_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items()}
 
 
-@dataclass(frozen=True)
-class ClipLocation:
-    shard: int
-    row: int
-
-
 class FrameShards:
     """Random access to the clips of one decoded collection (``<dir>/manifest.parquet`` + ``<dir>/shards``).
 
-    Files are opened lazily and memory-mapped, so an instance can be handed to DataLoader worker processes.
-    A shard that cannot be read raises :class:`ShardReadError` naming the file.
+    The index is columnar (clip ids as one Arrow array, shard and row numbers as NumPy arrays), built from
+    the manifest alone: at EgoClip's 3.85M clips it is a few hundred MB shared copy-on-write by forked
+    loader workers, where Python objects per clip were GBs copied into each. Shards are memory-mapped when
+    first read and at most ``max_open`` stay mapped (least recently used closed first), so the count of
+    maps stays far below Linux's per-process limit (65,530) whatever the number of shard files.
+    A shard that cannot be read, or whose rows are not the manifest's, raises :class:`ShardReadError`.
     """
 
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        manifest_path = self.directory / MANIFEST
-        if not manifest_path.is_file():
-            raise MissingInput(f"{manifest_path}: no manifest; run the frames stage for this collection")
-        self.manifest = read_manifest(manifest_path)
-        ok = self.manifest.filter(pa.compute.equal(self.manifest["status"], "ok"))
-        self.shard_names = sorted(set(ok["shard"].to_pylist()))
-        self._locations: dict[str, ClipLocation] = {}
-        self._tables: dict[int, pa.Table] = {}
-        for shard in range(len(self.shard_names)):
-            for row, clip in enumerate(self._table(shard)["clip_id"].to_pylist()):
-                self._locations[clip] = ClipLocation(shard, row)
+    def __init__(self, directory: str | os.PathLike, max_open: int = 64):
+        if max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {max_open}")
+        self.directory, self.max_open = Path(directory), max_open
+        self._manifest_path = self.directory / MANIFEST
+        if not self._manifest_path.is_file():
+            raise MissingInput(f"{self._manifest_path}: no manifest; run the frames stage for this collection")
+        index = _read_manifest_columns(self._manifest_path, ["clip_id", "status", "shard"])
+        ok = index.filter(pc.equal(index["status"], "ok"))
+        self.ids: pa.StringArray = ok["clip_id"].combine_chunks()  # decoded clips, in manifest order
+        shard = pc.dictionary_encode(ok["shard"].combine_chunks())
+        self.shard_names: list[str] = shard.dictionary.to_pylist()
+        self._shard = shard.indices.to_numpy().astype(np.int32)
+        # a shard's rows are its clips in manifest order: stable-sort by shard, count within each run
+        self._by_shard = np.argsort(self._shard, kind="stable")
+        self._shard_start = np.searchsorted(self._shard[self._by_shard], np.arange(len(self.shard_names) + 1))
+        self._row = np.empty(len(self._shard), np.int32)
+        self._row[self._by_shard] = np.arange(len(self._shard)) - self._shard_start[self._shard[self._by_shard]]
+        self._tables: OrderedDict[int, pa.Table] = OrderedDict()
 
-    def _shard_path(self, name: str) -> Path:
-        return self.directory / SHARDS / name
+    @property
+    def manifest(self) -> pa.Table:
+        """The whole manifest, read from disk on each access (the index keeps only what it needs)."""
+        return read_manifest(self._manifest_path)
 
     @property
     def clip_ids(self) -> list[str]:
-        """Clips that decoded successfully, in manifest order."""
-        return [c for c in self.manifest["clip_id"].to_pylist() if c in self._locations]
+        """Clips that decoded successfully, in manifest order (as Python strings; :attr:`ids` is the array)."""
+        return self.ids.to_pylist()
 
-    def texts(self, clip_ids: list[str]) -> list[str]:
-        """The annotation text of each clip (its caption, for captioned collections)."""
-        text_of = dict(zip(self.manifest["clip_id"].to_pylist(), self.manifest["text"].to_pylist(), strict=True))
-        return [text_of[c] for c in clip_ids]
+    def positions(self, clip_ids: Sequence[str] | pa.Array) -> np.ndarray:
+        """Index positions (int64) of ``clip_ids``, -1 for a clip that is not in the shards."""
+        if isinstance(clip_ids, pa.Array) and clip_ids.equals(self.ids):  # every clip: no hash table to build
+            return np.arange(len(self.ids), dtype=np.int64)
+        found = pc.index_in(pa.array(clip_ids, pa.string()), value_set=self.ids)
+        return found.fill_null(-1).to_numpy().astype(np.int64)
+
+    def texts(self, clip_ids: Sequence[str] | pa.Array) -> pa.StringArray:
+        """The annotation text of each clip (its caption, for captioned collections), as one Arrow array."""
+        if isinstance(clip_ids, pa.Array) and clip_ids.equals(self.ids):  # every decoded clip, in order
+            table = _read_manifest_columns(self._manifest_path, ["status", "text"])
+            return table.filter(pc.equal(table["status"], "ok"))["text"].combine_chunks()
+        table = _read_manifest_columns(self._manifest_path, ["clip_id", "text"])
+        found = pc.index_in(pa.array(clip_ids, pa.string()), value_set=table["clip_id"].combine_chunks())
+        if found.null_count:
+            missing = pa.array(clip_ids, pa.string()).filter(pc.is_null(found))[0]
+            raise KeyError(f"{self._manifest_path}: clip {missing.as_py()!r} is not in the manifest")
+        return table["text"].combine_chunks().take(found)
 
     def __contains__(self, clip_id: str) -> bool:
-        return clip_id in self._locations
+        return self._find(clip_id) >= 0
 
     def num_views(self, clip_id: str) -> int:
-        return len(self._cell(clip_id, "views"))
+        return self.num_views_at(self._position(clip_id))
 
     def jpegs(self, clip_id: str, view: int = 0) -> list[bytes]:
         """The JPEG bytes of one view of one clip, in time order (only that view's frames are copied out)."""
-        stored = self._cell(clip_id, "jpeg").values
-        return [stored[p].as_py() for p in self._view(clip_id, view)]
+        return self.jpegs_at(self._position(clip_id), view)
 
     def frame_indices(self, clip_id: str, view: int = 0) -> list[int]:
-        frames = self._cell(clip_id, "frame_indices").as_py()
-        return [frames[p] for p in self._view(clip_id, view)]
+        position = self._position(clip_id)
+        frames = self._cell(position, "frame_indices").as_py()
+        return [frames[p] for p in self._view(position, view)]
 
-    def _view(self, clip_id: str, view: int) -> list[int]:
-        views = self._cell(clip_id, "views").as_py()
+    def num_views_at(self, position: int) -> int:
+        return len(self._cell(position, "views"))
+
+    def jpegs_at(self, position: int, view: int = 0) -> list[bytes]:
+        """:meth:`jpegs` of the clip at index ``position`` (see :meth:`positions`): no lookup by name."""
+        stored = self._cell(position, "jpeg").values
+        return [stored[p].as_py() for p in self._view(position, view)]
+
+    @cached_property
+    def _sorted(self) -> np.ndarray:
+        """Positions in clip id order (Arrow's byte order of UTF-8 is Python's order of str)."""
+        return pc.sort_indices(self.ids).to_numpy()
+
+    def _find(self, clip_id: str) -> int:
+        """The position of one clip by binary search (:meth:`positions` hashes the whole index per call)."""
+        ids, order = self.ids, self._sorted
+        k = bisect.bisect_left(range(len(order)), clip_id, key=lambda i: ids[int(order[i])].as_py())
+        return int(order[k]) if k < len(order) and ids[int(order[k])].as_py() == clip_id else -1
+
+    def _position(self, clip_id: str) -> int:
+        position = self._find(clip_id)
+        if position < 0:
+            raise KeyError(f"{self.directory}: clip {clip_id!r} is not in the shards (see manifest)")
+        return position
+
+    def _view(self, position: int, view: int) -> list[int]:
+        views = self._cell(position, "views").as_py()
         return views[view % len(views)]
 
-    def _cell(self, clip_id: str, column: str) -> pa.ListScalar:
-        try:
-            location = self._locations[clip_id]
-        except KeyError:
-            raise KeyError(f"{self.directory}: clip {clip_id!r} is not in the shards (see manifest)") from None
-        return self._table(location.shard)[column][location.row]
+    def _cell(self, position: int, column: str) -> pa.ListScalar:
+        return self._table(int(self._shard[position]))[column][int(self._row[position])]
 
     def _table(self, shard: int) -> pa.Table:
-        if shard not in self._tables:
-            self._tables[shard] = read_shard(self._shard_path(self.shard_names[shard]))
-        return self._tables[shard]
+        if shard in self._tables:
+            self._tables.move_to_end(shard)
+            return self._tables[shard]
+        path = self.directory / SHARDS / self.shard_names[shard]
+        table = read_shard(path)
+        expected = self.ids.take(self._by_shard[self._shard_start[shard] : self._shard_start[shard + 1]])
+        if not table["clip_id"].combine_chunks().equals(expected):
+            raise ShardReadError(path, f"its clips are not those {MANIFEST} places in it")
+        if len(self._tables) >= self.max_open:
+            self._tables.popitem(last=False)  # its map closes once no array of it is referenced
+        self._tables[shard] = table
+        return table
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_tables"] = {}  # memory maps are reopened in each process
+        state["_tables"] = OrderedDict()  # memory maps are reopened in each process
         return state
+
+
+def _read_manifest_columns(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise ShardReadError(path, str(err).splitlines()[0]) from err
 
 
 def read_shard(path: str | os.PathLike) -> pa.Table:

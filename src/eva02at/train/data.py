@@ -39,35 +39,38 @@ class ClipPairs(Dataset):
 
     ``clip_ids[video]`` names the clip in the shards and ``captions[caption]`` the sentence. With
     ``single_frame`` the middle frame alone is returned (image-CLIP training on video data). Decoding is
-    left to :class:`Collate`, which writes the pixels straight into the batch.
+    left to :class:`Collate`, which writes the pixels straight into the batch. Clips are held as index
+    positions (NumPy) and captions as one Arrow array, which forked loader workers share rather than copy.
     """
 
     def __init__(
         self,
         shards: FrameShards,
-        clip_ids: Sequence[str],
-        captions: Sequence[str],
+        clip_ids: Sequence[str] | pa.Array,
+        captions: Sequence[str] | pa.Array,
         single_frame: bool = False,
     ):
-        self.shards, self.clip_ids, self.captions = shards, list(clip_ids), list(captions)
-        self.single_frame = single_frame
-        missing = [c for c in self.clip_ids if c not in shards]
-        if missing:
+        self.shards, self.single_frame = shards, single_frame
+        self.positions = shards.positions(clip_ids)
+        self.captions = captions if isinstance(captions, pa.Array) else pa.array(captions, pa.string())
+        missing = np.flatnonzero(self.positions < 0)
+        if len(missing):
+            examples = [clip_ids[int(k)] for k in missing[:3]]
             raise BadInput(
                 f"{len(missing)} clip(s) are not in the frame shards of {shards.directory} "
-                f"(e.g. {missing[:3]}); see its manifest.parquet for their decode errors"
+                f"(e.g. {[str(c) for c in examples]}); see its manifest.parquet for their decode errors"
             )
 
     def __len__(self) -> int:
-        return len(self.clip_ids)
+        return len(self.positions)
 
     def __getitem__(self, item: tuple[int, int, int]) -> Item:
         epoch, video, caption = item
-        clip = self.clip_ids[video]
-        jpegs = self.shards.jpegs(clip, view=epoch % self.shards.num_views(clip))
+        position = int(self.positions[video])
+        jpegs = self.shards.jpegs_at(position, view=epoch % self.shards.num_views_at(position))
         if self.single_frame:
             jpegs = [jpegs[len(jpegs) // 2]]
-        return jpegs, self.captions[caption], video, caption, epoch
+        return jpegs, self.captions[caption].as_py(), video, caption, epoch
 
 
 class EpochBatches(Sampler[list[tuple[int, int, int]]]):
