@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from bench import search_index as bench
-from eva02at.codes import BinaryConfig, Codes, CodesConfig, make_codes
-from eva02at.embeddings import VIDEO, ExportInfo
+from eva02at import embeddings
+from eva02at.codes import BinaryConfig, Codes, CodesConfig, codes_path, export_codes, make_codes
+from eva02at.embeddings import VIDEO, ExportInfo, write_embeddings
+from eva02at.search import open_gallery, read_rows
 from eva02at.search_index import IndexConfig, IndexConfigError, build_index, choose_kind
 
 INFO = ExportInfo(VIDEO, "demo", "m.pt", "ab" * 32, "EVA02-Tiny-test", 4, "")
@@ -114,3 +116,31 @@ def test_benchmark_small_run_reports_consistent_numbers(tmp_path):
         assert 0 < row["recall_at_10"] <= 1 and row["latency_ms"] > 0 and row["cpu_ms"] >= 0
     gallery = result["gallery"]
     assert gallery["top1_cosine"] > gallery["top10_cosine"] > gallery["median_pair_cosine"] > 0
+
+
+def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "ROW_GROUP", 100)  # 1,000 clips in ten row groups
+    mixture = bench.Mixture.make(dim=32, clusters=20, spread=0.8, offset=0.5, seed=3)
+    gallery, queries = mixture.draw(1000, seed=4), mixture.draw(8, seed=5)
+    ids = [f"c{i}" for i in range(len(gallery))]
+    columns = {
+        "clip_id": ids,
+        "source": ["v.mp4"] * 1000,
+        "start": [0.0] * 1000,
+        "end": [1.0] * 1000,
+        "text": [""] * 1000,
+    }
+    path = tmp_path / "demo_video.parquet"
+    write_embeddings(path, columns, gallery, INFO)
+    export_codes(path, codes_path(path), CodesConfig(binary=BinaryConfig()))
+    config = IndexConfig(kind="binary", nlist=0, shortlist=1000)  # every clip shortlisted: re-ranking decides
+    opened = open_gallery(path, config, tmp_path / "cache")
+    assert isinstance(opened.vectors, np.memmap) and opened.codes is not None and opened.ids == ids
+    scores, rows = build_index(opened.vectors, config, opened.codes).search(queries, 10)
+    truth = exact_top(gallery, queries, 10)
+    assert np.array_equal(rows, truth)
+    expected = np.take_along_axis(queries.astype(np.float64) @ gallery.T.astype(np.float64), truth, 1)
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+    picked = read_rows(path, [int(r) for r in rows[0][::-1]], ("clip_id",))  # rows from several row groups, any order
+    assert picked["clip_id"] == [ids[r] for r in rows[0][::-1]]
+    assert not isinstance(open_gallery(path, IndexConfig(kind="flat"), tmp_path / "cache").vectors, np.memmap)
