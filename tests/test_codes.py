@@ -203,6 +203,8 @@ def test_codes_made_row_group_by_row_group_are_the_file_of_the_whole_table(tmp_p
         quantizer = back.binary_quantizer
         signs = (export.vectors.astype(np.float64) - quantizer.mean) @ quantizer.projection.T.astype(np.float64) > 0
         assert np.array_equal(back.binary, np.packbits(signs, axis=1))
+        binary_only = read_codes(tmp_path / "streamed.codes.parquet", int8=False)  # what float re-ranking reads
+        assert binary_only.int8 is None and np.array_equal(binary_only.binary, back.binary)
 
 
 def test_codes_are_made_for_video_exports_only(tmp_path):

@@ -288,17 +288,18 @@ def _write_chunks(
             writer.write_table(pa.Table.from_arrays(columns, schema=target))
 
 
-def read_codes(path: str | os.PathLike) -> Codes:
-    """A codes file with its quantizers; what it lacks (int8 or binary) is None."""
+def read_codes(path: str | os.PathLike, int8: bool = True) -> Codes:
+    """A codes file with its quantizers; what it lacks (int8 or binary), or int8 when not wanted, is None."""
     if not Path(path).is_file():
         raise MissingInput(f"{path}: no compact codes; set export.codes and run the export stage")
     meta = (pq.read_schema(path).metadata or {}).get(_META_KEY)
     if meta is None or json.loads(meta).get("format") != FORMAT:
         raise CodesError(f"{path}: not an eva02at codes file ({FORMAT})")
     meta = json.loads(meta)
-    table = pq.read_table(path)
+    wanted = int8 and meta["int8"] is not None
+    table = pq.read_table(path, columns=[name for name in pq.read_schema(path).names if name != "int8" or wanted])
     int8 = binary = int8_quantizer = binary_quantizer = None
-    if meta["int8"] is not None:
+    if wanted:
         int8_quantizer = Int8Quantizer(_unpack(meta["int8"]["scales"]))
         dim = table.schema.field("int8").type.list_size
         int8 = table["int8"].combine_chunks().flatten().to_numpy().reshape(len(table), dim)  # (N, D)

@@ -98,6 +98,7 @@ def open_gallery(path: str | os.PathLike, config: IndexConfig, cache: str | os.P
         raise SearchError(f"{path}: holds {info.kind} embeddings; search needs a video export")
     ids = read_ids(path)
     codes = gallery_codes(path, info, ids, config)
+    ids = codes.ids if codes is not None else ids  # equal lists: keep one
     if choose_kind(len(ids), config, codes) == "binary" and codes is not None:
         vectors = mapped_vectors(path, cache or default_cache())
     else:
@@ -114,7 +115,7 @@ def gallery_codes(path: str | os.PathLike, info: ExportInfo, ids: list[str], con
         if config.kind == "binary":
             raise MissingInput(f"{found}: the binary index needs the export's codes; set export.codes.binary")
         return None
-    codes = read_codes(found)
+    codes = read_codes(found, int8=config.rerank == "int8")  # int8 codes are 8 times the binary ones: only if used
     if codes.info != info or codes.ids != ids:
         raise CodesError(f"{found} was not made from {path} (other checkpoint or clips): run the export again")
     return codes
