@@ -1,17 +1,20 @@
 """Search indexes: exact search against a float64 ranking, every index's recall@10 on a small clustered gallery
-against exact search, re-ranked scores that are exact, the choice by gallery size, and the benchmark's small run."""
+against exact search, re-ranked scores that are exact, a gallery on disk searched through its codes as brute
+force ranks it, the choice by gallery size, and the benchmarks' small runs."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from bench import scale_gallery
 from bench import search_index as bench
 from eva02at import embeddings
-from eva02at.codes import BinaryConfig, Codes, CodesConfig, codes_path, export_codes, make_codes
-from eva02at.embeddings import VIDEO, ExportInfo, write_embeddings
+from eva02at.codes import BinaryConfig, Codes, CodesConfig, codes_path, export_codes, make_codes, read_codes
+from eva02at.embeddings import VIDEO, ExportInfo, read_embeddings, write_embeddings
 from eva02at.search import open_gallery, read_rows
 from eva02at.search_index import IndexConfig, IndexConfigError, build_index, choose_kind
 
@@ -144,3 +147,13 @@ def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it
     picked = read_rows(path, [int(r) for r in rows[0][::-1]], ("clip_id",))  # rows from several row groups, any order
     assert picked["clip_id"] == [ids[r] for r in rows[0][::-1]]
     assert not isinstance(open_gallery(path, IndexConfig(kind="flat"), tmp_path / "cache").vectors, np.memmap)
+
+
+def test_the_gallery_scale_benchmark_runs_its_components_in_order(tmp_path, capsys):
+    scale_gallery.COMPONENTS["search"](3000, tmp_path)  # an empty folder: export and codes run first
+    export = scale_gallery.export_file(tmp_path)
+    assert list(scale_gallery.COMPONENTS) == ["export", "codes", "search"]
+    assert pq.ParquetFile(export).metadata.num_rows == 3000 and len(read_codes(codes_path(export)).ids) == 3000
+    vectors = read_embeddings(export, VIDEO).vectors
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # unit rows, as exports hold
+    assert "median query latency" in capsys.readouterr().out
