@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -223,7 +224,7 @@ def test_a_streamed_export_is_the_file_of_the_whole_table(tmp_path, monkeypatch)
         np.concatenate([v for _, v in groups]), vectors
     )
     mapped = mapped_vectors(tmp_path / "s.parquet", tmp_path / "cache")
-    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, vectors)
+    assert isinstance(mapped.base, mmap.mmap) and np.array_equal(mapped, vectors)
     with pytest.raises(ValueError, match=r"short\.parquet: 49 vectors do not match 50 ids"):
         stream_embeddings(tmp_path / "short.parquet", columns, [vectors[:49]], info(), 8)
     with pytest.raises(ValueError, match=r"wide\.parquet: a batch of vectors \(50, 9\) is not \(n, 8\)"):

@@ -5,6 +5,7 @@ force ranks it, the choice by gallery size, and the benchmarks' small runs."""
 from __future__ import annotations
 
 import json
+import mmap
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -138,7 +139,7 @@ def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it
     export_codes(path, codes_path(path), CodesConfig(binary=BinaryConfig()))
     config = IndexConfig(kind="binary", nlist=0, shortlist=1000)  # every clip shortlisted: re-ranking decides
     opened = open_gallery(path, config, tmp_path / "cache")
-    assert isinstance(opened.vectors, np.memmap) and opened.codes is not None and opened.ids == ids
+    assert isinstance(opened.vectors.base, mmap.mmap) and opened.codes is not None and opened.ids == ids
     scores, rows = build_index(opened.vectors, config, opened.codes).search(queries, 10)
     truth = exact_top(gallery, queries, 10)
     assert np.array_equal(rows, truth)
@@ -146,7 +147,7 @@ def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it
     np.testing.assert_allclose(scores, expected, atol=1e-6)
     picked = read_rows(path, [int(r) for r in rows[0][::-1]], ("clip_id",))  # rows from several row groups, any order
     assert picked["clip_id"] == [ids[r] for r in rows[0][::-1]]
-    assert not isinstance(open_gallery(path, IndexConfig(kind="flat"), tmp_path / "cache").vectors, np.memmap)
+    assert not isinstance(open_gallery(path, IndexConfig(kind="flat"), tmp_path / "cache").vectors.base, mmap.mmap)
 
 
 def test_the_gallery_scale_benchmark_runs_its_components_in_order(tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -171,7 +172,8 @@ def read_ids(path: str | os.PathLike) -> list[str]:
 
 
 def mapped_vectors(path: str | os.PathLike, cache: str | os.PathLike) -> np.ndarray:
-    """An export's vectors ``(N, D)`` as a read-only memory map of a float32 file in ``cache``.
+    """An export's vectors ``(N, D)``, read-only, memory-mapped from a float32 file in ``cache`` (``.base`` is the
+    ``mmap``).
 
     Parquet pages are compressed, so one row cannot be read without its page: re-ranking a shortlist of rows
     scattered over a large gallery needs them at fixed offsets. The file is written once per export (named
@@ -188,7 +190,10 @@ def mapped_vectors(path: str | os.PathLike, cache: str | os.PathLike) -> np.ndar
                 out.write(np.ascontiguousarray(vectors).tobytes())
     if rows == 0:
         return np.zeros((0, dim), np.float32)
-    return np.memmap(target, np.float32, "r", shape=(rows, dim))
+    with open(target, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.madvise(mmap.MADV_RANDOM)  # rows are read scattered: a cold file is read without read-ahead
+    return np.ndarray((rows, dim), np.float32, buffer=mapped)
 
 
 def read_info(path: str | os.PathLike) -> ExportInfo:

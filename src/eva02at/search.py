@@ -80,7 +80,7 @@ class Gallery:
     path: Path
     info: ExportInfo
     ids: list[str]
-    vectors: np.ndarray  # (N, D) float32; np.memmap for the binary index
+    vectors: np.ndarray  # (N, D) float32; memory-mapped for the binary index
     codes: Codes | None
 
 
