@@ -24,10 +24,10 @@ from pydantic import Field
 
 from eva02at.atomic import atomic_path
 from eva02at.benchmarks import BENCHMARKS, BenchmarkParams
-from eva02at.codes import CodesConfig, codes_path, make_codes, write_codes
+from eva02at.codes import CodesConfig, codes_path, export_codes
 from eva02at.config import NonNegativeInt, PositiveInt
 from eva02at.digest import file_digest
-from eva02at.embeddings import TEXT, VIDEO, export_path, read_embeddings
+from eva02at.embeddings import TEXT, VIDEO, export_path
 from eva02at.inference import export_texts, export_videos, resolve_device
 from eva02at.models import load_video_clip
 from eva02at.tracking import Tracker, read_settings
@@ -85,8 +85,7 @@ def export_model(
             dist=dist,
         )
         if params.codes.enabled and dist.rank == 0:
-            videos = read_embeddings(path, VIDEO)
-            write_codes(codes_path(path), make_codes(videos.ids, videos.vectors, videos.info, params.codes))
+            export_codes(path, codes_path(path), params.codes)  # streamed: memory bounded at any gallery size
     for benchmark, entry in benchmarks.items():
         ids, texts = BENCHMARKS[benchmark].read_queries(entry)
         counts[f"texts.{name}.{benchmark}"] = export_texts(

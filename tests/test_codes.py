@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from eva02at import codes, embeddings
 from eva02at.codes import (
     BinaryConfig,
     BinaryQuantizer,
@@ -16,6 +17,7 @@ from eva02at.codes import (
     CodesError,
     Int8Quantizer,
     codes_path,
+    export_codes,
     make_codes,
     read_codes,
     write_codes,
@@ -177,3 +179,37 @@ def test_encoding_in_chunks_gives_the_codes_of_one_pass(monkeypatch):
     assert np.array_equal(int8.encode(gallery), whole[0]) and np.array_equal(binary.encode(gallery), whole[1])
     signs = (gallery - binary.mean) @ binary.projection.T > 0
     assert np.array_equal(whole[1], np.packbits(signs, axis=1))
+
+
+@pytest.mark.parametrize("config", [CodesConfig(int8=True, binary=BinaryConfig(2, "itq", 5)), CodesConfig(int8=True)])
+def test_codes_made_row_group_by_row_group_are_the_file_of_the_whole_table(tmp_path, monkeypatch, config):
+    monkeypatch.setattr(embeddings, "ROW_GROUP", 64)  # the export's row groups
+    monkeypatch.setattr(codes, "_CHUNK", 64)  # the in-memory writer's
+    monkeypatch.setattr(codes, "_FIT_SAMPLE", 150)  # a sample of the 300 rows, gathered from five row groups
+    export = export_of(tmp_path, n=300)
+    assert pq.ParquetFile(export.path).num_row_groups == 5
+    export_codes(export.path, tmp_path / "streamed.codes.parquet", config)
+    whole = make_codes(export.ids, export.vectors, export.info, config)
+    write_codes(tmp_path / "whole.codes.parquet", whole)
+    assert (tmp_path / "streamed.codes.parquet").read_bytes() == (tmp_path / "whole.codes.parquet").read_bytes()
+    back = read_codes(tmp_path / "streamed.codes.parquet")
+    step = np.abs(export.vectors.astype(np.float64)).max(axis=0) / 127  # the int8 scales from the whole table
+    np.testing.assert_allclose(back.int8_quantizer.scales, step, rtol=1e-6)
+    assert np.array_equal(back.int8, np.clip(np.rint(export.vectors / back.int8_quantizer.scales), -127, 127))
+    if config.binary:
+        rng = np.random.default_rng(config.binary.seed)
+        sample = export.vectors[rng.permutation(300)[:150]].astype(np.float64)
+        np.testing.assert_allclose(back.binary_quantizer.mean, sample.mean(axis=0), atol=1e-6)  # fitted on the sample
+        quantizer = back.binary_quantizer
+        signs = (export.vectors.astype(np.float64) - quantizer.mean) @ quantizer.projection.T.astype(np.float64) > 0
+        assert np.array_equal(back.binary, np.packbits(signs, axis=1))
+        binary_only = read_codes(tmp_path / "streamed.codes.parquet", int8=False)  # what float re-ranking reads
+        assert binary_only.int8 is None and np.array_equal(binary_only.binary, back.binary)
+
+
+def test_codes_are_made_for_video_exports_only(tmp_path):
+    path = tmp_path / "t.parquet"
+    text = ExportInfo("text", "demo", "m.pt", "ab" * 32, "EVA02-Tiny-test", 0, "")
+    write_embeddings(path, {"sentence_id": ["s"], "text": ["x"]}, np.ones((1, 4), np.float32), text)
+    with pytest.raises(CodesError, match="compact codes are made for video exports, not text"):
+        export_codes(path, tmp_path / "t.codes.parquet", CodesConfig(int8=True))

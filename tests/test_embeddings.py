@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,19 @@ import pytest
 import torch
 from PIL import Image
 
-from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, read_info, write_embeddings
+from eva02at import embeddings
+from eva02at.embeddings import (
+    TEXT,
+    VIDEO,
+    ExportInfo,
+    iter_vectors,
+    mapped_vectors,
+    read_embeddings,
+    read_info,
+    schema,
+    stream_embeddings,
+    write_embeddings,
+)
 from eva02at.inference import export_texts, export_videos, model_for_frames
 from eva02at.jpeg import decode_jpegs
 from eva02at.models import from_open_clip, load_video_clip, save_video_clip
@@ -175,3 +189,52 @@ def test_repeated_sentence_ids_and_wrong_frame_sizes_are_refused(exported, tmp_p
     frames = make_shards(tmp_path / "big", [{"clip_id": "a"}], num_frames=4, size=64)
     with pytest.raises(ValueError, match="64 px frames but the model takes 32 px"):
         model_for_frames(model, frames)
+
+
+def whole_table_bytes(path: Path, columns: dict[str, list], vectors: np.ndarray, row_group: int) -> bytes:
+    """The export as ``pq.write_table`` writes the whole table built in memory, in row groups of ``row_group``."""
+    target = schema(VIDEO, vectors.shape[1])
+    arrays = [pa.array(columns[name], type=target.field(name).type) for name in target.names[:-1]]
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    table = pa.Table.from_arrays([*arrays, embedding], schema=target)
+    table = table.replace_schema_metadata({b"eva02at": json.dumps(asdict(info()), sort_keys=True).encode()})
+    pq.write_table(table, path, row_group_size=row_group)
+    return path.read_bytes()
+
+
+def test_a_streamed_export_is_the_file_of_the_whole_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "ROW_GROUP", 16)  # 50 rows: four row groups, batches across their edges
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    columns = {
+        "clip_id": [f"c{i}" for i in range(50)],
+        "source": [f"v{i // 7}.mp4" for i in range(50)],
+        "start": [i * 0.5 for i in range(50)],
+        "end": [i * 0.5 + 2 for i in range(50)],
+        "text": ["" if i % 3 else f"t{i}" for i in range(50)],
+    }
+    batches = np.split(vectors, [3, 23, 24, 40])  # 3, 20, 1, 16 and 10 rows
+    stream_embeddings(tmp_path / "s.parquet", columns, batches, info(), 8)
+    assert (tmp_path / "s.parquet").read_bytes() == whole_table_bytes(tmp_path / "w.parquet", columns, vectors, 16)
+    assert pq.ParquetFile(tmp_path / "s.parquet").num_row_groups == 4
+    back = read_embeddings(tmp_path / "s.parquet", VIDEO)
+    assert back.ids == columns["clip_id"] and np.array_equal(back.vectors, vectors)
+    groups = list(iter_vectors(tmp_path / "s.parquet"))
+    assert [len(v) for _, v in groups] == [16, 16, 16, 2] and np.array_equal(
+        np.concatenate([v for _, v in groups]), vectors
+    )
+    mapped = mapped_vectors(tmp_path / "s.parquet", tmp_path / "cache")
+    assert isinstance(mapped.base, mmap.mmap) and np.array_equal(mapped, vectors)
+    with pytest.raises(ValueError, match=r"short\.parquet: 49 vectors do not match 50 ids"):
+        stream_embeddings(tmp_path / "short.parquet", columns, [vectors[:49]], info(), 8)
+    with pytest.raises(ValueError, match=r"wide\.parquet: a batch of vectors \(50, 9\) is not \(n, 8\)"):
+        stream_embeddings(tmp_path / "wide.parquet", columns, [np.zeros((50, 9))], info(), 8)
+    assert not (tmp_path / "short.parquet").exists() and not (tmp_path / "wide.parquet").exists()
+
+
+def test_an_export_of_one_row_group_is_the_file_written_before_streaming(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((5, 4)).astype(np.float32)
+    columns = {"clip_id": list("abcde"), "source": ["v"] * 5, "start": [0.0] * 5, "end": [1.0] * 5, "text": [""] * 5}
+    stream_embeddings(tmp_path / "s.parquet", columns, [vectors[:2], vectors[2:]], info(), 4)
+    assert (tmp_path / "s.parquet").read_bytes() == whole_table_bytes(tmp_path / "w.parquet", columns, vectors, None)

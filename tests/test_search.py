@@ -27,6 +27,13 @@ from tests.test_embeddings import make_checkpoint, make_shards
 QUERY = "put the lid on the pan"
 
 
+@pytest.fixture(autouse=True)
+def vectors_cache(tmp_path, monkeypatch):
+    """The memory-mapped vectors of the binary index go to the test's folder, not the user's cache."""
+    monkeypatch.setenv("EVA02AT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """An export of six clips in which clip ``p3`` got the query's own direction (times 1, unit norm)."""
@@ -137,6 +144,7 @@ def test_the_command_prints_hits_and_draws_them(planted, tmp_path, capsys):
         nprobe=None,
         shortlist=None,
         rerank=None,
+        cache=None,
     )
     assert run_search(args) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -1,16 +1,22 @@
 """Search indexes: exact search against a float64 ranking, every index's recall@10 on a small clustered gallery
-against exact search, re-ranked scores that are exact, the choice by gallery size, and the benchmark's small run."""
+against exact search, re-ranked scores that are exact, a gallery on disk searched through its codes as brute
+force ranks it, the choice by gallery size, and the benchmarks' small runs."""
 
 from __future__ import annotations
 
 import json
+import mmap
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from bench import scale_gallery
 from bench import search_index as bench
-from eva02at.codes import BinaryConfig, Codes, CodesConfig, make_codes
-from eva02at.embeddings import VIDEO, ExportInfo
+from eva02at import embeddings
+from eva02at.codes import BinaryConfig, Codes, CodesConfig, codes_path, export_codes, make_codes, read_codes
+from eva02at.embeddings import VIDEO, ExportInfo, read_embeddings, write_embeddings
+from eva02at.search import open_gallery, read_rows
 from eva02at.search_index import IndexConfig, IndexConfigError, build_index, choose_kind
 
 INFO = ExportInfo(VIDEO, "demo", "m.pt", "ab" * 32, "EVA02-Tiny-test", 4, "")
@@ -114,3 +120,41 @@ def test_benchmark_small_run_reports_consistent_numbers(tmp_path):
         assert 0 < row["recall_at_10"] <= 1 and row["latency_ms"] > 0 and row["cpu_ms"] >= 0
     gallery = result["gallery"]
     assert gallery["top1_cosine"] > gallery["top10_cosine"] > gallery["median_pair_cosine"] > 0
+
+
+def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "ROW_GROUP", 100)  # 1,000 clips in ten row groups
+    mixture = bench.Mixture.make(dim=32, clusters=20, spread=0.8, offset=0.5, seed=3)
+    gallery, queries = mixture.draw(1000, seed=4), mixture.draw(8, seed=5)
+    ids = [f"c{i}" for i in range(len(gallery))]
+    columns = {
+        "clip_id": ids,
+        "source": ["v.mp4"] * 1000,
+        "start": [0.0] * 1000,
+        "end": [1.0] * 1000,
+        "text": [""] * 1000,
+    }
+    path = tmp_path / "demo_video.parquet"
+    write_embeddings(path, columns, gallery, INFO)
+    export_codes(path, codes_path(path), CodesConfig(binary=BinaryConfig()))
+    config = IndexConfig(kind="binary", nlist=0, shortlist=1000)  # every clip shortlisted: re-ranking decides
+    opened = open_gallery(path, config, tmp_path / "cache")
+    assert isinstance(opened.vectors.base, mmap.mmap) and opened.codes is not None and opened.ids == ids
+    scores, rows = build_index(opened.vectors, config, opened.codes).search(queries, 10)
+    truth = exact_top(gallery, queries, 10)
+    assert np.array_equal(rows, truth)
+    expected = np.take_along_axis(queries.astype(np.float64) @ gallery.T.astype(np.float64), truth, 1)
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+    picked = read_rows(path, [int(r) for r in rows[0][::-1]], ("clip_id",))  # rows from several row groups, any order
+    assert picked["clip_id"] == [ids[r] for r in rows[0][::-1]]
+    assert not isinstance(open_gallery(path, IndexConfig(kind="flat"), tmp_path / "cache").vectors.base, mmap.mmap)
+
+
+def test_the_gallery_scale_benchmark_runs_its_components_in_order(tmp_path, capsys):
+    scale_gallery.COMPONENTS["search"](3000, tmp_path)  # an empty folder: export and codes run first
+    export = scale_gallery.export_file(tmp_path)
+    assert list(scale_gallery.COMPONENTS) == ["export", "codes", "search"]
+    assert pq.ParquetFile(export).metadata.num_rows == 3000 and len(read_codes(codes_path(export)).ids) == 3000
+    vectors = read_embeddings(export, VIDEO).vectors
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # unit rows, as exports hold
+    assert "median query latency" in capsys.readouterr().out

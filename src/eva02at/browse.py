@@ -27,13 +27,21 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
 from eva02at.benchmarks.ek100_mir import read_sentences
-from eva02at.embeddings import VIDEO, read_embeddings
 from eva02at.errors import MissingInput
 from eva02at.inference import encode_texts
 from eva02at.labels import RelevancyTable
 from eva02at.models import load_video_clip
 from eva02at.plots import MARK_COLORS, clip_strip
-from eva02at.search import Hit, IncompatibleCheckpoint, SearchError, check_checkpoint, gallery_index, rank_clips
+from eva02at.search import (
+    Hit,
+    IncompatibleCheckpoint,
+    SearchError,
+    check_checkpoint,
+    gallery_index,
+    open_gallery,
+    rank_clips,
+)
+from eva02at.search_index import IndexConfig
 from eva02at.shards import FrameShards
 
 STRIP_FRAMES = 4  # frames per hit shown side by side
@@ -59,21 +67,21 @@ class PanelSearch:
         self.panel = panel
         if not Path(panel.gallery).is_file():
             raise MissingInput(f"{panel.gallery}: no such embeddings file; the export stage writes exports/<model>/")
-        self.videos = read_embeddings(panel.gallery, kind=VIDEO)
+        self.gallery = open_gallery(panel.gallery, IndexConfig())
         self.refusal: str | None = None
         try:
-            check_checkpoint(self.videos.info, panel.checkpoint, panel.gallery)
+            check_checkpoint(self.gallery.info, panel.checkpoint, panel.gallery)
         except IncompatibleCheckpoint as err:
             self.refusal = str(err)
             return
         self.model = load_video_clip(panel.checkpoint).eval()
-        self.index = gallery_index(self.videos)
-        self.shards = FrameShards(self.videos.info.frames)
+        self.index = gallery_index(self.gallery)
+        self.shards = FrameShards(self.gallery.info.frames)
 
     def search(self, query: str, top: int) -> list[Hit]:
         """The ``top`` hits of ``query`` (the same ranking as ``eva02at.search.search``)."""
         vector = encode_texts(self.model, [query])[0]
-        return rank_clips(vector, self.videos, top, index=self.index)
+        return rank_clips(vector, self.gallery, top, index=self.index)
 
     def strip_jpeg(self, clip_id: str) -> bytes:
         """A clip's frame strip as JPEG bytes."""

@@ -89,6 +89,11 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--nprobe", type=int, help="ivf, binary: k-means cells a query scans")
     parser.add_argument("--shortlist", type=int, help="binary: Hamming candidates re-ranked")
     parser.add_argument("--rerank", choices=("float", "int8"), help="binary: re-rank with the floats or int8 codes")
+    parser.add_argument(
+        "--cache",
+        help="binary: folder of the memory-mapped float32 copy of the export's vectors, read to re-rank "
+        "(default $EVA02AT_CACHE, else $XDG_CACHE_HOME/eva02at or ~/.cache/eva02at)",
+    )
     parser.set_defaults(run=search)
 
 

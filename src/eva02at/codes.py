@@ -15,6 +15,11 @@ dimension, and a plain binary code of the levels does not follow it at all. The 
 iterative quantisation (``itq``: PCA, then the rotation that brings the data closest to its binary codes, Gong
 and Lazebnik 2011), or is PCA alone (``pca``) or random (``random``); the others are seeded random rotations
 of the first. Hamming distance only shortlists: ``eva02at.search_index`` re-ranks with float or int8 scores.
+
+``export_codes`` makes the codes of an export file in bounded memory: one pass over its row groups finds the int8
+ranges and gathers the rows the rotations are fitted on (a seeded sample of at most 50,000), a second encodes
+and writes one row group at a time. Its file equals, byte for byte, the one ``write_codes(make_codes(...))``
+writes from the whole table in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +38,7 @@ import pyarrow.parquet as pq
 
 from eva02at.atomic import atomic_path
 from eva02at.config import NonNegativeInt, PositiveInt
-from eva02at.embeddings import ID_COLUMN, VIDEO, ExportInfo
+from eva02at.embeddings import ID_COLUMN, ROW_GROUP, VIDEO, ExportInfo, iter_vectors, read_info
 from eva02at.errors import MissingInput, PipelineError
 
 FORMAT = "eva02at-codes-v1"
@@ -40,7 +46,7 @@ _META_KEY = b"eva02at.codes"
 _ITQ_ITERATIONS = 50
 _FIT_SAMPLE = 50_000  # vectors that fit the mean and PCA: plenty for D x D statistics, bounded cost at any N
 _ITQ_SAMPLE = 10_000  # of those, the ones ITQ iterates on (each iteration costs two N x D x D products)
-_CHUNK = 65_536  # rows encoded at a time: temporaries stay small for millions of clips
+_CHUNK = ROW_GROUP  # rows encoded at a time: temporaries stay small for millions of clips
 
 
 class CodesError(PipelineError, ValueError):
@@ -74,7 +80,11 @@ class Int8Quantizer:
 
     @classmethod
     def fit(cls, vectors: np.ndarray) -> Int8Quantizer:
-        peak = np.abs(vectors).max(axis=0) if len(vectors) else np.zeros(vectors.shape[1])
+        return cls.from_peak(np.abs(vectors).max(axis=0) if len(vectors) else np.zeros(vectors.shape[1]))
+
+    @classmethod
+    def from_peak(cls, peak: np.ndarray) -> Int8Quantizer:
+        """From the largest ``|x_d|`` of each dimension over the gallery."""
         return cls((np.where(peak > 0, peak, 1.0) / 127).astype(np.float32))
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
@@ -105,9 +115,14 @@ class BinaryQuantizer:
 
     @classmethod
     def fit(cls, vectors: np.ndarray, config: BinaryConfig) -> BinaryQuantizer:
-        rng = np.random.default_rng(config.seed)
-        dim = vectors.shape[1]
-        sample = vectors[rng.permutation(len(vectors))[:_FIT_SAMPLE]].astype(np.float64)
+        rng, rows = fit_rows(len(vectors), config)
+        return cls.fit_sample(vectors[rows], rng, config)
+
+    @classmethod
+    def fit_sample(cls, sample: np.ndarray, rng: np.random.Generator, config: BinaryConfig) -> BinaryQuantizer:
+        """Fit on the rows ``fit_rows`` chose, in its order, with the generator it returned."""
+        dim = sample.shape[1]
+        sample = sample.astype(np.float64)
         mean = sample.mean(axis=0) if len(sample) else np.zeros(dim)
         centred = sample - mean
         first = _random_rotation(rng, dim) if config.rotation == "random" else _pca(centred)
@@ -124,6 +139,13 @@ class BinaryQuantizer:
             signs = (part - self.mean) @ self.projection.T > 0  # (rows, bits)
             codes[start : start + len(part)] = np.packbits(signs, axis=1)
         return codes
+
+
+def fit_rows(size: int, config: BinaryConfig) -> tuple[np.random.Generator, np.ndarray]:
+    """The gallery rows the binary rotations are fitted on (a seeded sample, in draw order) and the generator that
+    continues the draw (ITQ's start, the extra rotations)."""
+    rng = np.random.default_rng(config.seed)
+    return rng, rng.permutation(size)[:_FIT_SAMPLE]
 
 
 def _random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -184,39 +206,100 @@ def make_codes(ids: list[str], vectors: np.ndarray, info: ExportInfo, config: Co
 
 def write_codes(path: str | os.PathLike, codes: Codes) -> None:
     """One Parquet file: the id column, ``int8`` (fixed-size list) and/or ``binary`` (fixed-size binary)."""
-    columns = {ID_COLUMN[VIDEO]: pa.array(codes.ids, pa.string())}
-    meta = {"format": FORMAT, "export": asdict(codes.info), "int8": None, "binary": None}
-    if codes.int8 is not None and codes.int8_quantizer is not None:
-        flat = pa.array(np.ascontiguousarray(codes.int8).reshape(-1), pa.int8())
-        columns["int8"] = pa.FixedSizeListArray.from_arrays(flat, codes.int8.shape[1])
-        meta["int8"] = {"scales": _pack(codes.int8_quantizer.scales)}
-    if codes.binary is not None and codes.binary_quantizer is not None:
-        quantizer = codes.binary_quantizer
-        flat = pa.array(np.ascontiguousarray(codes.binary).reshape(-1), pa.uint8())
-        columns["binary"] = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(quantizer.code_bytes), len(codes.ids), [None, flat.buffers()[1]]
+    chunks = (
+        (
+            pa.array(codes.ids[start : start + _CHUNK], pa.string()),
+            None if codes.int8 is None else codes.int8[start : start + _CHUNK],
+            None if codes.binary is None else codes.binary[start : start + _CHUNK],
         )
+        for start in range(0, max(1, len(codes.ids)), _CHUNK)
+    )
+    _write_chunks(path, codes.info, codes.int8_quantizer, codes.binary_quantizer, chunks)
+
+
+def export_codes(export: str | os.PathLike, path: str | os.PathLike, config: CodesConfig) -> None:
+    """The codes of the video export file ``export`` written to ``path``, in memory bounded by a row group and the
+    fit sample; the same file as ``write_codes(path, make_codes(...))`` of the export read whole."""
+    info = read_info(export)
+    if info.kind != VIDEO:
+        raise CodesError(f"{info.collection}: compact codes are made for video exports, not {info.kind}")
+    source = pq.ParquetFile(export)
+    size, dim = source.metadata.num_rows, source.schema_arrow.field("embedding").type.list_size
+    rng, rows = fit_rows(size, config.binary or BinaryConfig())
+    wanted = np.sort(rows)  # gathered in file order, put back in draw order below
+    sample = np.empty((len(rows), dim), np.float32)
+    peak, start = np.zeros(dim, np.float32), 0
+    for _, vectors in iter_vectors(export):
+        if len(vectors):
+            peak = np.maximum(peak, np.abs(vectors).max(axis=0))
+        inside = wanted[(wanted >= start) & (wanted < start + len(vectors))]
+        sample[np.searchsorted(wanted, inside)] = vectors[inside - start]
+        start += len(vectors)
+    int8 = Int8Quantizer.from_peak(peak) if config.int8 else None
+    binary = None
+    if config.binary:
+        binary = BinaryQuantizer.fit_sample(sample[np.searchsorted(wanted, rows)], rng, config.binary)
+    id_column = ID_COLUMN[VIDEO]
+    chunks = (
+        (
+            ids[id_column].combine_chunks(),
+            int8.encode(vectors) if int8 else None,
+            binary.encode(vectors) if binary else None,
+        )
+        for ids, vectors in iter_vectors(export)
+    )
+    _write_chunks(path, info, int8, binary, chunks)
+
+
+def _write_chunks(
+    path: str | os.PathLike,
+    info: ExportInfo,
+    int8_quantizer: Int8Quantizer | None,
+    binary_quantizer: BinaryQuantizer | None,
+    chunks: Iterator[tuple[pa.Array, np.ndarray | None, np.ndarray | None]],
+) -> None:
+    """Write the codes file from chunks of (ids, int8 codes, binary codes), one row group per chunk."""
+    meta = {"format": FORMAT, "export": asdict(info), "int8": None, "binary": None}
+    fields = [(ID_COLUMN[VIDEO], pa.string())]
+    if int8_quantizer is not None:
+        meta["int8"] = {"scales": _pack(int8_quantizer.scales)}
+        fields.append(("int8", pa.list_(pa.int8(), len(int8_quantizer.scales))))
+    if binary_quantizer is not None:
         meta["binary"] = {
-            "rotation": quantizer.rotation,
-            "mean": _pack(quantizer.mean),
-            "projection": _pack(quantizer.projection),
+            "rotation": binary_quantizer.rotation,
+            "mean": _pack(binary_quantizer.mean),
+            "projection": _pack(binary_quantizer.projection),
         }
-    table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        fields.append(("binary", pa.binary(binary_quantizer.code_bytes)))
+    target = pa.schema(fields, metadata={_META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, target) as writer:
+        for ids, int8, binary in chunks:
+            columns = [ids]
+            if int8_quantizer is not None:
+                flat = pa.array(np.ascontiguousarray(int8).reshape(-1), pa.int8())
+                columns.append(pa.FixedSizeListArray.from_arrays(flat, len(int8_quantizer.scales)))
+            if binary_quantizer is not None:
+                flat = pa.array(np.ascontiguousarray(binary).reshape(-1), pa.uint8())
+                columns.append(
+                    pa.FixedSizeBinaryArray.from_buffers(
+                        pa.binary(binary_quantizer.code_bytes), len(ids), [None, flat.buffers()[1]]
+                    )
+                )
+            writer.write_table(pa.Table.from_arrays(columns, schema=target))
 
 
-def read_codes(path: str | os.PathLike) -> Codes:
-    """A codes file with its quantizers; what it lacks (int8 or binary) is None."""
+def read_codes(path: str | os.PathLike, int8: bool = True) -> Codes:
+    """A codes file with its quantizers; what it lacks (int8 or binary), or int8 when not wanted, is None."""
     if not Path(path).is_file():
         raise MissingInput(f"{path}: no compact codes; set export.codes and run the export stage")
     meta = (pq.read_schema(path).metadata or {}).get(_META_KEY)
     if meta is None or json.loads(meta).get("format") != FORMAT:
         raise CodesError(f"{path}: not an eva02at codes file ({FORMAT})")
     meta = json.loads(meta)
-    table = pq.read_table(path)
+    wanted = int8 and meta["int8"] is not None
+    table = pq.read_table(path, columns=[name for name in pq.read_schema(path).names if name != "int8" or wanted])
     int8 = binary = int8_quantizer = binary_quantizer = None
-    if meta["int8"] is not None:
+    if wanted:
         int8_quantizer = Int8Quantizer(_unpack(meta["int8"]["scales"]))
         dim = table.schema.field("int8").type.list_size
         int8 = table["int8"].combine_chunks().flatten().to_numpy().reshape(len(table), dim)  # (N, D)

@@ -11,9 +11,11 @@ Computing the embeddings with a model is ``eva02at.inference``'s job.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ FORMAT = "eva02at-embeddings-v1"
 VIDEO, TEXT = "video", "text"
 ID_COLUMN = {VIDEO: "clip_id", TEXT: "sentence_id"}  # the column that names a row
 _INFO_KEY = b"eva02at"
+ROW_GROUP = 65_536  # rows per Parquet row group: what a streaming writer or reader holds at once (64 MiB at D=256)
 
 
 class ExportError(PipelineError, ValueError):
@@ -95,16 +98,102 @@ def schema(kind: str, dim: int) -> pa.Schema:
 
 def write_embeddings(path: str | os.PathLike, columns: dict[str, list], vectors: np.ndarray, info: ExportInfo) -> None:
     """Write one export atomically; ``columns`` are the id columns of ``schema(info.kind, D)``."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or any(len(values) != len(vectors) for values in columns.values()):
         raise ExportError(f"{path}: {vectors.shape} vectors do not match {len(columns[ID_COLUMN[info.kind]])} ids")
-    target = schema(info.kind, vectors.shape[1])
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    arrays = [pa.array(columns[name], type=target.field(name).type) for name in target.names[:-1]]
-    table = pa.Table.from_arrays([*arrays, embedding], schema=target)
-    table = table.replace_schema_metadata({_INFO_KEY: json.dumps(asdict(info), sort_keys=True).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    stream_embeddings(path, columns, [vectors], info, vectors.shape[1])
+
+
+def stream_embeddings(
+    path: str | os.PathLike,
+    columns: dict[str, list] | pa.Table,
+    batches: Iterable[np.ndarray],
+    info: ExportInfo,
+    dim: int,
+) -> None:
+    """Write one export atomically from ``batches`` of vectors ``(n, dim)`` in row order, as they are computed.
+
+    Rows go out in row groups of ``ROW_GROUP`` as soon as that many have arrived, so memory holds one row group
+    of vectors whatever the gallery's size (the id ``columns``, all rows, are held as Arrow arrays). The file is
+    the one ``pq.write_table`` writes of the whole table in row groups of ``ROW_GROUP``: the same bytes however
+    the rows were batched.
+    """
+    target = schema(info.kind, dim).with_metadata({_INFO_KEY: json.dumps(asdict(info), sort_keys=True).encode()})
+    ids = columns if isinstance(columns, pa.Table) else None
+    if ids is None:
+        ids = pa.table({name: pa.array(columns[name], type=target.field(name).type) for name in target.names[:-1]})
+    total = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, target) as writer:
+        for rows in _row_groups(batches, dim, path):
+            if total + len(rows) > len(ids):
+                raise ExportError(f"{path}: more vectors than the {len(ids)} ids")
+            embedding = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), dim)
+            part = ids.slice(total, len(rows)).select(target.names[:-1])
+            writer.write_table(pa.Table.from_arrays([*part.columns, embedding], schema=target))
+            total += len(rows)
+        if total != len(ids):
+            raise ExportError(f"{path}: {total} vectors do not match {len(ids)} ids")
+        if total == 0:
+            writer.write_table(target.empty_table())  # one empty row group, as ``pq.write_table`` writes
+
+
+def _row_groups(batches: Iterable[np.ndarray], dim: int, path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """``batches`` regrouped into runs of exactly ``ROW_GROUP`` rows (the last one shorter), float32."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for batch in batches:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 2 or batch.shape[1] != dim:
+            raise ExportError(f"{path}: a batch of vectors {batch.shape} is not (n, {dim})")
+        pending.append(batch)
+        held += len(batch)
+        while held >= ROW_GROUP:
+            joined = np.concatenate(pending)
+            yield joined[:ROW_GROUP]
+            pending, held = [joined[ROW_GROUP:]], held - ROW_GROUP
+    if held:
+        yield np.concatenate(pending)
+
+
+def iter_vectors(path: str | os.PathLike) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """An export one row group at a time: its id columns and its vectors ``(n, D)``; memory holds one group."""
+    source = pq.ParquetFile(path)
+    dim = source.schema_arrow.field("embedding").type.list_size
+    for group in range(source.num_row_groups):
+        table = source.read_row_group(group)
+        vectors = table["embedding"].combine_chunks().flatten().to_numpy().reshape(len(table), dim)
+        yield table.drop_columns(["embedding"]), vectors
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """The id column of an export alone."""
+    kind = read_info(path).kind
+    return pq.read_table(path, columns=[ID_COLUMN[kind]])[ID_COLUMN[kind]].to_pylist()
+
+
+def mapped_vectors(path: str | os.PathLike, cache: str | os.PathLike) -> np.ndarray:
+    """An export's vectors ``(N, D)``, read-only, memory-mapped from a float32 file in ``cache`` (``.base`` is the
+    ``mmap``).
+
+    Parquet pages are compressed, so one row cannot be read without its page: re-ranking a shortlist of rows
+    scattered over a large gallery needs them at fixed offsets. The file is written once per export (named
+    after the export's path, size and modification time), one row group at a time.
+    """
+    stat = Path(path).stat()
+    key = hashlib.sha256(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    source = pq.ParquetFile(path)
+    rows, dim = source.metadata.num_rows, source.schema_arrow.field("embedding").type.list_size
+    target = Path(cache) / f"{Path(path).stem}.{key}.f32"
+    if not target.is_file():
+        with atomic_path(target) as tmp, open(tmp, "wb") as out:
+            for _, vectors in iter_vectors(path):
+                out.write(np.ascontiguousarray(vectors).tobytes())
+    if rows == 0:
+        return np.zeros((0, dim), np.float32)
+    with open(target, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.madvise(mmap.MADV_RANDOM)  # rows are read scattered: a cold file is read without read-ahead
+    return np.ndarray((rows, dim), np.float32, buffer=mapped)
 
 
 def read_info(path: str | os.PathLike) -> ExportInfo:

@@ -2,9 +2,11 @@
 of its query texts, batched, written in the export format of ``eva02at.embeddings``; on one process or sharded
 over the processes of a torchrun launch.
 
-A sharded export gives each rank a contiguous run of whole batches, so every batch holds exactly the items it
-holds in a one-process run and computes the same numbers. Each rank writes its rows as a part file beside the
-output; rank 0 joins the parts in rank order into the file a single process writes, and removes them.
+Video embeddings are written as their batches finish (``eva02at.embeddings.stream_embeddings``), so memory holds
+one Parquet row group of vectors whatever the collection's size. A sharded export gives each rank a contiguous
+run of whole batches, so every batch holds exactly the items it holds in a one-process run and computes the
+same numbers. Each rank streams its rows into a part file beside the output; rank 0 streams the parts in rank
+order into the file a single process writes, and removes them.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import copy
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.distributed
 from torch.utils.data import DataLoader, Dataset
@@ -28,8 +32,9 @@ from eva02at.embeddings import (
     VIDEO,
     ExportError,
     ExportInfo,
-    read_embeddings,
-    write_embeddings,
+    iter_vectors,
+    read_ids,
+    stream_embeddings,
 )
 from eva02at.jpeg import decode_jpegs
 from eva02at.models import VideoCLIP
@@ -78,7 +83,6 @@ def model_for_frames(model: VideoCLIP, frames: str | os.PathLike) -> VideoCLIP:
     return adapted
 
 
-@torch.inference_mode()
 def encode_clips(
     model: VideoCLIP,
     shards: FrameShards,
@@ -86,9 +90,9 @@ def encode_clips(
     batch_size: int = 32,
     device: torch.device | None = None,
     workers: int = 0,
-) -> np.ndarray:
-    """Unit-norm video embeddings ``[len(clip_ids), D]`` float32, batched; the towers under bf16
-    autocast on a GPU, the heads and the norm in float32 (``VideoCLIP.embed_video``)."""
+) -> Iterator[np.ndarray]:
+    """Unit-norm video embeddings of ``clip_ids`` float32, one ``(batch, D)`` array per batch as it finishes; the
+    towers under bf16 autocast on a GPU, the heads and the norm in float32 (``VideoCLIP.embed_video``)."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     loader = DataLoader(
@@ -97,12 +101,11 @@ def encode_clips(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    parts = []
     for frames in tqdm(loader, desc=f"videos {shards.directory.name}", unit="batch", leave=False):
-        frames = normalize(frames.to(device, non_blocking=True), model.image_mean, model.image_std)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            parts.append(model.embed_video(frames))
-    return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, model.config.embed_dim), np.float32)
+        with torch.inference_mode():
+            frames = normalize(frames.to(device, non_blocking=True), model.image_mean, model.image_std)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                yield model.embed_video(frames).cpu().numpy()
 
 
 @torch.inference_mode()
@@ -143,11 +146,12 @@ def export_videos(
     shards = FrameShards(frames)
     model = model_for_frames(model, frames)
     clip_ids = shards.clip_ids
-    manifest = {row["clip_id"]: row for row in shards.manifest.to_pylist()}
+    names = ["clip_id", "source", "start", "end", "text"]
+    manifest = shards.manifest.select(names)
+    columns = manifest.filter(pc.is_in(manifest["clip_id"], value_set=pa.array(clip_ids, pa.string())))
+    columns = columns.set_column(4, "text", pc.fill_null(columns["text"], ""))  # uncaptioned clips: empty text
     rows = shard_rows(len(clip_ids), batch_size, dist)
-    vectors = encode_clips(model, shards, clip_ids[rows.start : rows.stop], batch_size, device, workers)
-    columns = {name: [manifest[clip][name] for clip in clip_ids] for name in ("clip_id", "source", "start", "end")}
-    columns["text"] = [manifest[clip]["text"] or "" for clip in clip_ids]
+    batches = encode_clips(model, shards, clip_ids[rows.start : rows.stop], batch_size, device, workers)
     info = ExportInfo(
         VIDEO,
         collection,
@@ -157,7 +161,7 @@ def export_videos(
         model.num_frames,
         os.fspath(frames),
     )
-    write_sharded(out, columns, vectors, info, rows, dist)
+    write_sharded(out, columns, batches, info, rows, dist, model.config.embed_dim)
     return len(clip_ids)
 
 
@@ -179,7 +183,7 @@ def export_texts(
     if duplicated or len(ids) != len(texts):
         raise ExportError(f"{collection}: sentence ids must be unique and one per text; repeated: {duplicated[:5]}")
     rows = shard_rows(len(ids), batch_size, dist)
-    vectors = encode_texts(model, texts[rows.start : rows.stop], batch_size, device)
+    vectors = [encode_texts(model, texts[rows.start : rows.stop], batch_size, device)]
     info = ExportInfo(
         TEXT,
         collection,
@@ -189,7 +193,8 @@ def export_texts(
         0,
         "",
     )
-    write_sharded(out, {"sentence_id": list(ids), "text": list(texts)}, vectors, info, rows, dist)
+    columns = pa.table({"sentence_id": pa.array(list(ids), pa.string()), "text": pa.array(list(texts), pa.string())})
+    write_sharded(out, columns, vectors, info, rows, dist, model.config.embed_dim)
     return len(ids)
 
 
@@ -207,21 +212,26 @@ def part_path(out: str | os.PathLike, rank: int) -> Path:
 
 
 def write_sharded(
-    out: str | os.PathLike, columns: dict[str, list], vectors: np.ndarray, info: ExportInfo, rows: range, dist: DistInfo
+    out: str | os.PathLike,
+    columns: pa.Table,
+    batches: Iterable[np.ndarray],
+    info: ExportInfo,
+    rows: range,
+    dist: DistInfo,
+    dim: int,
 ) -> None:
-    """Write ``out`` from every rank's ``vectors`` of its ``rows`` (``columns`` hold all rows, on every rank)."""
+    """Write ``out`` from every rank's ``batches`` of vectors of its ``rows`` (``columns``, the id columns, hold all
+    rows on every rank), streaming: no rank holds more than a row group of vectors."""
     if dist.world_size == 1:
-        write_embeddings(out, columns, vectors, info)
+        stream_embeddings(out, columns, batches, info, dim)
         return
-    own = {name: values[rows.start : rows.stop] for name, values in columns.items()}
-    write_embeddings(part_path(out, dist.rank), own, vectors, info)
+    stream_embeddings(part_path(out, dist.rank), columns.slice(rows.start, len(rows)), batches, info, dim)
     torch.distributed.barrier()  # every part is complete
     if dist.rank != 0:
         return
-    parts = [read_embeddings(part_path(out, rank), info.kind) for rank in range(dist.world_size)]
-    ids = [item for part in parts for item in part.ids]
-    if ids != columns[ID_COLUMN[info.kind]]:
+    parts = [part_path(out, rank) for rank in range(dist.world_size)]
+    if [item for part in parts for item in read_ids(part)] != columns[ID_COLUMN[info.kind]].to_pylist():
         raise RuntimeError(f"{out}: the parts of {dist.world_size} ranks do not hold the rows in order")
-    write_embeddings(out, columns, np.concatenate([part.vectors for part in parts]), info)
-    for rank in range(dist.world_size):
-        part_path(out, rank).unlink()
+    stream_embeddings(out, columns, (vectors for part in parts for _, vectors in iter_vectors(part)), info, dim)
+    for part in parts:
+        part.unlink()

@@ -16,15 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from eva02at.codes import Codes, CodesError, codes_path, read_codes
 from eva02at.compatibility import compatible_digests, recorded_chain
-from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, read_embeddings, read_info
+from eva02at.embeddings import VIDEO, ExportInfo, mapped_vectors, read_embeddings, read_ids, read_info
 from eva02at.errors import MissingInput, PipelineError
 from eva02at.inference import encode_texts
 from eva02at.models import load_video_clip
 from eva02at.plots import Tile, clip_strip, contact_sheet
-from eva02at.search_index import GalleryIndex, IndexConfig, build_index
+from eva02at.search_index import GalleryIndex, IndexConfig, build_index, choose_kind
 from eva02at.shards import FrameShards
 from eva02at.text_table import Table, format_table
 
@@ -71,44 +73,90 @@ def check_checkpoint(info: ExportInfo, checkpoint: str | os.PathLike, embeddings
         )
 
 
-def gallery_codes(videos: Embeddings, config: IndexConfig) -> Codes | None:
+@dataclass(frozen=True)
+class Gallery:
+    """A video export opened for search: vectors in memory, or memory-mapped when the binary index re-ranks them."""
+
+    path: Path
+    info: ExportInfo
+    ids: list[str]
+    vectors: np.ndarray  # (N, D) float32; memory-mapped for the binary index
+    codes: Codes | None
+
+
+def default_cache() -> Path:
+    """Where memory-mapped copies of exports' vectors go: ``$EVA02AT_CACHE``, else ``$XDG_CACHE_HOME/eva02at``."""
+    if os.environ.get("EVA02AT_CACHE"):
+        return Path(os.environ["EVA02AT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eva02at"
+
+
+def open_gallery(path: str | os.PathLike, config: IndexConfig, cache: str | os.PathLike | None = None) -> Gallery:
+    """A video export and, when the index may use them, its codes; the vectors memory-mapped for the binary index."""
+    info = read_info(path)
+    if info.kind != VIDEO:
+        raise SearchError(f"{path}: holds {info.kind} embeddings; search needs a video export")
+    ids = read_ids(path)
+    codes = gallery_codes(path, info, ids, config)
+    ids = codes.ids if codes is not None else ids  # equal lists: keep one
+    if choose_kind(len(ids), config, codes) == "binary" and codes is not None:
+        vectors = mapped_vectors(path, cache or default_cache())
+    else:
+        vectors = read_embeddings(path, VIDEO).vectors
+    return Gallery(Path(path), info, ids, vectors, codes)
+
+
+def gallery_codes(path: str | os.PathLike, info: ExportInfo, ids: list[str], config: IndexConfig) -> Codes | None:
     """The export's compact codes when the index may use them (read from beside it, checked to be its own)."""
-    if not (config.kind == "binary" or (config.kind == "auto" and len(videos.ids) > config.exact_max)):
+    if not (config.kind == "binary" or (config.kind == "auto" and len(ids) > config.exact_max)):
         return None
-    path = codes_path(videos.path)
-    if not path.is_file():
+    found = codes_path(path)
+    if not found.is_file():
         if config.kind == "binary":
-            raise MissingInput(f"{path}: the binary index needs the export's codes; set export.codes.binary")
+            raise MissingInput(f"{found}: the binary index needs the export's codes; set export.codes.binary")
         return None
-    codes = read_codes(path)
-    if codes.info != videos.info or codes.ids != videos.ids:
-        raise CodesError(f"{path} was not made from {videos.path} (other checkpoint or clips): run the export again")
+    codes = read_codes(found, int8=config.rerank == "int8")  # int8 codes are 8 times the binary ones: only if used
+    if codes.info != info or codes.ids != ids:
+        raise CodesError(f"{found} was not made from {path} (other checkpoint or clips): run the export again")
     return codes
 
 
-def gallery_index(videos: Embeddings, config: IndexConfig | None = None) -> GalleryIndex:
-    """The index ``config`` asks for over a video export (built once, searched by every query)."""
-    config = config or IndexConfig()
-    return build_index(videos.vectors, config, gallery_codes(videos, config))
+def gallery_index(gallery: Gallery, config: IndexConfig | None = None) -> GalleryIndex:
+    """The index ``config`` asks for over a gallery (built once, searched by every query)."""
+    return build_index(gallery.vectors, config or IndexConfig(), gallery.codes)
 
 
 def rank_clips(
     query: np.ndarray,
-    videos: Embeddings,
+    gallery: Gallery,
     top: int,
     config: IndexConfig | None = None,
     index: GalleryIndex | None = None,
 ) -> list[Hit]:
     """The ``top`` clips most similar to a unit-norm query vector, best first (ties in file order); ``index``:
     the gallery's index when already built (else built from ``config``)."""
-    index = index or gallery_index(videos, config)
+    index = index or gallery_index(gallery, config)
     scores, rows = index.search(query[None], top)
-    columns = {name: videos.table[name].to_pylist() for name in ("clip_id", "source", "start", "end")}
     found = [(int(i), float(s)) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0]
+    columns = read_rows(gallery.path, [i for i, _ in found], ("clip_id", "source", "start", "end"))
     return [
-        Hit(rank, columns["clip_id"][i], columns["source"][i], columns["start"][i], columns["end"][i], score)
-        for rank, (i, score) in enumerate(found, start=1)
+        Hit(rank, columns["clip_id"][n], columns["source"][n], columns["start"][n], columns["end"][n], score)
+        for n, (rank, (_, score)) in enumerate(enumerate(found, start=1))
     ]
+
+
+def read_rows(path: str | os.PathLike, rows: list[int], columns: tuple[str, ...]) -> dict[str, list]:
+    """``columns`` of the given rows of an export, in that order, reading only the row groups that hold them."""
+    source = pq.ParquetFile(path)
+    sizes = [source.metadata.row_group(group).num_rows for group in range(source.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
+    group_of = np.searchsorted(starts, np.asarray(rows, np.int64), side="right") - 1
+    groups = np.unique(group_of)
+    tables = [source.read_row_group(int(group), columns=list(columns)) for group in groups]
+    offsets = np.cumsum([0, *(len(table) for table in tables)])
+    positions = offsets[np.searchsorted(groups, group_of)] + np.asarray(rows, np.int64) - starts[group_of]
+    picked = pa.concat_tables(tables).take(pa.array(positions, pa.int64())) if tables else None
+    return {name: picked[name].to_pylist() if picked is not None else [] for name in columns}
 
 
 def search(
@@ -117,19 +165,23 @@ def search(
     embeddings_path: str | os.PathLike,
     top: int = 5,
     index: IndexConfig | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> list[Hit]:
-    """The ``top`` clips of a video export that best match ``query``, encoded with ``checkpoint``."""
+    """The ``top`` clips of a video export that best match ``query``, encoded with ``checkpoint`` (``cache``: where
+    the binary index's memory-mapped vectors go, ``default_cache()`` when not given)."""
     if top < 1:
         raise SearchError(f"--top must be at least 1, got {top}")
     if not query.strip():
         raise SearchError("the query is empty")
     if not Path(embeddings_path).is_file():
         raise MissingInput(f"{embeddings_path}: no such embeddings file; the export stage writes exports/<model>/")
-    videos = read_embeddings(embeddings_path, kind=VIDEO)
-    check_checkpoint(videos.info, checkpoint, embeddings_path)
+    index = index or IndexConfig()
+    index.check()
+    check_checkpoint(read_info(embeddings_path), checkpoint, embeddings_path)
+    gallery = open_gallery(embeddings_path, index, cache)
     model = load_video_clip(checkpoint)
     vector = encode_texts(model, [query])[0]  # (D,)
-    return rank_clips(vector, videos, top, index)
+    return rank_clips(vector, gallery, top, index)
 
 
 def format_hits(hits: list[Hit]) -> str:
@@ -155,7 +207,8 @@ def draw_hits(query: str, hits: list[Hit], frames: str | os.PathLike, out: str |
 def run_search(args: argparse.Namespace) -> int:
     """``eva02at search``: print the hits and write their contact sheet; returns the exit status."""
     tuned = {name: getattr(args, name) for name in ("nprobe", "shortlist", "rerank") if getattr(args, name) is not None}
-    hits = search(args.query, args.checkpoint, args.embeddings, args.top, IndexConfig(kind=args.index, **tuned))
+    config = IndexConfig(kind=args.index, **tuned)
+    hits = search(args.query, args.checkpoint, args.embeddings, args.top, config, args.cache)
     print(format_hits(hits))
     if args.out:
         frames = read_info(args.embeddings).frames
