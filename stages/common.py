@@ -48,9 +48,10 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     """Run a stage entry point with logging set up.
 
     An expected failure (a ``PipelineError``) exits with status 1 and its one-line message (status
-    ``EXIT_PARAMS`` for params that do not fit). SIGTERM (also sent when the process that started the stage
-    exits) and SIGINT stop it after clean-up, with one line and status 128 + the signal. Anything else (CUDA
-    out of memory, an NCCL or shape error, a bug) propagates with its full traceback.
+    ``EXIT_PARAMS`` for params that do not fit), as does a missing input file (one line naming it).
+    SIGTERM (also sent when the process that started the stage exits) and SIGINT stop it after clean-up,
+    with one line and status 128 + the signal. Anything else (CUDA out of memory, an NCCL or shape error,
+    a bug) propagates with its full traceback.
     """
 
     @functools.wraps(func)
@@ -63,6 +64,15 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
         except PipelineError as err:
             logging.getLogger(func.__module__).error("%s", err)
             sys.exit(EXIT_PARAMS if isinstance(err, ConfigError) else 1)
+        except FileNotFoundError as err:  # an input named in params is not there (a stage run outside DVC)
+            if err.filename is None:
+                raise
+            logging.getLogger(func.__module__).error(
+                "%s: no such file; check its path in the params file, or run the stage through `dvc repro`, which "
+                "first runs the stage that makes it",
+                err.filename,
+            )
+            sys.exit(1)
         except (Stopped, KeyboardInterrupt) as err:
             signum = err.signum if isinstance(err, Stopped) else signal.SIGINT
             logging.getLogger(func.__module__).error(

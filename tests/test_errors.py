@@ -43,6 +43,22 @@ def test_a_bad_param_ends_the_stage_with_one_line_and_the_params_exit_status(tmp
     ]
 
 
+def test_a_missing_input_file_outside_dvc_is_one_line_naming_it(tmp_path):
+    soft_labels = read_params(ROOT / "params.yaml")["soft_labels"]
+    missing = tmp_path / "absent" / "EPIC_100_retrieval_test.csv"  # the first file the stage reads
+    splits = {**soft_labels["splits"], "ek100_test": {**soft_labels["splits"]["ek100_test"], "videos": str(missing)}}
+    write_params(tmp_path / "params.yaml", soft_labels={**soft_labels, "splits": splits})
+
+    result = python("-m", "stages.soft_labels", "--params", "params.yaml", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("ERROR")] == [
+        f"ERROR __main__: {missing}: no such file; check its path in the params file, or run the stage through "
+        "`dvc repro`, which first runs the stage that makes it"
+    ]
+
+
 INJECTED = """
 import sys
 import stages.soft_labels as stage
