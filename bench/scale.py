@@ -40,7 +40,7 @@ VIDEO_SECONDS = 1200.0
 FPS = 30.0
 CLIPS_PER_SHARD = 128  # params.yaml frames.clips_per_shard
 STEPS_PER_CLIP = 1 / 512  # MLflow: one logged step per global batch of 512 clips
-MODULES = ("bench.scale",)  # each module's COMPONENTS, in this order
+MODULES = ("bench.scale", "bench.scale_gallery")  # each module's COMPONENTS, in this order
 
 
 def scaled(total: int, clips: int, least: int = 8) -> int:
