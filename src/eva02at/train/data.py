@@ -64,6 +64,10 @@ class ClipPairs(Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
+    def clip_id(self, video: int) -> str:
+        """The shards' id of dataset video ``video`` (names a bad batch's videos)."""
+        return self.shards.ids[int(self.positions[video])].as_py()
+
     def __getitem__(self, item: tuple[int, int, int]) -> Item:
         epoch, video, caption = item
         position = int(self.positions[video])

@@ -145,10 +145,16 @@ class _Monitor:
     history rows, the throughput of each log window, the progress bar."""
 
     def __init__(
-        self, history: list[dict], clips_per_step: int, checkpoint: Path, clip_ids: Sequence[str], on_log, bar: tqdm
+        self,
+        history: list[dict],
+        clips_per_step: int,
+        checkpoint: Path,
+        clip_id: Callable[[int], str],
+        on_log,
+        bar: tqdm,
     ):
         self.history, self.clips_per_step, self.checkpoint = history, clips_per_step, checkpoint
-        self.clip_ids = clip_ids  # the dataset's video ids, to name a bad batch's videos
+        self.clip_id = clip_id  # a dataset video's id, to name a bad batch's videos
         self.on_log, self.bar = on_log, bar
         self.pending: list[_Pending] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
@@ -163,7 +169,7 @@ class _Monitor:
         when every step was checked before the first logged one (an epoch end with ``on_epoch_end``)."""
         if not self.pending:
             return self.history[-1]["loss"] if self.history else float("nan")
-        loss = _checked_mean_loss(self.pending, self.checkpoint, self.clip_ids)
+        loss = _checked_mean_loss(self.pending, self.checkpoint, self.clip_id)
         self.pending = []
         return loss
 
@@ -232,7 +238,7 @@ def train(
         list(state.get("history", [])),
         clips_per_step,
         checkpoint,
-        dataset.clip_ids,
+        dataset.clip_id,
         on_log if dist.rank == 0 else None,
         bar,
     )
@@ -298,9 +304,9 @@ def _chunks(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_ids: Sequence[str]) -> float:
+def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_id: Callable[[int], str]) -> float:
     """Read the pending steps' losses in one transfer; the last step's mean, or NonFiniteLoss naming the
-    first bad micro-batch (its optimizer step, epoch, batch of the epoch and video ids, ``clip_ids`` of the
+    first bad micro-batch (its optimizer step, epoch, batch of the epoch and video ids, ``clip_id`` of each of the
     batch's dataset indices)."""
     values = torch.stack([p.losses for p in pending]).cpu().numpy()  # (steps, accum_steps)
     bad = np.argwhere(~np.isfinite(values))
@@ -309,7 +315,7 @@ def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_ids: Sequ
         where = pending[row]
         raise NonFiniteLoss(
             f"loss is {values[row, micro]} at optimizer step {where.step} (epoch {where.epoch}, batch "
-            f"{where.first_batch + micro} of the epoch, videos {[clip_ids[i] for i in where.videos[micro].tolist()]}); "
+            f"{where.first_batch + micro} of the epoch, videos {[clip_id(i) for i in where.videos[micro].tolist()]}); "
             f"the last good checkpoint {checkpoint} is kept"
         )
     return float(values[-1].mean())
