@@ -32,15 +32,25 @@ def load_params(section: str, path: str | Path = PARAMS_FILE) -> Any:
 
 
 def stage_params(
-    section: str, cls: type[T], description: str | None, positional: tuple[str, ...] = ()
+    section: str,
+    cls: type[T],
+    description: str | None,
+    positional: tuple[str, ...] = (),
+    section_argument: bool = False,
 ) -> tuple[T, argparse.Namespace]:
     """Parse the stage's command line (``--params`` and ``positional`` arguments) and build ``cls`` from the
-    params file's ``section``, validated against it before any work (a ConfigError naming the key path)."""
+    params file's ``section``, validated against it before any work (a ConfigError naming the key path).
+
+    With ``section_argument`` the command line may name another section of the same schema (``args.section``),
+    so that one stage's code runs several DVC stages (e.g. ``finetune`` and ``finetune_charades``)."""
     parser = argparse.ArgumentParser(description=description)
     for name in positional:
         parser.add_argument(name)
-    parser.add_argument("--params", default=str(PARAMS_FILE), help=f"params file with a '{section}' section")
+    if section_argument:
+        parser.add_argument("section", nargs="?", default=section, help=f"params section (default '{section}')")
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file with the stage's section")
     args = parser.parse_args()
+    section = args.section if section_argument else section
     return from_dict(cls, load_params(section, args.params), f"{args.params}: {section}"), args
 
 

@@ -1,4 +1,6 @@
-"""``finetune`` stage: EK100 multi-instance retrieval fine-tuning with soft labels.
+"""``finetune`` stage: multi-instance retrieval fine-tuning with soft labels (EK100; Charades-Ego as
+``python -m stages.finetune finetune_charades``: any params section of this schema is a fine-tuning stage, the
+relevancy table and its captions say what is learnt).
 
 Starts from the pretrained video model (its temporal embedding interpolated to the fine-tuning frame count),
 pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
@@ -31,7 +33,7 @@ from stages.training import check_frames, pair_sampler, run_training
 
 PROBE_TEXTS = 64  # training captions on which the reference must tokenize as the new model does
 
-SELECTION_METRICS = "metrics/finetune_select.json"  # which weights model.pt holds (train.select)
+SELECTION_METRICS = "metrics/{section}_select.json"  # which weights model.pt holds (train.select)
 
 
 @dataclass
@@ -46,8 +48,8 @@ class LossParams:
 @dataclass
 class FinetuneParams:
     init: str  # video checkpoint (the pretrain stage's model.pt)
-    frames: str  # decoded EK100 train split
-    sentences: str  # EK100 train sentence CSV (the captions, columns of the relevancy table)
+    frames: str  # decoded train split (EK100, Charades-Ego's first-person videos)
+    sentences: str  # CSV of the captions, columns of the relevancy table: narration_id, narration
     relevancy: str  # the soft_labels stage's table of the train split
     out: str
     checkpoints: str
@@ -72,7 +74,7 @@ def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:
 
 @stage_main
 def main() -> None:
-    params, args = stage_params("finetune", FinetuneParams, __doc__)
+    params, args = stage_params("finetune", FinetuneParams, __doc__, section_argument=True)
     loss = get_loss(params.loss, **getattr(params.losses, params.loss))
     model = load_video_clip(params.init)
     if model.num_frames != params.num_frames:
@@ -88,7 +90,8 @@ def main() -> None:
     dist = setup()
     sampler = pair_sampler(table, params, dist, threshold=params.relevance_threshold)
     task = VideoTextTask(model, loss, relevancy=table, reference=reference)
-    run_training("finetune", params, task, sampler, dataset, dist, args.params, inputs, SELECTION_METRICS)
+    selection_metrics = SELECTION_METRICS.format(section=args.section)
+    run_training(args.section, params, task, sampler, dataset, dist, args.params, inputs, selection_metrics)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ TINY_PARAMS: dict[str, Any] = {
         "egomcq_videos": 5,
         "egomcq_questions": 4,
         "charades_videos": 3,
+        "charades_train_videos": 4,
         "charades_classes": 4,
         "charades_actions": [1, 2],
         "workers": 1,
@@ -61,6 +62,7 @@ TINY_PARAMS: dict[str, Any] = {
     },
     "pretrain": {"embed_dim": 16, "train": {"epochs": 1, "batch_size": 4, "workers": 0, "log_every": 1}},
     "finetune": {"train": {"epochs": 1, "batch_size": 4, "workers": 0, "log_every": 1}},
+    "finetune_charades": {"train": {"epochs": 1, "batch_size": 4, "workers": 0, "log_every": 1}},
     "export": {"workers": 0},
     "evaluate": {"random": {"seed": 0, "draws": 2}},
 }

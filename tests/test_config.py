@@ -41,6 +41,7 @@ SCHEMAS = {
     "image_clip": ImageClipParams,
     "pretrain": PretrainParams,
     "finetune": FinetuneParams,
+    "finetune_charades": FinetuneParams,  # the finetune stage's schema, run with this section
     "benchmarks": BenchmarksParams,
     "export": ExportParams,
     "evaluate": EvaluateParams,
@@ -170,6 +171,8 @@ def test_every_section_of_the_projects_params_fits_its_schema():
     entries = typed_entries(built["benchmarks"], "params.yaml")  # each entry against its benchmark's params
     assert entries["ek100_mir"].truth.endswith("ek100_test.npz") and entries["egomcq"].collection == "egomcq"
     assert built["finetune"].losses.sms == {"margin": 0.6, "threshold": 0.1, "lam": pytest.approx(1.1 / 240)}
+    assert built["finetune_charades"].losses.sms == {"margin": 0.3} and built["finetune_charades"].optim.name == "lamb"
+    assert built["soft_labels"].splits["charades_ego_train"].format == "charades"
 
 
 def test_a_section_indented_under_another_is_refused_not_replaced_by_defaults():

@@ -294,6 +294,7 @@ def test_a_full_disk_stops_with_one_line_naming_the_shard_and_a_rerun_gives_the_
     assert made == sorted(p.relative_to(tmp_path / "roomy") for p in (tmp_path / "roomy").rglob("*") if p.is_file())
     assert all((full / p).read_bytes() == (tmp_path / "roomy" / p).read_bytes() for p in made)
 
+
 def test_resume_keeps_shards_by_size_and_decodes_again_one_whose_checksum_changed(tmp_path, ego4d_dir, caplog):
     segments = real_clips(ego4d_dir)[:10]
     spec = FrameSpec(num_frames=2, size=16)

@@ -120,6 +120,17 @@ def test_the_comparison_gives_difference_ratio_and_provenance():
     assert all(line.missing == "not run" for line in lines if line.cell.row == "loss_mi_mm")
 
 
+def test_the_fine_tuned_charades_ego_cell_reads_its_own_model_row():
+    params = stacked(ROWS["b_egoclip_plus"])
+    metrics = {"charades_finetuned": {"charades_ego": {"mAP": 0.2}}}
+    cells = [c for c in CELLS if c.result.startswith("charades_finetuned.")]
+    (line,) = paper.compare(cells, {"b_egoclip_plus": paper.Run(metrics, params)})
+    assert line.measured == pytest.approx(20.0) and line.difference == pytest.approx(20.0 - 38.0)
+    assert line.provenance == "models/finetune_charades/model.pt (final epoch); 16 frames"
+    selected = merge(params, {"finetune_charades": {"train": {"select": "best val mAP"}}})
+    assert paper.provenance(selected, line.cell.result).startswith("models/finetune_charades/model.pt (best val mAP)")
+
+
 def test_real_data_and_a_selected_checkpoint_are_named():
     params = merge(
         stacked(ROWS["b_egoclip"]),

@@ -75,6 +75,8 @@ def test_runs_carry_the_lineage_of_dvc_lock(tiny_pipeline):
         assert tagged == recorded, stage
     assert runs["finetune"].metrics["loss"] > 0
     assert "finetuned.ek100_mir.mAP_avg" in runs["evaluate"].metrics
+    assert "charades_finetuned.charades_ego.mAP" in runs["evaluate"].metrics  # the Charades-Ego fine-tuned row
+    assert runs["finetune_charades"].metrics["loss"] > 0
 
 
 def test_params_that_do_not_fit_fail_before_any_work(tiny_pipeline, tmp_path):

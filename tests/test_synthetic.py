@@ -42,6 +42,7 @@ TINY = {
     "egomcq_videos": 5,
     "egomcq_questions": 6,
     "charades_videos": 4,
+    "charades_train_videos": 3,
     "charades_classes": 6,
     "workers": 1,
 }
@@ -244,13 +245,16 @@ def test_egoclip_and_egomcq_formats(sample):
     assert all((videos / f"{uid}.mp4").is_file() for uid in mcq_uids)
 
 
-def test_charades_ego_format(sample):
+@pytest.mark.parametrize(("split", "count"), [("test", 4), ("train", 3)])
+def test_charades_ego_format(sample, split, count):
     folder = sample / "charades-ego" / "annotations"
     names = dict(line.split(" ", 1) for line in (folder / "Charades_v1_classes.txt").read_text().splitlines())
     assert len(names) == 6 and len(set(names.values())) == 6
-    columns, rows = _rows(folder / "CharadesEgo_v1_test_only1st.csv")
+    columns, rows = _rows(folder / f"CharadesEgo_v1_{split}_only1st.csv")
     required = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length"
-    assert set(required.split(",")) <= set(columns) and len(rows) == 4
+    assert set(required.split(",")) <= set(columns) and len(rows) == count
+    other = "train" if split == "test" else "test"
+    assert not {r["id"] for r in rows} & {r["id"] for r in _rows(folder / f"CharadesEgo_v1_{other}_only1st.csv")[1]}
     for row in rows:
         actions = [a.split(" ") for a in row["actions"].split(";")]
         assert 2 <= len(actions) <= 4 and len({a[0] for a in actions}) == len(actions)

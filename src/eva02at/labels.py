@@ -271,3 +271,25 @@ def _layout_problems(table: RelevancyTable) -> list[str]:
     if len(table.video_ids) != len(table.video_sig) or len(table.sentence_ids) != len(table.sentence_sig):
         problems.append("narration_id lists do not match the row counts")
     return problems
+
+
+def video_class_relevancy(labels: np.ndarray, video_ids, class_ids) -> RelevancyTable:
+    """Charades-Ego fine-tuning's soft labels, videos x classes: R(v, c) = 1 when class c is among video v's
+    actions, else 0 (multi-hot ``labels``, e.g. from the ``actions`` column).
+
+    EVA02-AT fine-tunes on Charades-Ego with the SMS loss over video-class soft labels without giving their
+    equation; this is the relevance the action labels define (the class names are the captions), written here
+    because no library builds it. Videos with no label have no relevant caption: the caller decides about them.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape != (len(video_ids), len(class_ids)):
+        raise ValueError(f"labels {labels.shape} do not match {len(video_ids)} videos x {len(class_ids)} classes")
+    signatures, video_sig = np.unique(labels != 0, axis=0, return_inverse=True)
+    return RelevancyTable(
+        video_sig.ravel(),
+        np.arange(len(class_ids)),
+        signatures.astype(np.uint8),  # code 0: R = 0, code 1: R = 1
+        np.array([0.0, 1.0]),
+        np.asarray(video_ids, dtype=str),
+        np.asarray(class_ids, dtype=str),
+    )

@@ -23,7 +23,11 @@ from eva02at.config import ConfigError, parse_yaml
 from eva02at.errors import BadInput, MissingInput
 
 COLUMNS = ("table", "row", "metric", "value", "result", "where")
-SELECTED = {"pretrain": "zero_shot", "finetune": "finetuned"}  # training stage -> export model it gives
+SELECTED = {  # training stage -> export model it gives
+    "pretrain": "zero_shot",
+    "finetune": "finetuned",
+    "finetune_charades": "charades_finetuned",
+}
 
 
 @dataclass(frozen=True)

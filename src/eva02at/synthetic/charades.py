@@ -1,4 +1,4 @@
-"""A synthetic Charades-Ego test set: first-person videos with several labelled actions each.
+"""A synthetic Charades-Ego: first-person test and training videos with several labelled actions each.
 
 Classes are the (verb, noun) pairs most frequent among the drawable EPIC-KITCHENS test rows, named
 in words (``"take plate"``), so video-to-class-name retrieval measures the same skill zero-shot.
@@ -58,11 +58,13 @@ def action_classes(captions: list[Caption], subset: ClassSubset, count: int) -> 
 
 
 def plan_charades(
-    rng: np.random.Generator, classes: list[ActionClass], cfg: SampleConfig
+    rng: np.random.Generator, classes: list[ActionClass], cfg: SampleConfig, count: int, used: set[str]
 ) -> tuple[list[VideoJob], list[dict]]:
-    """Videos of a few distinct actions each, one after another, and their annotation rows."""
-    jobs, rows, used = [], [], set()
-    for _ in range(cfg.charades_videos):
+    """``count`` videos of a few distinct actions each, one after another, and their annotation rows.
+
+    ``used`` holds the ids of the other split's videos (ids stay unique across the splits) and receives these."""
+    jobs, rows = [], []
+    for _ in range(count):
         video_id = _new_id(rng, used)
         count = int(rng.integers(cfg.charades_actions[0], cfg.charades_actions[1] + 1))
         picks = sorted(int(i) for i in rng.choice(len(classes), size=count, replace=False))

@@ -33,7 +33,8 @@ class SampleConfig:
     egoclip_clips: PositiveInt = 800
     egomcq_videos: PositiveInt = 10
     egomcq_questions: PositiveInt = 50
-    charades_videos: PositiveInt = 40
+    charades_videos: PositiveInt = 40  # test split
+    charades_train_videos: PositiveInt = 24  # first-person training split (Charades-Ego fine-tuning)
     charades_classes: PositiveInt = 20
     charades_actions: list[NonNegativeInt] = field(default_factory=lambda: [2, 4])
     workers: PositiveInt = 2  # processes that render and encode videos

@@ -52,13 +52,25 @@ def _write_tables(
     ek_jobs, ek_counts = _ek100(root, cfg, train_pool, test_pool)
     ego_jobs, ego_counts = _ego4d(root, cfg, train_pool)
     classes = charades.action_classes(test_pool, subset, cfg.charades_classes)
-    charades_jobs, charades_rows = charades.plan_charades(keyed_rng(cfg.seed, "charades"), classes, cfg)
+    used: set[str] = set()
+    charades_jobs, charades_rows = charades.plan_charades(
+        keyed_rng(cfg.seed, "charades"), classes, cfg, cfg.charades_videos, used
+    )
+    train_jobs, train_rows = charades.plan_charades(
+        keyed_rng(cfg.seed, "charades_train"), classes, cfg, cfg.charades_train_videos, used
+    )
     folder = root / charades.ROOT / "annotations"
     folder.mkdir(parents=True)
     write_table(folder / "CharadesEgo_v1_test_only1st.csv", charades.COLUMNS, charades_rows)
+    write_table(folder / "CharadesEgo_v1_train_only1st.csv", charades.COLUMNS, train_rows)
     (folder / "Charades_v1_classes.txt").write_text(charades.class_lines(classes))
-    counts = {**ek_counts, **ego_counts, "charades_videos": len(charades_rows)}
-    return ek_jobs + ego_jobs + charades_jobs, counts
+    counts = {
+        **ek_counts,
+        **ego_counts,
+        "charades_videos": len(charades_rows),
+        "charades_train_videos": len(train_rows),
+    }
+    return ek_jobs + ego_jobs + charades_jobs + train_jobs, counts
 
 
 def _ek100(
