@@ -370,6 +370,16 @@ def components() -> dict[str, Component]:
     return table
 
 
+def component(name: str) -> Component:
+    """The component ``name``, importing ``MODULES`` only up to its own: a component's peak memory must not
+    count a later module's imports (torch, for the gallery's)."""
+    for module in MODULES:
+        found = importlib.import_module(module).COMPONENTS.get(name)
+        if found is not None:
+            return found
+    raise KeyError(f"unknown component {name!r}")
+
+
 # --- measurement ------------------------------------------------------------------------------------------
 
 
@@ -424,14 +434,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help=argparse.SUPPRESS)  # one component in this process
     parser.add_argument("--clips", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    table = components()
     if args.run:
+        run = component(args.run)
         started = time.perf_counter()
-        table[args.run](args.clips, args.work)
+        run(args.clips, args.work)
         print(json.dumps({"seconds": time.perf_counter() - started, "peak_gib": peak_rss_gib()}))
         return
     from bench.common import machine_info, write_json
 
+    table = components()
     names = args.only or list(table)
     unknown = sorted(set(names) - set(table))
     if unknown:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import random
 
 import pytest
 
@@ -112,3 +114,45 @@ def test_egoclip_negative_start_is_clamped_and_malformed_rows_are_errors(tmp_pat
         ("v_4", 1.0, ()),
     ]
     assert [(e.line, "bad timestamp" in e.reason) for e in errors] == [(4, True), (5, True)]
+
+
+def _egoclip_fields(rng: random.Random) -> list[str]:
+    """One EgoClip row's video, times and text, drawn to cover the usual rows and every kind of odd one."""
+    plain = f"{rng.uniform(0, 2000):.{rng.randint(0, 17)}f}"
+    odd = ["", "x", "-x", "-0.0", "-0", "1e1", " 1.5", "00:01:02.5", "1.", "inf", "nan", "-1.5", "+2", "0"]
+    start = rng.choice([plain] * 6 + odd + [f"-{plain}"])
+    end = rng.choice([f"{float(plain) + rng.uniform(0, 5):.{rng.randint(0, 17)}f}"] * 6 + odd)
+    video = rng.choice(["v1", "v2", "", "vidé/o"])
+    text = rng.choice(["#C C picks a cup", "", 'comma, and "quote"', "café\ttab"])
+    return [video, start, end, text]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "pattern"),
+    [("excel-tab", None), ("excel", "{video_uid}/{clip_text}.mp4"), ("excel", "{video_uid!s}.mp4")],
+)
+def test_egoclip_columnar_reader_equals_the_row_by_row_reader(tmp_path, monkeypatch, dialect, pattern):
+    """The Arrow batches give exactly the segments (ids, times, clamps) and row errors of the csv-module reader."""
+    rng = random.Random(7)
+    path = tmp_path / "egoclip.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, dialect=dialect)
+        writer.writerow(["clip_idx", "video_uid", "clip_start", "clip_end", "clip_text"])
+        writer.writerows([k, *_egoclip_fields(rng)] for k in range(3000))
+    source = Source(str(path), pattern=pattern)
+    read_batches, used = annotations._egoclip_columnar, []
+    monkeypatch.setattr(annotations, "_egoclip_columnar", lambda *args: used.append(read_batches(*args)) or used[0])
+    columnar = read_segments("egoclip", source)
+    assert used[0] is not None  # read in Arrow batches, not by the fallback
+    monkeypatch.setattr(annotations, "_egoclip_columnar", lambda *_: None)
+    by_row = read_segments("egoclip", source)
+    assert columnar == by_row
+    assert 300 < len(columnar[0]) < 3000 and columnar[1]  # both kinds of row were there
+
+
+def test_egoclip_table_with_quoted_line_breaks_and_blank_lines_keeps_its_line_numbers(tmp_path):
+    path = tmp_path / "egoclip.csv"
+    path.write_text('video_uid,clip_start,clip_end,clip_text\nv,1,2,"two\nlines"\n\nv,3,4,after\nv,5,4,bad\n')
+    segments, errors = read_segments("egoclip", Source(str(path)))
+    assert [(s.clip_id, s.line, s.text) for s in segments] == [("v_1", 3, "two\nlines"), ("v_3", 5, "after")]
+    assert [(e.line, e.reason) for e in errors] == [(6, "stop '4' is not after start '5'")]

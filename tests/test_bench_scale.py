@@ -3,6 +3,10 @@ growth exponents are right."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench import scale
@@ -48,7 +52,19 @@ def test_growth_exponent_and_registry():
     assert scale.growth(2.0, 20.0, 10) == pytest.approx(1.0)
     assert scale.growth(1.0, 100.0, 10) == pytest.approx(2.0)
     assert scale.growth(3.0, 3.0, 10) == pytest.approx(0.0)
-    assert list(scale.components()) == list(scale.COMPONENTS)
+    assert list(scale.components())[: len(scale.COMPONENTS)] == list(scale.COMPONENTS)  # then the gallery's
+
+
+def test_a_component_run_imports_no_later_module():
+    """A component's peak memory is its own: finding it imports no module listed after its own (torch)."""
+    code = "import sys; from bench import scale; scale.component('read egoclip'); print(sorted(sys.modules))"
+    repo = Path(__file__).resolve().parents[1]
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert "'bench.scale'" in loaded.stdout
+    assert "'bench.scale_gallery'" not in loaded.stdout and "'torch'" not in loaded.stdout
+    assert scale.component("dvc hashing of frames (egoclip)") is scale.dvc_hashing
+    with pytest.raises(KeyError, match="nope"):
+        scale.component("nope")
 
 
 def test_a_component_name_registered_twice_is_an_error(monkeypatch):

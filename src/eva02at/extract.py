@@ -17,11 +17,12 @@ import hashlib
 import json
 import logging
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import chain, groupby
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,8 @@ from eva02at.workers import check_parent, map_unordered
 
 log = logging.getLogger(__name__)
 PARTS = "parts"
-SEGMENT_FIELDS = tuple(f.name for f in fields(Segment))
+STAMP_FIELDS = tuple(sorted(f.name for f in fields(Segment)))  # in the order json.dumps(sort_keys) writes them
+_stamp_values = attrgetter(*STAMP_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,11 @@ def extract(
     tasks = plan_shards(segments, video_root, out_dir, spec, clips_per_shard)
     kept, todo = [], []
     for task in tasks:
-        (kept if is_finished(task) else todo).append(task)
+        recorded = finished_file(task)
+        if recorded is None:
+            todo.append(task)
+        else:
+            kept.append((task, recorded))
     _remove_stale(out_dir, {task.name for task in tasks})
     todo = with_shared_indexes(todo, workers)
     run = runner or run_local
@@ -154,7 +160,7 @@ def extract(
         ThreadPoolExecutor(1, thread_name_prefix="shard-checksums") as pool,
         tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar,
     ):
-        changed = pool.submit(lambda: [task for task in kept if not content_matches(task)])
+        changed = pool.submit(lambda: [task for task, recorded in kept if not content_matches(task, recorded)])
         for result in run(todo, workers):
             bar.update(result.clips)
         redo = changed.result()
@@ -221,31 +227,31 @@ def _try_index(path: Path) -> tuple[Path, FrameIndex | None]:
 
 
 def _stamp(group: Sequence[Segment], spec: FrameSpec, video_root: str) -> str:
-    clips = [{name: getattr(s, name) for name in SEGMENT_FIELDS} for s in group]  # asdict, without its deep copy
+    clips = [dict(zip(STAMP_FIELDS, _stamp_values(s), strict=True)) for s in group]  # asdict, without deep copy
     text = json.dumps([SHARD_LAYOUT, video_root, asdict(spec), clips], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def is_finished(task: ShardTask) -> bool:
-    """Whether an earlier run finished this shard: its part has the stamp, its file the recorded size (the
-    checksum is :func:`content_matches`, checked while other shards decode)."""
+def finished_file(task: ShardTask) -> ShardFile | None:
+    """The shard file an earlier run finished for this task (its part has the stamp, its file the recorded
+    size), or None; the checksum is :func:`content_matches`, checked while other shards decode."""
     recorded = _recorded_file(task)
     if recorded is None:
-        return False
+        return None
     found = task.shard_path.stat().st_size if task.shard_path.is_file() else None
     if found != recorded.size:
         state = "missing" if found is None else f"{found} bytes, recorded {recorded.size}"
         log.warning(
             "%s does not match its manifest part %s (%s); decoding it again", task.shard_path, task.part_path, state
         )
-        return False
-    return True
+        return None
+    return recorded
 
 
-def content_matches(task: ShardTask) -> bool:
-    """Whether a kept shard's bytes still have the checksum its part recorded."""
-    recorded = _recorded_file(task)
-    if recorded is not None and ShardFile.of(task.shard_path) == recorded:
+def content_matches(task: ShardTask, recorded: ShardFile) -> bool:
+    """Whether a kept shard's bytes still have the checksum its part recorded (``recorded``, as read by
+    :func:`finished_file`: a resume reads each part's footer once)."""
+    if ShardFile.of(task.shard_path) == recorded:
         return True
     log.warning("%s does not match its manifest part %s (checksum); decoding it again", task.shard_path, task.part_path)
     return False
@@ -317,7 +323,7 @@ def finish(
     errors = [
         _error_row(Segment(f"{Path(e.file).name}:{e.line}", e.file, 0.0, 0.0, e.line), e.reason) for e in row_errors
     ]
-    parts = (read_manifest(task.part_path) for task in tasks)
+    parts = _read_ahead(read_manifest, [task.part_path for task in tasks])
     tables = (tally(table) for table in chain(parts, [pa.Table.from_pylist(errors, schema=MANIFEST_SCHEMA)]))
     write_manifest_tables(out_dir / MANIFEST, tables, spec.metadata())
     summary = Summary(
@@ -331,6 +337,19 @@ def finish(
             summary,
         )
     return summary
+
+
+def _read_ahead(read: Callable[[Path], pa.Table], paths: Sequence[Path], ahead: int = 8) -> Iterator[pa.Table]:
+    """``read`` of each path, in order, with up to ``ahead`` reads running in two threads (Parquet reads
+    release the GIL): joining ~38k parts of EgoClip is bound by their per-file cost, not by memory."""
+    with ThreadPoolExecutor(2, thread_name_prefix="manifest-parts") as pool:
+        pending: deque[Future[pa.Table]] = deque()
+        for path in paths:
+            pending.append(pool.submit(read, path))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class _Tally:
