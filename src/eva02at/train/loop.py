@@ -307,9 +307,10 @@ def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_ids: Sequ
     if len(bad):
         row, micro = bad[0]
         where = pending[row]
+        videos = [str(clip_ids[i]) for i in where.videos[micro].tolist()]  # an Arrow array's scalars as text
         raise NonFiniteLoss(
             f"loss is {values[row, micro]} at optimizer step {where.step} (epoch {where.epoch}, batch "
-            f"{where.first_batch + micro} of the epoch, videos {[clip_ids[i] for i in where.videos[micro].tolist()]}); "
+            f"{where.first_batch + micro} of the epoch, videos {videos}); "
             f"the last good checkpoint {checkpoint} is kept"
         )
     return float(values[-1].mean())
