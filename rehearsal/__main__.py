@@ -13,7 +13,17 @@ from pathlib import Path
 
 from eva02at.config import read_params
 from rehearsal.project import make_project
-from rehearsal.run import OVERRIDES, SMALLEST, StageFailed, as_json, rehearse, remove_project, summary, table
+from rehearsal.run import (
+    OVERRIDES,
+    SMALLEST,
+    StageFailed,
+    as_json,
+    rehearse,
+    remove_project,
+    selections,
+    summary,
+    table,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +57,7 @@ def main() -> None:
         failed = str(stopped) if isinstance(stopped, StageFailed) else "interrupted"
         finish(report, results, started, workdir, failed=failed.splitlines()[0])
         sys.exit(f"rehearsal: {failed}\nthe copy is kept: {project}")
+    report["selections"] = selections(project)
     finish(report, results, started, workdir)
     if not args.keep:
         remove_project(project)

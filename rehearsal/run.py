@@ -145,6 +145,15 @@ def rehearse(project: Path, logs: Path) -> Iterator[StageResult]:
         yield result
 
 
+def selections(project: Path) -> dict:
+    """What each training stage's ``model.pt`` holds (``metrics/<stage>_select.json``): the final weights, or the
+    epoch that ``train.select`` kept with its score; the report keeps them, as the copy is removed."""
+    records: dict = {}
+    for path in sorted((project / "metrics").glob("*_select.json")):
+        records |= json.loads(path.read_text())
+    return records
+
+
 def summary(result: StageResult) -> str:
     steps = f", {len(result.step_seconds)} steps, {result.seconds_per_step:.1f} s/step" if result.step_seconds else ""
     return f"{result.stage}: {result.seconds:.1f} s, peak {result.peak_rss_gib:.2f} GiB{steps}, load {result.load:.1f}"

@@ -1,5 +1,7 @@
 """The rehearsal (``make rehearsal``): overrides merge into params.yaml key by key and keep its comments, a stage's
-peak memory covers its whole process tree, and the smallest form runs every stage at the real shapes (slow)."""
+peak memory covers its whole process tree, the smallest form runs every stage at the real shapes with EgoClip+,
+accumulation and selection on (slow), the paper rows' temporal variants train a step at those shapes (slow) and
+their loss variants give a gradient."""
 
 from __future__ import annotations
 
@@ -9,12 +11,33 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from eva02at.config import read_params
-from rehearsal.project import ROOT, override_params
-from rehearsal.run import StageResult, measure, table
+from eva02at import paper
+from eva02at.config import from_dict, read_params
+from eva02at.losses import get_loss
+from eva02at.models import create_image_clip, from_open_clip
+from rehearsal.project import ROOT, merge, override_params
+from rehearsal.run import OVERRIDES, SMALLEST, StageResult, measure, table
+from stages.finetune import FinetuneParams
+from stages.pretrain import PretrainParams
 
 TRAINING_STAGES = ("image_clip", "pretrain", "finetune")
+ROWS = paper.read_rows(ROOT / "paper" / "rows")
+TEMPORAL_SWITCHES = {"temporal_embedding", "temporal_rope"}
+
+
+def rehearsed(row: paper.Row) -> dict:
+    """params.yaml with the recipe, the rehearsal's scale and smallest forms, then the row: the row in the
+    smallest rehearsal."""
+    params = read_params(ROOT / "params.yaml")
+    for override in (*OVERRIDES, SMALLEST):
+        merge(params, read_params(override))
+    return merge(params, row.override)
+
+
+def rows_changing(section: str, keys: set[str]) -> list[str]:
+    return sorted(name for name, row in ROWS.items() if keys & set(row.override.get(section, {})))
 
 
 def test_overrides_merge_key_by_key_keeping_comments(tmp_path):
@@ -58,8 +81,17 @@ def test_smallest_rehearsal_runs_every_stage_at_the_real_shapes(tmp_path):
     assert params["image_clip"]["model"] == "EVA02-B-16" and params["frames"]["size"] == 224
     assert (params["pretrain"]["num_frames"], params["finetune"]["num_frames"]) == (4, 16)
     assert params["frames"]["collections"]["ek100_train"]["num_frames"] == 16
+    # the code paths a real run may take and the demo does not: EgoClip+, the whole batch under accumulation, selection
+    assert params["pretrain"]["captions"] == params["egoclip_plus"]["out"]
+    for name in ("pretrain", "finetune"):
+        assert params[name]["train"]["accum_steps"] > 1 and params[name]["train"]["accum_whole_batch"], name
     stages = {stage["stage"]: stage for stage in report["stages"]}
-    assert {"sample", "frames@ek100_train", "soft_labels", *TRAINING_STAGES, "export", "evaluate"} <= set(stages)
+    expected = {"sample", "egoclip_plus", "frames@ek100_train", "frames@ek100_train_eval", "soft_labels"}
+    assert expected | {*TRAINING_STAGES, "export", "evaluate"} <= set(stages)
+    selected = report["selections"]["finetune"]["select"]  # evaluated at the end of its one-step epoch, not on test
+    assert (selected["selected"], selected["epoch"], selected["on_test_set"]) == ("best", 1, False)
+    assert selected["collection"].endswith("ek100_train_eval") and 0 < selected["score"] <= 1
+    assert report["selections"]["pretrain"]["select"]["selected"] == "final"
     assert report["failed"] is None and not (tmp_path / "project").exists()  # a passing copy is removed
     for name, stage in stages.items():
         assert stage["peak_rss_gib"] > 0 and stage["seconds"] > 0, name
@@ -67,3 +99,50 @@ def test_smallest_rehearsal_runs_every_stage_at_the_real_shapes(tmp_path):
     assert all(stages[name]["seconds_per_step"] > 0 for name in TRAINING_STAGES)
     table = done.stdout[done.stdout.index("peak RSS GiB") :]
     assert all(name in table for name in stages) and "s/step" in table
+
+
+@pytest.mark.rehearsal
+@pytest.mark.parametrize("name", rows_changing("pretrain", TEMPORAL_SWITCHES))
+def test_each_temporal_variant_row_trains_a_step_at_the_paper_shapes(name):
+    """The Table IV rows' models (EVA02-B-16, 224 px, 4 frames): built with their switches, one InfoNCE step."""
+    params = rehearsed(ROWS[name])
+    settings = from_dict(PretrainParams, params["pretrain"], f"{name}: pretrain")
+    assert not (settings.temporal_embedding and settings.temporal_rope), name  # the row switches one off
+    torch.manual_seed(0)
+    model = from_open_clip(
+        create_image_clip(params["image_clip"]["model"]),
+        settings.num_frames,
+        settings.embed_dim,
+        temporal_positions=settings.temporal_positions,
+        temporal_embedding=settings.temporal_embedding,
+        temporal_rope=settings.temporal_rope,
+    )
+    assert model.image_size == params["frames"]["size"] == 224
+    assert ("video.temporal_embed" in model.state_dict()) == settings.temporal_embedding
+    frames = torch.randn(2, settings.num_frames, 3, 224, 224)
+    with torch.no_grad():  # at initialisation the temporal embedding is zero: only temporal RoPE sees frame order
+        reversed_order = model.video_features(frames.flip(1))
+    video, text = model(frames, model.tokenize(["open the fridge", "cut the onion"]))
+    differs = not torch.allclose(model.video_features(frames).detach(), reversed_order, rtol=1e-4, atol=1e-4)
+    assert differs == settings.temporal_rope, name
+    loss = get_loss("infonce", temperature=settings.temperature)(video, text)
+    loss.backward()
+    grads = {key: p.grad for key, p in model.named_parameters() if p.requires_grad}
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["video_proj.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", rows_changing("finetune", {"loss", "losses"}))
+def test_each_loss_row_builds_its_loss_and_gives_a_gradient(name):
+    """The loss ablation's rows as the finetune stage builds them, on the paper's embedding width with a soft
+    relevancy: finite, and a gradient on both embeddings (the model around it is the smallest rehearsal's)."""
+    settings = from_dict(FinetuneParams, rehearsed(ROWS[name])["finetune"], f"{name}: finetune")
+    loss_fn = get_loss(settings.loss, **getattr(settings.losses, settings.loss))
+    generator = torch.Generator().manual_seed(0)
+    video = torch.randn(4, 256, generator=generator, dtype=torch.float64, requires_grad=True)
+    text = torch.randn(4, 256, generator=generator, dtype=torch.float64, requires_grad=True)
+    relevance = torch.tensor([[1.0, 0.5, 0.0, 0.2], [0.5, 1.0, 0.05, 0.0], [0.0, 0.05, 1.0, 0.7], [0.2, 0.0, 0.7, 1.0]])
+    loss = loss_fn(video, text, relevance.double())
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0, name
+    assert video.grad.abs().sum() > 0 and text.grad.abs().sum() > 0, name

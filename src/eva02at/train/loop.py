@@ -313,9 +313,10 @@ def _checked_mean_loss(pending: list[_Pending], checkpoint: Path, clip_id: Calla
     if len(bad):
         row, micro = bad[0]
         where = pending[row]
+        videos = [clip_id(i) for i in where.videos[micro].tolist()]
         raise NonFiniteLoss(
             f"loss is {values[row, micro]} at optimizer step {where.step} (epoch {where.epoch}, batch "
-            f"{where.first_batch + micro} of the epoch, videos {[clip_id(i) for i in where.videos[micro].tolist()]}); "
+            f"{where.first_batch + micro} of the epoch, videos {videos}); "
             f"the last good checkpoint {checkpoint} is kept"
         )
     return float(values[-1].mean())
