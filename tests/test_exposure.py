@@ -49,12 +49,19 @@ def test_the_addresses_of_the_socket_table_are_read_right():
     assert _address("00000000000000000000000001000000:0016") == ("::1", 22)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8 and ::1, also written IPv4-mapped (``::ffff:127.0.0.1``, how an IPv6 socket bound to
+    127.0.0.1 appears in /proc/net/tcp6)."""
+    address = ipaddress.ip_address(host)
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+def test_loopback_includes_ipv4_mapped_loopback_only():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:7f00:1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("::ffff:c000:202")
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray 2.60 with --node-ip-address 127.0.0.1 still listens on all interfaces (GCS, raylet, autoscaler "
-    "monitor, dashboard and runtime-env agents; README, Running on a cluster): fails until the cluster is bound",
-)
 def test_the_test_ray_cluster_listens_on_loopback_only():
     cluster = start_cluster(num_cpus=1)
     try:
@@ -62,7 +69,7 @@ def test_the_test_ray_cluster_listens_on_loopback_only():
     finally:
         stop_cluster(cluster)
     assert sockets, "no listening socket found for the cluster"
-    exposed = {(host, port) for host, port in sockets if not ipaddress.ip_address(host).is_loopback}
+    exposed = {(host, port) for host, port in sockets if not is_loopback(host)}
     assert exposed == set(), f"listening beyond loopback: {sorted(exposed)}"
 
 
