@@ -7,10 +7,18 @@ from __future__ import annotations
 import ast
 import ipaddress
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from eva02at.tracking import server_answers
+from tests.processes import in_session, wait_until
+from tests.project_fixtures import empty_mlflow_store
 from tests.ray_cluster import start_cluster, stop_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +79,32 @@ def test_the_test_ray_cluster_listens_on_loopback_only():
     assert sockets, "no listening socket found for the cluster"
     exposed = {(host, port) for host, port in sockets if not is_loopback(host)}
     assert exposed == set(), f"listening beyond loopback: {sorted(exposed)}"
+
+
+@pytest.mark.slow
+def test_the_readmes_mlflow_server_listens_on_loopback_only(tmp_path):
+    """``mlflow server --host 127.0.0.1`` as the README starts it on one machine, with its web workers."""
+    shutil.copy(empty_mlflow_store(), tmp_path / "mlflow.db")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    command += ["--default-artifact-root", str(tmp_path / "artifacts")]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_until(lambda: server_answers(uri) or server.poll() is not None, "the MLflow server")
+        assert server.poll() is None, "the MLflow server did not start"
+        sockets = listening(in_session(server.pid))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and its web workers
+        server.wait()
+    assert ("127.0.0.1", port) in sockets
+    assert {(host, p) for host, p in sockets if not is_loopback(host)} == set()
 
 
 def calls(path: Path) -> list[ast.Call]:
