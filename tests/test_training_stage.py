@@ -157,7 +157,7 @@ runpy.run_module("stages.pretrain", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(project, monkeypatch, signum):
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     params = write_params(project, "killed", workers=2, checkpoint_every=3)
@@ -179,9 +179,12 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
     if signum == signal.SIGKILL:
         assert stage_runs(client, checkpoint) == {run_id: "RUNNING"}  # what kill -9 leaves
-    else:  # SIGTERM: one plain line, the run ended KILLED
-        assert stage.returncode == 128 + signal.SIGTERM
-        assert "ERROR __main__: pretrain stopped by SIGTERM: " in (project / "killed.log").read_text()
+    else:  # SIGTERM, SIGINT (Ctrl-C): one plain line, the run ended KILLED
+        assert stage.returncode == 128 + signum
+        assert (
+            f"ERROR __main__: pretrain stopped by {signal.Signals(signum).name}: "
+            in (project / "killed.log").read_text()
+        )
         assert stage_runs(client, checkpoint) == {run_id: "KILLED"}
 
     resume = [sys.executable, "-m", "stages.pretrain", "--params", str(params)]
