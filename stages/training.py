@@ -105,7 +105,7 @@ def run_training(
     deps = {k: v for k, v in tags.items() if k.startswith("dvc.dep.")} | (inputs or {})
     fingerprint = broadcast(run_fingerprint(config, deps))
     out, checkpoint = Path(params.out), resume_point(params.checkpoints, fingerprint)
-    with open_tracker(stage, params_file, tags, checkpoint, fingerprint, enabled=lead) as tracker:
+    with open_tracker(stage, params_file, tags, Path(params.checkpoints), fingerprint, enabled=lead) as tracker:
         tracker.log_params(config)
         best = None
         if select is not None:
@@ -175,20 +175,24 @@ def save_models(task: Task, out: Path, steps: int, best: BestEpoch | None) -> di
 
 
 def open_tracker(
-    stage: str, params_file: str, tags: dict[str, str], checkpoint: Path, fingerprint: str, enabled: bool
+    stage: str, params_file: str, tags: dict[str, str], checkpoints: Path, fingerprint: str, enabled: bool
 ) -> Tracker:
     """The MLflow run of this training: the run of a resumable checkpoint, continued, or a new one.
 
-    Runs of this stage on this checkpoint and host that are still RUNNING belong to killed executions and
-    are marked KILLED first (DVC never runs a stage twice at once in one project). Metrics that a tracking
-    outage kept from the server are written beside the checkpoint and sent when the run is continued.
+    Runs of this stage in this checkpoint folder and on this host that are still RUNNING belong to killed
+    executions, of this configuration or of any other one (whose rerun DVC may serve from its run cache, never
+    executing the stage), and are marked KILLED first (DVC never runs a stage twice at once in one project);
+    a resumed configuration sets its run RUNNING again. Metrics that a tracking outage kept from the server are
+    written beside the checkpoint and sent when the run is continued.
     """
     tracking = read_settings(params_file)
     if not (enabled and tracking.enabled):
         return Tracker(tracking.experiment, stage, enabled=False)
-    execution = {"dvc.stage": stage, "train.checkpoint": str(checkpoint.resolve()), "train.host": socket.gethostname()}
+    checkpoint = resume_point(checkpoints, fingerprint)
+    project = {"dvc.stage": stage, "train.checkpoints": str(checkpoints.resolve()), "train.host": socket.gethostname()}
+    execution = {**project, "train.checkpoint": str(checkpoint.resolve())}
     run_id = resumable_state(checkpoint, fingerprint).get("run_id")
-    ended = end_abandoned_runs(tracking.experiment, execution, keep=run_id, uri=tracking.uri)
+    ended = end_abandoned_runs(tracking.experiment, project, keep=run_id, uri=tracking.uri)
     if ended:
         log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
     unlogged = checkpoint.with_name(UNLOGGED)

@@ -26,6 +26,11 @@ from eva02at.extract import ShardResult, ShardTask, decode_shard
 from tests.processes import alive, in_session
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ray rewrites a loopback --node-ip-address to the machine's routable address, and binds GCS, raylet and agents
+# there, unless multi-node clusters are off: then every listener of the head (and the node address drivers and
+# workers use) is 127.0.0.1. Set before Ray is imported anywhere in this process, since Ray reads it at import;
+# drivers and workers inherit it through worker_env().
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 READY = "Ray runtime started."  # what `ray start` prints once the head node accepts drivers
 START_DEADLINE_S = 600  # a failure bound for a very busy machine, not a timing the test relies on
 STOP_DEADLINE_S = 120

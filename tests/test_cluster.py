@@ -144,7 +144,8 @@ def tiny_params(folder: Path, ego4d_dir: Path, address: str) -> Path:
         },
     }
     path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump({"frames": frames}))
+    tracking = {"uri": None, "experiment": "eva02at", "enabled": True}  # sqlite:///mlflow.db in the folder
+    path.write_text(yaml.safe_dump({"frames": frames, "tracking": tracking}))
     return path
 
 

@@ -100,7 +100,7 @@ def store(tmp_path, monkeypatch):
     path = tmp_path / "mlflow.db"
     shutil.copy(empty_mlflow_store(), path)
     params = tmp_path / "params.yaml"
-    params.write_text(f"tracking:\n  uri: sqlite:///{path}\n  experiment: cmp\n")
+    params.write_text(f"tracking:\n  uri: sqlite:///{path}\n  experiment: cmp\n  enabled: true\n")
     return params
 
 

@@ -154,7 +154,10 @@ def test_the_soft_labels_stage_writes_official_queries_and_reports_the_pickle(tm
     noisy[0, 2] += 0.25
     published_pickle(noisy, tmp_path / "relevancy.pkl")
     split = {"videos": "videos.csv", "sentences": "sentences.csv", "pickle": "relevancy.pkl"}
-    params = {"soft_labels": {"out": "labels", "splits": {"ek100_test": split}}, "tracking": {"enabled": False}}
+    params = {
+        "soft_labels": {"out": "labels", "splits": {"ek100_test": split}},
+        "tracking": {"uri": None, "experiment": "eva02at", "enabled": False},
+    }
     (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["soft_labels"])

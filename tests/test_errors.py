@@ -103,4 +103,4 @@ def test_an_unexpected_error_of_a_command_propagates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli, "find_runs", broken)
     with pytest.raises(RuntimeError, match="NCCL error"):
-        cli.main(["compare", "--params-file", str(tmp_path / "none.yaml")])
+        cli.main(["compare", "--params-file", str(ROOT / "params.yaml")])

@@ -51,7 +51,11 @@ def write_project(root: Path) -> None:
             "models": {"tiny": "model.pt"},
             "collections": ["one"],
         }
-        params = {"benchmarks": benchmarks, "export": export, "tracking": {"enabled": False}}
+        params = {
+            "benchmarks": benchmarks,
+            "export": export,
+            "tracking": {"uri": None, "experiment": "eva02at", "enabled": False},
+        }
         (root / f"{name}.yaml").write_text(yaml.safe_dump(params))
 
 

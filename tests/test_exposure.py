@@ -7,10 +7,18 @@ from __future__ import annotations
 import ast
 import ipaddress
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from eva02at.tracking import server_answers
+from tests.processes import in_session, wait_until
+from tests.project_fixtures import empty_mlflow_store
 from tests.ray_cluster import start_cluster, stop_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,12 +57,19 @@ def test_the_addresses_of_the_socket_table_are_read_right():
     assert _address("00000000000000000000000001000000:0016") == ("::1", 22)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8 and ::1, also written IPv4-mapped (``::ffff:127.0.0.1``, how an IPv6 socket bound to
+    127.0.0.1 appears in /proc/net/tcp6)."""
+    address = ipaddress.ip_address(host)
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+def test_loopback_includes_ipv4_mapped_loopback_only():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:7f00:1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("::ffff:c000:202")
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray 2.60 with --node-ip-address 127.0.0.1 still listens on all interfaces (GCS, raylet, autoscaler "
-    "monitor, dashboard and runtime-env agents; README, Running on a cluster): fails until the cluster is bound",
-)
 def test_the_test_ray_cluster_listens_on_loopback_only():
     cluster = start_cluster(num_cpus=1)
     try:
@@ -62,8 +77,34 @@ def test_the_test_ray_cluster_listens_on_loopback_only():
     finally:
         stop_cluster(cluster)
     assert sockets, "no listening socket found for the cluster"
-    exposed = {(host, port) for host, port in sockets if not ipaddress.ip_address(host).is_loopback}
+    exposed = {(host, port) for host, port in sockets if not is_loopback(host)}
     assert exposed == set(), f"listening beyond loopback: {sorted(exposed)}"
+
+
+@pytest.mark.slow
+def test_the_readmes_mlflow_server_listens_on_loopback_only(tmp_path):
+    """``mlflow server --host 127.0.0.1`` as the README starts it on one machine, with its web workers."""
+    shutil.copy(empty_mlflow_store(), tmp_path / "mlflow.db")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    command += ["--default-artifact-root", str(tmp_path / "artifacts")]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_until(lambda: server_answers(uri) or server.poll() is not None, "the MLflow server")
+        assert server.poll() is None, "the MLflow server did not start"
+        sockets = listening(in_session(server.pid))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and its web workers
+        server.wait()
+    assert ("127.0.0.1", port) in sockets
+    assert {(host, p) for host, p in sockets if not is_loopback(host)} == set()
 
 
 def calls(path: Path) -> list[ast.Call]:

@@ -106,14 +106,22 @@ def test_a_resumed_training_continues_its_mlflow_run(project, monkeypatch):
     experiment = client.create_experiment(EXPERIMENT)
     first = write_params(project, "a", stop_after_steps=2)
     checkpoint = resume_file(first)
-    execution = {"dvc.stage": "pretrain", "train.checkpoint": str(checkpoint), "train.host": socket.gethostname()}
-    abandoned = client.create_run(experiment, tags=execution).info.run_id  # what a killed execution leaves
-    elsewhere = client.create_run(experiment, tags={**execution, "train.checkpoint": "/other/checkpoint.pt"})
+    folder = str((project / "a" / "checkpoints").resolve())
+    execution = {"dvc.stage": "pretrain", "train.checkpoints": folder, "train.host": socket.gethostname()}
+    abandoned = client.create_run(experiment, tags=execution | {"train.checkpoint": str(checkpoint)})
+    abandoned = abandoned.info.run_id  # what a killed execution leaves
+    # a killed execution of another configuration in the same folder: DVC may serve that configuration's rerun
+    # from its run cache, so no execution of that configuration ever ends its run
+    other_configuration = client.create_run(
+        experiment, tags=execution | {"train.checkpoint": str(Path(folder, "0123456789abcdef", checkpoint.name))}
+    )
+    elsewhere = client.create_run(experiment, tags={**execution, "train.checkpoints": "/other/checkpoints"})
 
     run_in_process(first, monkeypatch)
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
     assert stage_runs(client, checkpoint) == {abandoned: "KILLED", run_id: "FINISHED"}
-    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # another training's run
+    assert client.get_run(other_configuration.info.run_id).info.status == "KILLED"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # another project's training
 
     run_in_process(write_params(project, "a"), monkeypatch)
     assert stage_runs(client, checkpoint) == {abandoned: "KILLED", run_id: "FINISHED"}
@@ -149,7 +157,7 @@ runpy.run_module("stages.pretrain", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(project, monkeypatch, signum):
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     params = write_params(project, "killed", workers=2, checkpoint_every=3)
@@ -171,9 +179,12 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     run_id = load_checkpoint_file(checkpoint)["extra"]["run_id"]
     if signum == signal.SIGKILL:
         assert stage_runs(client, checkpoint) == {run_id: "RUNNING"}  # what kill -9 leaves
-    else:  # SIGTERM: one plain line, the run ended KILLED
-        assert stage.returncode == 128 + signal.SIGTERM
-        assert "ERROR __main__: pretrain stopped by SIGTERM: " in (project / "killed.log").read_text()
+    else:  # SIGTERM, SIGINT (Ctrl-C): one plain line, the run ended KILLED
+        assert stage.returncode == 128 + signum
+        assert (
+            f"ERROR __main__: pretrain stopped by {signal.Signals(signum).name}: "
+            in (project / "killed.log").read_text()
+        )
         assert stage_runs(client, checkpoint) == {run_id: "KILLED"}
 
     resume = [sys.executable, "-m", "stages.pretrain", "--params", str(params)]

@@ -47,10 +47,10 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def compare(args: argparse.Namespace) -> int:
-    settings = read_settings(args.params_file)
-    experiment = args.experiment or settings.experiment
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    settings = read_settings(args.params_file)
+    experiment = args.experiment or settings.experiment
     runs = tables.select(find_runs(experiment, settings.uri), args.stage)
     runs = tables.sort_runs(runs, args.sort, args.ascending)[: args.limit]
     if not runs:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from eva02at.atomic import atomic_path, write_text
-from eva02at.config import from_dict, read_params
+from eva02at.config import ConfigError, from_dict, read_params
 from eva02at.errors import MissingInput, PipelineError, Stopped
 
 log = logging.getLogger(__name__)
@@ -85,19 +85,21 @@ def tracking_uri(configured: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class TrackingSettings:
-    """The ``tracking`` section of params.yaml."""
+    """The ``tracking`` section of params.yaml: every key required, its defaults written there (where DVC sees
+    them), so that a deleted or mis-indented section is refused rather than replaced by defaults."""
 
-    experiment: str = "eva02at"
-    uri: str | None = None  # MLFLOW_TRACKING_URI overrides it; sqlite:///mlflow.db when both are unset
-    enabled: bool = True
+    experiment: str
+    uri: str | None  # MLFLOW_TRACKING_URI overrides it; sqlite:///mlflow.db when both are null/unset
+    enabled: bool
 
 
 def read_settings(params_file: str | Path = "params.yaml") -> TrackingSettings:
-    """The tracking settings of a params file (read as the stages read it); defaults for what it leaves out,
-    or when there is no file."""
-    path = Path(params_file)
-    section = read_params(path).get("tracking") if path.is_file() else None
-    return from_dict(TrackingSettings, section or {}, f"{path}: tracking")
+    """The tracking settings of a params file, read as the stages read it; a missing file, section or key is a
+    one-line ConfigError naming it."""
+    params = read_params(params_file)
+    if "tracking" not in params:
+        raise ConfigError(f"{params_file}: no 'tracking' section (required: experiment, uri and enabled)")
+    return from_dict(TrackingSettings, params["tracking"], f"{params_file}: tracking")
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
