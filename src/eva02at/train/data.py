@@ -51,7 +51,6 @@ class ClipPairs(Dataset):
         single_frame: bool = False,
     ):
         self.shards, self.single_frame = shards, single_frame
-        self.clip_ids = clip_ids  # names a bad batch's videos (the training loop's non-finite loss error)
         self.positions = shards.positions(clip_ids)
         self.captions = captions if isinstance(captions, pa.Array) else pa.array(captions, pa.string())
         missing = np.flatnonzero(self.positions < 0)
