@@ -102,7 +102,10 @@ def _require_sections(cls: type, values: Any, where: str) -> None:
     left out or null); pydantic would fill a missing one from the dataclass's default factory."""
     if not (dataclasses.is_dataclass(cls) and isinstance(values, dict)):
         return
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # annotations that cannot be resolved again (a class whose module left sys.modules)
+        hints = {item.name: item.type for item in dataclasses.fields(cls)}
     for item in dataclasses.fields(cls):
         hint = hints[item.name]
         if not dataclasses.is_dataclass(hint):
