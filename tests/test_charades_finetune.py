@@ -93,7 +93,7 @@ def test_the_finetune_stage_trains_on_charades_with_its_own_section(tmp_path, mo
             "splits": {"charades_train": {"format": "charades", "videos": str(csv), "sentences": str(classes)}},
         },
         "finetune_charades": section,
-        "tracking": {"enabled": False},
+        "tracking": {"uri": None, "experiment": "eva02at", "enabled": False},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setattr(sys, "argv", ["soft_labels", "--params", "params.yaml"])

@@ -307,6 +307,7 @@ def write_mini_project(root: Path) -> Path:
             "grid": {"benchmark": "ek100_mir", "model": "finetuned", "queries": 2, "top": 3},
             "compatibility": {"old": "zero_shot", "new": "finetuned"},
         },
+        "tracking": {"uri": None, "experiment": "eva02at", "enabled": False},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml"
