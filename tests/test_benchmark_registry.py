@@ -27,11 +27,17 @@ TOY_TRUTH = {"q0": "P01_0", "q1": "P01_1", "q2": "P01_3", "q3": "P01_4", "q4": "
 
 @pytest.fixture
 def toy():
-    """The toy module, imported (so registered) for one test and taken out of the registry after it."""
-    sys.modules.pop("tests.toy_benchmark", None)
+    """The toy module, imported afresh (so registered) for one test; the registry and the module as they were
+    after it (another test module may have imported the toy for all its tests)."""
+    earlier_module = sys.modules.pop("tests.toy_benchmark", None)
+    earlier = BENCHMARKS.pop(earlier_module.NAME, None) if earlier_module else None
     module = importlib.import_module("tests.toy_benchmark")
     yield module
     del BENCHMARKS[module.NAME]
+    if earlier_module is not None:
+        sys.modules["tests.toy_benchmark"] = earlier_module
+        if earlier is not None:
+            BENCHMARKS[module.NAME] = earlier
 
 
 def add_toy(root: Path, params_path: Path, entries: dict) -> dict:
