@@ -22,7 +22,7 @@ from rehearsal.run import OVERRIDES, SMALLEST, StageResult, measure, table
 from stages.finetune import FinetuneParams
 from stages.pretrain import PretrainParams
 
-TRAINING_STAGES = ("image_clip", "pretrain", "finetune")
+TRAINING_STAGES = ("image_clip", "pretrain", "finetune", "finetune_charades")
 ROWS = paper.read_rows(ROOT / "paper" / "rows")
 TEMPORAL_SWITCHES = {"temporal_embedding", "temporal_rope"}
 
