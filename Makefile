@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 # Stage commands run `python` from the project's environment. Nothing reports usage to outside services:
-# .dvc/config turns DVC's analytics off, eva02at.tracking MLflow's telemetry, flows/common.py the rest.
+# .dvc/config turns DVC's analytics off, eva02at.core.tracking MLflow's telemetry, flows/common.py the rest.
 export PATH := $(BIN):$(PATH)
 
 .PHONY: demo test lint install rehearsal

@@ -18,8 +18,8 @@ import time
 from fastapi.testclient import TestClient
 
 from bench.common import machine_info, median, write_json
-from eva02at.benchmarks.ek100_mir import read_sentences
-from eva02at.browse import DEFAULT_PANELS, BenchmarkTruth, Panel, make_app
+from eva02at.evaluation.benchmarks.ek100_mir import read_sentences
+from eva02at.search.browse import DEFAULT_PANELS, BenchmarkTruth, Panel, make_app
 
 SENTENCES = "data/benchmarks/ek100_mir/queries.csv"
 RELEVANCY = "data/benchmarks/ek100_mir/truth.npz"

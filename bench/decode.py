@@ -6,7 +6,7 @@ every ``--clip-every`` seconds (EgoClip's average density). Each file is measure
 
 - ``plain``: PyAV decodes every frame of the file, one thread, nothing converted (the limit: extracting frames
   spread over a video cannot beat decoding it once, except by skipping keyframe spans that hold no clip);
-- ``stage``: the frames stage's unit of work, :func:`eva02at.extract.decode_shard`, on the clips of the file
+- ``stage``: the frames stage's unit of work, :func:`eva02at.data.extract.decode_shard`, on the clips of the file
   (index, seek, decode, scale, JPEG, shard and manifest part written).
 
 Rates and ratios are per CPU second of the (single-threaded) process, the core time a cluster pays; wall-clock
@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image
 
 from bench.common import machine_info, median, write_json
-from eva02at.annotations import Source, read_segments
-from eva02at.extract import ShardTask, decode_shard, finish, plan_shards
-from eva02at.shards import FrameShards, FrameSpec
-from eva02at.video import index_video
+from eva02at.data.annotations import Source, read_segments
+from eva02at.data.extract import ShardTask, decode_shard, finish, plan_shards
+from eva02at.data.shards import FrameShards, FrameSpec
+from eva02at.data.video import index_video
 
 T = TypeVar("T")
 EGOCLIP_CLIPS, EGOCLIP_HOURS = 3.8e6, 2900  # EgoClip: clip-narration pairs, hours of video they come from

@@ -7,14 +7,14 @@ normalised (``clip_frames``). The yardstick is ``torchvision.io.decode_jpeg`` al
 process (target: the loader's frames/s per core at 0.95 of it or more); beside it, the loader's decoder
 (simplejpeg) alone, in its own memory and, as the loader calls it, through ``decode_jpegs`` straight into the
 batch.
-What the shards replace is random access into the videos with decord: ``eva02at.video.read_frames`` at
+What the shards replace is random access into the videos with decord: ``eva02at.data.video.read_frames`` at
 jittered ``segment_indices`` of a random one-second segment, each frame resized and cropped as the shards are.
 
 The crop rows time ``crop_resize`` per clip on the device, on frames of ``--size`` x ``--size * --aspect``
 (training collections keep room to crop), with RandomResizedCrop boxes, with the centred square
 (augmentation off), and, for comparison, torchvision's ``roi_align`` over the same boxes in one call.
 
-The shards are built here, in a temporary directory, from the sample videos with ``eva02at.extract``, at each
+The shards are built here, in a temporary directory, from the sample videos with ``eva02at.data.extract``, at each
 ``--size`` (224: real training JPEGs; 64: the demo's). Measurements are interleaved (one of each row per
 repeat), so that a busy machine slows every row alike. With CUDA present, GPU JPEG decoding of packed
 batches (``device_frames``, nvJPEG) is a row too.
@@ -43,11 +43,12 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
-from eva02at.annotations import cut_videos, read_video_list
-from eva02at.extract import extract, resize_crop
-from eva02at.jpeg import decode_jpegs
-from eva02at.shards import FrameShards, FrameSpec
-from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
+from eva02at.data.annotations import cut_videos, read_video_list
+from eva02at.data.extract import extract, resize_crop
+from eva02at.data.jpeg import decode_jpegs
+from eva02at.data.shards import FrameShards, FrameSpec
+from eva02at.data.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info
+from eva02at.train.augment import AugmentParams, crop_boxes, crop_resize
 from eva02at.train.data import (
     ClipPairs,
     Collate,
@@ -58,7 +59,6 @@ from eva02at.train.data import (
     pack_jpegs,
     recycle_frames,
 )
-from eva02at.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "ego4d"
@@ -119,7 +119,7 @@ def loader_rate(
         frames = batch["frames"]  # (B, T, 3, H, W) uint8
         if device is not None:
             size = min(frames.shape[-2:])
-            frames = clip_frames(batch, device, size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig())
+            frames = clip_frames(batch, device, size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentParams())
         if index >= args.warmup:
             frames_done += frames.shape[0] * frames.shape[1]
         if recycle:
@@ -207,7 +207,7 @@ def crop_rates(args: argparse.Namespace, size: int, device: torch.device) -> dic
     shape = (args.batch, args.frames, size, width, 3)
     frames = torch.randint(0, 256, shape, dtype=torch.uint8).to(device).permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
     videos = list(range(args.batch))
-    random_boxes = crop_boxes(videos, 0, size, width, AugmentConfig(), seed=0)
+    random_boxes = crop_boxes(videos, 0, size, width, AugmentParams(), seed=0)
     centre_boxes = crop_boxes(videos, 0, size, width, None, seed=0)
 
     def rate(fn: Callable[[], Any]) -> Callable[[], float]:

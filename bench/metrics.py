@@ -1,4 +1,4 @@
-"""Benchmark ``eva02at.metrics.ek100_mir`` against the literal reference on the EK100 test relevancy.
+"""Benchmark ``eva02at.evaluation.metrics.ek100_mir`` against the literal reference on the EK100 test relevancy.
 
     python -m bench.metrics --repeats 3          # the real 9,668 x 3,842 test matrix
     python -m bench.metrics --small --repeats 1  # a sub-matrix, a few seconds (used by the tests)
@@ -22,8 +22,8 @@ import torch
 
 from bench.common import machine_info, median, time_calls
 from bench.mir_reference import reference_mir
-from eva02at.labels import ek100_relevancy
-from eva02at.metrics import MIR_KEYS, ek100_mir
+from eva02at.data.labels import ek100_relevancy
+from eva02at.evaluation.metrics import MIR_KEYS, ek100_mir
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "ek100"
 HEADER = (

@@ -3,7 +3,7 @@
 This is the slow, obvious whole-matrix numpy version, shaped like the JPoSE / EPIC-KITCHENS-100 evaluation
 code: for mAP and again for nDCG it argsorts every query's items, gathers the relevancies in rank order and
 applies the formula literally.
-It exists to check :func:`eva02at.metrics.ek100_mir` (tests) and to time it against (``bench/metrics.py``).
+It exists to check :func:`eva02at.evaluation.metrics.ek100_mir` (tests) and to time it against (``bench/metrics.py``).
 
 Ties are ordered by a stable sort on descending similarity, so tied items keep their column order; the
 official code sorts with numpy's default quicksort, whose tie order is unspecified.

@@ -5,7 +5,7 @@
 
 A local Ray instance (2 CPUs) runs no-op tasks; what is measured is the driver process's CPU time
 (``time.process_time``) from the first submission to the last result, and the wall time. ``window`` is
-``eva02at.cluster.stream_results`` with twice the CPUs in flight; ``all_pending`` is the loop it replaces:
+``eva02at.data.cluster.stream_results`` with twice the CPUs in flight; ``all_pending`` is the loop it replaces:
 every task submitted at once, then ``ray.wait(pending, num_returns=1)`` over the whole pending list per result.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import ray
 
 from bench.common import machine_info, median, write_json
-from eva02at.cluster import stream_results
+from eva02at.data.cluster import stream_results
 
 CPUS = 2
 

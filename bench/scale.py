@@ -87,7 +87,7 @@ def _write_index_manifest(path: Path, clips: int) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from eva02at.shards import MANIFEST_SCHEMA
+    from eva02at.data.shards import MANIFEST_SCHEMA
 
     if path.is_file():
         return
@@ -155,7 +155,7 @@ def _write_egomcq(path: Path, questions: int, rng: np.random.Generator) -> None:
 def _write_ek100(path: Path, split: str, rows: int, sentences: int, rng: np.random.Generator) -> None:
     """Video rows whose classes repeat every ``sentences`` rows, so every video has a relevance-1 sentence
     among the first ``sentences`` rows (the sentence table), as in the real split."""
-    from eva02at.annotations import EK100_COLUMNS
+    from eva02at.data.annotations import EK100_COLUMNS
 
     classes = [
         (int(rng.integers(97)), sorted({int(n) for n in rng.integers(300, size=rng.integers(1, 4))}))
@@ -197,9 +197,9 @@ def fake_decoder() -> None:
     """Replace the frames stage's video index, frame decoding and JPEG encoding: every video is
     ``VIDEO_SECONDS`` long at ``FPS``, every frame the JPEG of one blank picture; planning, shards and
     manifests stay the real ones."""
-    from eva02at import extract
-    from eva02at.jpeg import encode_jpeg
-    from eva02at.video import FrameIndex
+    from eva02at.data import extract
+    from eva02at.data.jpeg import encode_jpeg
+    from eva02at.data.video import FrameIndex
 
     frames = int(VIDEO_SECONDS * FPS)
     index = FrameIndex(FPS, np.arange(frames), np.arange(frames) // 30, np.arange(0, frames, 30) / FPS, frozenset())
@@ -218,21 +218,21 @@ def fake_decoder() -> None:
 
 
 def read_egoclip(clips: int, work: Path) -> None:
-    from eva02at.annotations import Source, read_segments
+    from eva02at.data.annotations import Source, read_segments
 
     segments, errors = read_segments("egoclip", Source(str(data_dir(clips, work) / "egoclip.csv"), "videos"))
     assert len(segments) == clips and not errors
 
 
 def read_egomcq(clips: int, work: Path) -> None:
-    from eva02at.annotations import Source, read_segments
+    from eva02at.data.annotations import Source, read_segments
 
     segments, errors = read_segments("egomcq", Source(str(data_dir(clips, work) / "egomcq.json"), "videos"))
     assert len(segments) == 5 * scaled(EGOMCQ_QUESTIONS, clips) and not errors
 
 
 def read_ek100(clips: int, work: Path) -> None:
-    from eva02at.annotations import Source, read_segments
+    from eva02at.data.annotations import Source, read_segments
 
     path = data_dir(clips, work) / "EPIC_100_retrieval_train.csv"
     segments, errors = read_segments("ek100", Source(str(path), "videos"))
@@ -240,7 +240,7 @@ def read_ek100(clips: int, work: Path) -> None:
 
 
 def soft_labels(clips: int, work: Path) -> None:
-    from eva02at.labels import build_relevancy
+    from eva02at.data.labels import build_relevancy
 
     data = data_dir(clips, work)
     build_relevancy(data / "EPIC_100_retrieval_train.csv", data / "train_sentence.csv", work / "relevancy.npz")
@@ -251,9 +251,9 @@ def frames_dir(clips: int, work: Path) -> Path:
 
 
 def _frames(clips: int, work: Path) -> None:
-    from eva02at.annotations import Source, read_segments
-    from eva02at.extract import extract
-    from eva02at.shards import FrameSpec
+    from eva02at.data.annotations import Source, read_segments
+    from eva02at.data.extract import extract
+    from eva02at.data.shards import FrameSpec
 
     fake_decoder()
     segments, errors = read_segments("egoclip", Source(str(data_dir(clips, work) / "egoclip.csv"), "videos"))
@@ -280,7 +280,7 @@ def train_imports(clips: int, work: Path) -> None:
 
 def clip_index(clips: int, work: Path) -> None:
     """The training index of ``clips`` clips from the manifest alone (every clip located, its caption read)."""
-    from eva02at.shards import FrameShards
+    from eva02at.data.shards import FrameShards
     from eva02at.train.data import ClipPairs
 
     shards = FrameShards(data_dir(clips, work) / "index")
@@ -290,7 +290,7 @@ def clip_index(clips: int, work: Path) -> None:
 
 def train_index(clips: int, work: Path) -> None:
     """The pretraining stage's dataset: the clip index, the captions, the sampler's first epoch, some items."""
-    from eva02at.shards import FrameShards
+    from eva02at.data.shards import FrameShards
     from eva02at.train.data import ClipPairs, OwnCaptions
     from eva02at.train.sampling import RelevantPairSampler
 
@@ -307,8 +307,8 @@ def evaluate(clips: int, work: Path) -> None:
     """EK100 MIR over the test split (random similarities) and EgoMCQ accuracy over its questions."""
     import pandas as pd
 
-    from eva02at.labels import ek100_relevancy
-    from eva02at.metrics import egomcq_accuracy, ek100_mir
+    from eva02at.data.labels import ek100_relevancy
+    from eva02at.evaluation.metrics import egomcq_accuracy, ek100_mir
 
     data = data_dir(clips, work)
     relevancy = ek100_relevancy(
@@ -323,7 +323,7 @@ def evaluate(clips: int, work: Path) -> None:
 
 def mlflow_logging(clips: int, work: Path) -> None:
     """One epoch of training metrics (loss, learning rate, throughput per step) into a local MLflow store."""
-    from eva02at.tracking import Tracker
+    from eva02at.core.tracking import Tracker
 
     store = work / f"mlflow-{clips}.db"
     store.unlink(missing_ok=True)

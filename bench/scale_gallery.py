@@ -31,16 +31,16 @@ import pyarrow.compute as pc
 
 from bench.common import machine_info, write_json
 from bench.search_index import Mixture
-from eva02at.codes import BinaryConfig, CodesConfig, codes_path, export_codes
-from eva02at.embeddings import VIDEO, ExportInfo, stream_embeddings
-from eva02at.search import open_gallery
-from eva02at.search_index import IndexConfig, build_index
+from eva02at.export.codes import BinaryCodeParams, CodesParams, codes_path, export_codes
+from eva02at.export.embeddings import VIDEO, ExportInfo, stream_embeddings
+from eva02at.search.index import IndexParams, build_index
+from eva02at.search.query import open_gallery
 
 DIM = 256  # the model's embedding width
 BATCH = 1024  # vectors per synthetic model batch
 QUERIES = 100
-CODES = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=1, rotation="itq"))  # params.yaml's export.codes
-INDEX = IndexConfig(kind="binary")  # the defaults `eva02at search --index binary` uses: 1024 cells, nprobe 256
+CODES = CodesParams(int8=True, binary=BinaryCodeParams(bits_per_dim=1, rotation="itq"))  # params.yaml's export.codes
+INDEX = IndexParams(kind="binary")  # the defaults `eva02at search --index binary` uses: 1024 cells, nprobe 256
 _SEED = 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark the indexes of ``eva02at.search_index`` on a large clustered gallery: bytes, build time, latency, recall.
+"""Benchmark the indexes of ``eva02at.search.index`` on a large clustered gallery: bytes, build time, latency, recall.
 
     python -m bench.search_index --json search_index.json   # 1M clips x 256-d, 200 queries (about an hour here)
     python -m bench.search_index --small                    # 20k clips x 64-d, seconds (used by the tests)
@@ -27,9 +27,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.common import machine_info, median, write_json
-from eva02at.codes import BinaryConfig, Codes, CodesConfig, make_codes
-from eva02at.embeddings import VIDEO, ExportInfo
-from eva02at.search_index import GalleryIndex, IndexConfig, build_index
+from eva02at.export.codes import BinaryCodeParams, Codes, CodesParams, make_codes
+from eva02at.export.embeddings import VIDEO, ExportInfo
+from eva02at.search.index import GalleryIndex, IndexParams, build_index
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def index_rows(size: int) -> list[tuple[str, IndexConfig]]:
+def index_rows(size: int) -> list[tuple[str, IndexParams]]:
     """The configurations measured: cells ~ sqrt(N); the float IVF scans 1/16 of them, the binary IVF 1/8 (or 1/4)."""
     cells = 1 << round(np.log2(max(16, np.sqrt(size))))
     return [
-        ("flat", IndexConfig(kind="flat")),
-        ("ivf", IndexConfig(kind="ivf", nlist=cells, nprobe=cells // 16)),
-        ("hnsw", IndexConfig(kind="hnsw", hnsw_m=32, ef_construction=64, ef_search=128)),
-        ("binary-flat", IndexConfig(kind="binary", nlist=0, shortlist=1000)),
-        ("binary-ivf", IndexConfig(kind="binary", nlist=cells, nprobe=cells // 8, shortlist=1000)),
-        ("binary-ivf-int8", IndexConfig(kind="binary", nlist=cells, nprobe=cells // 8, shortlist=1000, rerank="int8")),
-        ("binary-ivf-wide", IndexConfig(kind="binary", nlist=cells, nprobe=cells // 4, shortlist=1000)),
+        ("flat", IndexParams(kind="flat")),
+        ("ivf", IndexParams(kind="ivf", nlist=cells, nprobe=cells // 16)),
+        ("hnsw", IndexParams(kind="hnsw", hnsw_m=32, ef_construction=64, ef_search=128)),
+        ("binary-flat", IndexParams(kind="binary", nlist=0, shortlist=1000)),
+        ("binary-ivf", IndexParams(kind="binary", nlist=cells, nprobe=cells // 8, shortlist=1000)),
+        ("binary-ivf-int8", IndexParams(kind="binary", nlist=cells, nprobe=cells // 8, shortlist=1000, rerank="int8")),
+        ("binary-ivf-wide", IndexParams(kind="binary", nlist=cells, nprobe=cells // 4, shortlist=1000)),
     ]
 
 
@@ -110,7 +110,7 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def measure(
-    name: str, config: IndexConfig, gallery: np.ndarray, codes: Codes, queries: np.ndarray, truth: np.ndarray
+    name: str, config: IndexParams, gallery: np.ndarray, codes: Codes, queries: np.ndarray, truth: np.ndarray
 ) -> dict:
     start = time.perf_counter()
     index = build_index(gallery, config, codes)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = exact.search(queries, 11)[1]  # the 11th only for the gap statistic
     start = time.perf_counter()
     info = ExportInfo(VIDEO, "synthetic", "", "", "synthetic", 0, "")
-    config = CodesConfig(int8=True, binary=BinaryConfig(args.bits_per_dim))
+    config = CodesParams(int8=True, binary=BinaryCodeParams(args.bits_per_dim))
     codes = make_codes([str(i) for i in range(args.clips)], gallery, info, config)
     codes_s = time.perf_counter() - start
     rows = [

@@ -40,12 +40,12 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
-from eva02at.losses import get_loss
 from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
 from eva02at.train import loop
-from eva02at.train.augment import AugmentConfig
+from eva02at.train.augment import AugmentParams
 from eva02at.train.data import clip_frames
-from eva02at.train.optim import OptimConfig, build_optimizer
+from eva02at.train.losses import get_loss
+from eva02at.train.optim import OptimParams, build_optimizer
 from eva02at.train.tasks import VideoTextTask
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -136,11 +136,11 @@ def make_step(
     """The training loop's step on ``model`` (soft labels for ``clips`` clips, RandomResizedCrop boxes with
     ``augment``, ``whole_batch`` as ``train.accum_whole_batch``) over micro-batches, run through ``forward``
     (the model itself or its compiled wrapper); returns the first micro-batch's loss, on the device."""
-    optimizer = build_optimizer(model, OptimConfig())
+    optimizer = build_optimizer(model, OptimParams())
     relevancy = SyntheticRelevance(clips) if loss_name != "infonce" else None
     task = VideoTextTask(model, get_loss(loss_name), relevancy)
     device = next(model.parameters()).device
-    crops = AugmentConfig() if augment else None
+    crops = AugmentParams() if augment else None
     setup = loop.StepSetup(
         device, precision="bf16" if precision == "bf16" else "fp32", augment=crops, whole_batch=whole_batch
     )

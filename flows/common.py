@@ -21,11 +21,11 @@ import networkx as nx
 from dvc.repo import Repo
 from prefect import get_run_logger
 
-from eva02at.tracking import flatten
-from eva02at.workers import signal_on_parent_exit
+from eva02at.core.tracking import flatten
+from eva02at.core.workers import signal_on_parent_exit
 
 # Nothing the flows start reports usage to outside services, whatever the caller's environment says: the one
-# place these are set (MLflow's own switch is set by eva02at.tracking, the only module that imports MLflow; the
+# place these are set (MLflow's own switch is set by eva02at.core.tracking, the only module that imports MLflow; the
 # project's .dvc/config also turns DVC's analytics off).
 QUIET = {
     "DO_NOT_TRACK": "1",

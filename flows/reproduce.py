@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from eva02at.tracking import Tracker, read_settings
+from eva02at.core.tracking import Tracker, read_settings
 from flows.common import CommandError, dvc, read_metrics, run, stage_order
 from stages.common import EXIT_PARAMS, git_commit
 

@@ -37,9 +37,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from eva02at.config import parse_yaml
-from eva02at.digest import file_digest
-from eva02at.tracking import (
+from eva02at.core.config import parse_yaml
+from eva02at.core.digest import file_digest
+from eva02at.core.tracking import (
     ModelVersion,
     Tracker,
     aliased_version,

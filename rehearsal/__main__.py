@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eva02at.config import read_params
+from eva02at.core.config import read_params
 from rehearsal.project import make_project
 from rehearsal.run import (
     OVERRIDES,

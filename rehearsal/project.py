@@ -23,8 +23,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from eva02at.atomic import write_text
-from eva02at.config import read_params
+from eva02at.core.atomic import write_text
+from eva02at.core.config import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NULL = "tag:yaml.org,2002:null"
@@ -57,7 +57,7 @@ def merge(params: dict, override: Mapping[str, Any]) -> dict:
 
 def override_params(path: Path, *overrides: Mapping[str, Any] | Path) -> None:
     """Merge ``overrides`` (mappings, or params files) into the params file ``path``, in order, keeping the comments
-    and styles of both (ruamel.yaml's round trip; YAML 1.2, as DVC and ``eva02at.config.read_params`` read it)."""
+    and styles of both (ruamel.yaml's round trip; YAML 1.2, as DVC and ``eva02at.core.config.read_params`` read it)."""
     yaml = YAML()
     yaml.width = 120
     yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's style

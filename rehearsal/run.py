@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eva02at.text_table import Table, format_table
-from eva02at.tracking import find_runs, metric_history
+from eva02at.core.text_table import Table, format_table
+from eva02at.core.tracking import find_runs, metric_history
 
 HERE = Path(__file__).resolve().parent
 OVERRIDES = (HERE / "recipe.yaml", HERE / "scale.yaml")

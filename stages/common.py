@@ -10,25 +10,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from eva02at.config import ConfigError, from_dict, read_params
-from eva02at.errors import PipelineError, Stopped
-from eva02at.workers import signal_on_parent_exit
+from eva02at.core.config import ConfigError, read_section
+from eva02at.core.errors import PipelineError, Stopped
+from eva02at.core.workers import signal_on_parent_exit
 
 T = TypeVar("T")
 
 PARAMS_FILE = Path("params.yaml")
 EXIT_PARAMS = 2  # the exit status of params that do not fit: a rerun cannot succeed, so flows do not retry it
 CODE_AND_CONFIG = ("src", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml")
-
-
-def load_params(section: str, path: str | Path = PARAMS_FILE) -> Any:
-    """The ``section`` of ``params.yaml``, read as DVC reads it; a missing section is an error naming the file."""
-    params = read_params(path)
-    if section not in params:
-        raise ConfigError(f"{path}: no '{section}' section")
-    return params[section]
 
 
 def stage_params(
@@ -51,7 +43,7 @@ def stage_params(
     parser.add_argument("--params", default=str(PARAMS_FILE), help="params file with the stage's section")
     args = parser.parse_args()
     section = args.section if section_argument else section
-    return from_dict(cls, load_params(section, args.params), f"{args.params}: {section}"), args
+    return read_section(cls, args.params, section), args
 
 
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:

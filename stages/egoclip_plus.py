@@ -1,7 +1,7 @@
 """``egoclip_plus`` stage: LaViLa's EgoClip+ caption pickles to one Parquet caption table, once.
 
 Reads the EgoClip annotation table (the clips the frames stage decodes) and each named caption pickle with the
-restricted unpickler of ``eva02at.egoclip_plus``, and writes ``<out>``: (clip id, caption set, caption index,
+restricted unpickler of ``eva02at.data.egoclip_plus``, and writes ``<out>``: (clip id, caption set, caption index,
 text), which ``pretrain.captions`` names.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from eva02at.annotations import Source, read_segments
-from eva02at.config import ConfigError
-from eva02at.egoclip_plus import caption_table, write_caption_table
-from eva02at.errors import BadInput
+from eva02at.core.config import ConfigError
+from eva02at.core.errors import BadInput
+from eva02at.data.annotations import Source, read_segments
+from eva02at.data.egoclip_plus import caption_table, write_caption_table
 from stages.common import stage_main, stage_params
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ models plus ``random``, benchmarks the entries of the ``benchmarks`` params in t
 under ``plots``: training curves, metric bars and a text-to-video retrieval grid of one benchmark's queries.
 With ``compatibility`` (an old and a new model), ``metrics`` also holds ``compatibility``: the cross-model rows
 ``new_text_old_video`` and ``old_text_new_video`` (``<row>.<benchmark>.<metric>`` below it, drawn in the metric
-bars too) and the ``criterion`` on one benchmark's metric (``eva02at.compatibility.criterion``).
+bars too) and the ``criterion`` on one benchmark's metric (``eva02at.models.compatibility.criterion``).
 Ground truth is read from the copies the ``benchmark`` stage froze. One MLflow run "evaluate" holds the
 flattened metrics, the params, the lineage tags and the files.
 """
@@ -22,8 +22,12 @@ from typing import Annotated
 import pandas as pd
 from pydantic import Field
 
-from eva02at.atomic import write_text
-from eva02at.benchmarks import (
+from eva02at.core.atomic import write_text
+from eva02at.core.config import ConfigError, NonNegativeInt, PositiveInt
+from eva02at.core.errors import BadInput
+from eva02at.core.tracking import Tracker, flatten, read_settings
+from eva02at.data.shards import FrameShards
+from eva02at.evaluation.benchmarks import (
     BENCHMARKS,
     Benchmark,
     BenchmarkParams,
@@ -32,14 +36,10 @@ from eva02at.benchmarks import (
     missing_clips,
     score_model,
 )
-from eva02at.compatibility import criterion
-from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
-from eva02at.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
-from eva02at.errors import BadInput
-from eva02at.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
-from eva02at.shards import FrameShards
-from eva02at.tracking import Tracker, flatten, read_settings
-from stages.benchmark import frozen_benchmarks, require_frozen
+from eva02at.evaluation.benchmarks.frozen import frozen_benchmarks, require_frozen
+from eva02at.evaluation.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
+from eva02at.export.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
+from eva02at.models.compatibility import criterion
 from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)

@@ -22,17 +22,17 @@ from typing import Annotated
 
 from pydantic import Field
 
-from eva02at.atomic import atomic_path
-from eva02at.benchmarks import BENCHMARKS, BenchmarkParams
-from eva02at.codes import CodesConfig, codes_path, export_codes
-from eva02at.config import NonNegativeInt, PositiveInt
-from eva02at.digest import file_digest
-from eva02at.embeddings import TEXT, VIDEO, export_path
-from eva02at.inference import export_texts, export_videos, resolve_device
+from eva02at.core.atomic import atomic_path
+from eva02at.core.config import NonNegativeInt, PositiveInt
+from eva02at.core.digest import file_digest
+from eva02at.core.distributed import DistInfo, broadcast, cleanup, setup
+from eva02at.core.tracking import Tracker, read_settings
+from eva02at.evaluation.benchmarks import BENCHMARKS, BenchmarkParams
+from eva02at.evaluation.benchmarks.frozen import frozen_benchmarks, require_frozen
+from eva02at.export.codes import CodesParams, codes_path, export_codes
+from eva02at.export.embeddings import TEXT, VIDEO, export_path
+from eva02at.export.inference import export_texts, export_videos, resolve_device
 from eva02at.models import load_video_clip
-from eva02at.tracking import Tracker, read_settings
-from eva02at.train.distributed import DistInfo, broadcast, cleanup, setup
-from stages.benchmark import frozen_benchmarks, require_frozen
 from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ExportParams:
     workers: NonNegativeInt = 1  # frame-decoding loader processes (per rank)
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"  # auto: cuda when available;
     # under torchrun each rank takes its local GPU
-    codes: CodesConfig = field(default_factory=CodesConfig)  # compact codes beside each video export
+    codes: CodesParams = field(default_factory=CodesParams)  # compact codes beside each video export
 
 
 def video_collections(benchmarks: dict[str, BenchmarkParams], params: ExportParams) -> list[str]:

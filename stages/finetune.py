@@ -6,7 +6,7 @@ Starts from the pretrained video model (its temporal embedding interpolated to t
 pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
 ``loss`` (``sms``, ``adaptive_mi_mm`` or ``mi_mm``) on the relevance of the gathered global batch. With
 ``compatible_with`` (an earlier video checkpoint, e.g. the champion), the same loss on the cross pairs with
-that frozen model is added (``eva02at.compatibility``), and the new checkpoint records the chain.
+that frozen model is added (``eva02at.models.compatibility``), and the new checkpoint records the chain.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from typing import Literal
 
 import pandas as pd
 
-from eva02at.compatibility import load_reference
-from eva02at.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
-from eva02at.errors import BadInput
-from eva02at.labels import RelevancyTable
-from eva02at.losses import get_loss
+from eva02at.core.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from eva02at.core.distributed import setup
+from eva02at.core.errors import BadInput
+from eva02at.data.labels import RelevancyTable
+from eva02at.data.shards import FrameShards
 from eva02at.models import load_video_clip
-from eva02at.shards import FrameShards
+from eva02at.models.compatibility import load_reference
 from eva02at.train.data import ClipPairs
-from eva02at.train.distributed import setup
-from eva02at.train.loop import TrainConfig
-from eva02at.train.optim import OptimConfig
+from eva02at.train.loop import TrainParams
+from eva02at.train.losses import get_loss
+from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
 from stages.training import check_frames, pair_sampler, run_training
@@ -38,7 +38,7 @@ SELECTION_METRICS = "metrics/{section}_select.json"  # which weights model.pt ho
 
 @dataclass
 class LossParams:
-    """Keyword arguments of each fine-tuning loss (see eva02at.losses); one left out keeps the loss's default."""
+    """Keyword arguments of each fine-tuning loss (see eva02at.train.losses); one left out keeps the loss's default."""
 
     sms: dict[Literal["margin", "threshold", "lam"], NonNegativeFloat] = field(default_factory=dict)
     adaptive_mi_mm: dict[Literal["margin"], NonNegativeFloat] = field(default_factory=dict)
@@ -59,8 +59,8 @@ class FinetuneParams:
     relevance_threshold: Fraction = 0.1  # captions drawn among those with R above this
     compatible_with: str | None = None  # an earlier video checkpoint whose galleries the new model must search
     compatibility_weight: PositiveFloat = 1.0  # of the cross-model term against it (the task loss's weight is 1)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainParams = field(default_factory=TrainParams)
+    optim: OptimParams = field(default_factory=OptimParams)
 
 
 def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:

@@ -15,11 +15,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from eva02at.annotations import FORMATS, Source, read_segments
-from eva02at.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
-from eva02at.extract import Summary, TooManyFailures, extract, ray_runner
-from eva02at.shards import FrameSpec
-from eva02at.tracking import Tracker, end_abandoned_runs, read_settings
+from eva02at.core.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
+from eva02at.core.tracking import Tracker, end_abandoned_runs, read_settings
+from eva02at.data.annotations import FORMATS, Source, read_segments
+from eva02at.data.extract import Summary, TooManyFailures, extract, ray_runner
+from eva02at.data.shards import FrameSpec
 from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from eva02at.config import PositiveFloat
-from eva02at.losses import get_loss
+from eva02at.core.config import PositiveFloat
+from eva02at.core.distributed import setup
+from eva02at.data.shards import FrameShards
 from eva02at.models import create_image_clip, save_image_clip
-from eva02at.shards import FrameShards
 from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
-from eva02at.train.distributed import setup
-from eva02at.train.loop import NonFiniteLoss, TrainConfig
-from eva02at.train.optim import OptimConfig
+from eva02at.train.loop import NonFiniteLoss, TrainParams
+from eva02at.train.losses import get_loss
+from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import ImageTextTask
 from stages.common import stage_main, stage_params
 from stages.training import check_frames, pair_sampler, run_training, write_history
@@ -36,8 +36,8 @@ class ImageClipParams:
     checkpoints: str
     weights: str | None = None  # EVA02-CLIP image-text weights file; when set, imported instead of trained
     temperature: PositiveFloat = 0.05
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainParams = field(default_factory=TrainParams)
+    optim: OptimParams = field(default_factory=OptimParams)
 
 
 @stage_main

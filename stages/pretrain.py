@@ -14,15 +14,15 @@ from typing import Literal
 
 import torch
 
-from eva02at.config import PositiveFloat, PositiveInt
-from eva02at.egoclip_plus import decoded_only, read_caption_table
-from eva02at.losses import get_loss
+from eva02at.core.config import PositiveFloat, PositiveInt
+from eva02at.core.distributed import setup
+from eva02at.data.egoclip_plus import decoded_only, read_caption_table
+from eva02at.data.shards import FrameShards
 from eva02at.models import DEFAULT_TEMPORAL_POSITIONS, from_open_clip, load_image_clip
-from eva02at.shards import FrameShards
 from eva02at.train.data import CaptionSets, ClipPairs, OwnCaptions
-from eva02at.train.distributed import setup
-from eva02at.train.loop import TrainConfig
-from eva02at.train.optim import OptimConfig
+from eva02at.train.loop import TrainParams
+from eva02at.train.losses import get_loss
+from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
 from stages.training import check_frames, pair_sampler, run_training
@@ -44,8 +44,8 @@ class PretrainParams:
     temporal_rope: bool = True  # temporal RoPE (paper, Table IV)
     temperature: PositiveFloat = 0.05
     captions: str | None = None  # EgoClip+ caption table (egoclip_plus stage); None: each clip's own caption
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainParams = field(default_factory=TrainParams)
+    optim: OptimParams = field(default_factory=OptimParams)
 
 
 @stage_main

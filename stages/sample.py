@@ -11,8 +11,8 @@ import logging
 import time
 from dataclasses import asdict
 
-from eva02at.synthetic import SampleConfig, generate_sample
-from eva02at.tracking import Tracker, read_settings
+from eva02at.core.tracking import Tracker, read_settings
+from eva02at.data.synthetic import SampleParams, generate_sample
 from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @stage_main
 def main() -> None:
-    cfg, args = stage_params("sample", SampleConfig, __doc__)
+    cfg, args = stage_params("sample", SampleParams, __doc__)
     tracking = read_settings(args.params)
     with Tracker(tracking.experiment, "sample", tracking.uri, tracking.enabled, lineage_tags("sample")) as tracker:
         tracker.log_params(asdict(cfg))

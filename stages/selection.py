@@ -16,28 +16,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eva02at.benchmarks import BENCHMARKS, benchmark_params, load_benchmark
-from eva02at.config import ConfigError, from_dict
-from eva02at.digest import file_digest
-from eva02at.embeddings import TEXT, VIDEO, read_embeddings
-from eva02at.inference import export_texts, export_videos
+from eva02at.core.config import ConfigError
+from eva02at.core.digest import file_digest
+from eva02at.data.shards import read_frame_spec
+from eva02at.evaluation.benchmarks import BENCHMARKS, benchmark_params, load_benchmark
+from eva02at.evaluation.benchmarks.frozen import read_suite
+from eva02at.export.embeddings import TEXT, VIDEO, read_embeddings
+from eva02at.export.inference import export_texts, export_videos
 from eva02at.models import VideoCLIP
-from eva02at.shards import read_frame_spec
-from eva02at.train.selection import SelectConfig
-from stages.benchmark import BenchmarksParams, typed_entries
-from stages.common import load_params
+from eva02at.train.selection import SelectParams
 
 ORIGIN = "training"  # what the temporary exports name as their checkpoint
 
 
 def reported_collections(params_file: str) -> dict[str, str]:
     """collection -> the benchmark that reports on it (``benchmarks.entries``): the sets selection must not use."""
-    section = from_dict(BenchmarksParams, load_params("benchmarks", params_file), f"{params_file}: benchmarks")
-    return {entry.collection: name for name, entry in typed_entries(section, params_file).items()}
+    return {entry.collection: name for name, entry in read_suite(params_file).items()}
 
 
 def selection_evaluator(
-    select: SelectConfig, model: VideoCLIP, device: torch.device, params_file: str
+    select: SelectParams, model: VideoCLIP, device: torch.device, params_file: str
 ) -> Callable[[VideoCLIP], float]:
     """The ``evaluate`` function of ``train.selection.BestEpoch``, checked against the data before training."""
     where = f"{params_file}: train.select"
@@ -76,7 +74,7 @@ def selection_evaluator(
     return evaluate
 
 
-def selection_inputs(select: SelectConfig) -> dict[str, str]:
+def selection_inputs(select: SelectParams) -> dict[str, str]:
     """Digests of the selection's files, which DVC does not track: part of the run's fingerprint and tags."""
     manifest = Path(select.collection) / "manifest.parquet"
     files = {"collection": manifest, "queries": Path(select.queries), "truth": Path(select.truth)}

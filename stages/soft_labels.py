@@ -24,13 +24,13 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from eva02at.atomic import write_text
-from eva02at.benchmarks.charades_ego import read_charades_labels, read_class_names
-from eva02at.config import ConfigError
-from eva02at.digest import file_digest
-from eva02at.ek100_peers import official_queries, read_relevancy_pickle, relevancy_differences, table_from_dense
-from eva02at.labels import RelevancyTable, build_relevancy, video_class_relevancy
-from eva02at.tracking import Tracker, read_settings
+from eva02at.core.atomic import write_text
+from eva02at.core.config import ConfigError
+from eva02at.core.digest import file_digest
+from eva02at.core.tracking import Tracker, read_settings
+from eva02at.data.ek100_peers import official_queries, read_relevancy_pickle, relevancy_differences, table_from_dense
+from eva02at.data.labels import RelevancyTable, build_relevancy, video_class_relevancy
+from eva02at.evaluation.benchmarks.charades_ego import read_charades_labels, read_class_names
 from stages.common import lineage_tags, stage_main, stage_params
 
 log = logging.getLogger(__name__)

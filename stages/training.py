@@ -22,13 +22,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eva02at.atomic import write_text
-from eva02at.config import ConfigError
+from eva02at.core.atomic import write_text
+from eva02at.core.config import ConfigError
+from eva02at.core.distributed import DistInfo, broadcast, cleanup
+from eva02at.core.tracking import Tracker, end_abandoned_runs, read_settings
+from eva02at.data.shards import read_frame_spec
 from eva02at.models import VideoCLIP, load_checkpoint_file
-from eva02at.shards import read_frame_spec
-from eva02at.tracking import Tracker, end_abandoned_runs, read_settings
 from eva02at.train.data import ClipPairs
-from eva02at.train.distributed import DistInfo, broadcast, cleanup
 from eva02at.train.loop import train
 from eva02at.train.resume import resumable_state, resume_point
 from eva02at.train.sampling import CandidateSource, RelevantPairSampler

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eva02at.tracking import aliased_version
+from eva02at.core.tracking import aliased_version
 from flows.common import QUIET
 from rehearsal.project import ROOT, git, make_project
 

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eva02at.atomic import write_text
-from eva02at.extract import ShardResult, ShardTask, decode_shard
+from eva02at.core.atomic import write_text
+from eva02at.data.extract import ShardResult, ShardTask, decode_shard
 from tests.processes import alive, in_session
 
 ROOT = Path(__file__).resolve().parents[1]

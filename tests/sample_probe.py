@@ -19,10 +19,10 @@ from pathlib import Path
 import av  # noqa: F401  (loads FFmpeg's libraries, so that --plain-ffmpeg finds them)
 from numpy.lib.introspect import opt_func_info
 
-from eva02at.synthetic.captions import class_subset
-from eva02at.synthetic.encode import write_video
-from eva02at.synthetic.layout import Shot, VideoJob
-from eva02at.synthetic.scene import Renderer
+from eva02at.data.synthetic.captions import class_subset
+from eva02at.data.synthetic.encode import write_video
+from eva02at.data.synthetic.layout import Shot, VideoJob
+from eva02at.data.synthetic.scene import Renderer
 
 SOURCE = Path(__file__).resolve().parents[1] / "data" / "sample" / "ek100"
 LOOKS = 6  # their backgrounds cover stripes, checks and blotches

@@ -13,10 +13,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from eva02at.losses import get_loss
 from eva02at.train import distributed
 from eva02at.train.data import clip_frames
 from eva02at.train.loop import StepSetup, train_step
+from eva02at.train.losses import get_loss
 from eva02at.train.tasks import VideoTextTask
 from tests.test_distributed import free_port
 

@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from eva02at import annotations
-from eva02at.annotations import (
+from eva02at.core.errors import BadInput
+from eva02at.data import annotations
+from eva02at.data.annotations import (
     CLAMP_NEGATIVE_START,
     FORMATS,
     Segment,
@@ -19,7 +20,6 @@ from eva02at.annotations import (
     read_segments,
     register_format,
 )
-from eva02at.errors import BadInput
 
 
 def egomcq_file(tmp_path):

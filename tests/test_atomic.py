@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eva02at.atomic import DiskFull, atomic_path, remove_leftovers, write_text
+from eva02at.core.atomic import DiskFull, atomic_path, remove_leftovers, write_text
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_a_failed_block_leaves_the_previous_output_and_no_temporary(tmp_path):
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from eva02at.atomic import atomic_path
+from eva02at.core.atomic import atomic_path
 writes = [atomic_path(sys.argv[1]), atomic_path(sys.argv[2], directory=True)]  # both open at the kill
 for write, inside in zip(writes, ("", "part")):
     (write.__enter__() / inside).write_text("half")

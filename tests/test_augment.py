@@ -11,9 +11,9 @@ from PIL import Image
 from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop
 
-from eva02at.train.augment import AugmentConfig, centre_box, crop_box, crop_boxes, crop_resize
+from eva02at.train.augment import AugmentParams, centre_box, crop_box, crop_boxes, crop_resize
 
-CONFIG = AugmentConfig(scale=(0.5, 1.0), ratio=(0.75, 4 / 3))
+CONFIG = AugmentParams(scale=(0.5, 1.0), ratio=(0.75, 4 / 3))
 
 
 def box_statistics(boxes: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
@@ -49,7 +49,7 @@ def test_boxes_follow_torchvision_random_resized_crop(height, width):
 
 
 def test_a_scale_range_bounds_the_area():
-    narrow = AugmentConfig(scale=(0.25, 0.3), ratio=(1.0, 1.0))
+    narrow = AugmentParams(scale=(0.25, 0.3), ratio=(1.0, 1.0))
     boxes = np.array(crop_boxes(range(500), 3, 100, 160, narrow, seed=5))
     area = boxes[:, 2] * boxes[:, 3] / (100 * 160)
     assert (boxes[:, 2] == boxes[:, 3]).all()  # ratio 1: squares
@@ -120,9 +120,9 @@ def test_without_augmentation_the_centre_square_is_cropped():
 
 def test_bad_parameters_are_refused():
     with pytest.raises(ValueError, match="scale"):
-        AugmentConfig(scale=(0.8, 0.5))
+        AugmentParams(scale=(0.8, 0.5))
     with pytest.raises(ValueError, match="scale"):
-        AugmentConfig(scale=(0.5, 1.5))
+        AugmentParams(scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="seed >= 0"):
         crop_box(10, 10, CONFIG, -1, 0, 0)
-    assert AugmentConfig(scale=[0.5, 1.0], ratio=[0.75, 1.3333]).ratio == (0.75, 1.3333)  # lists from YAML
+    assert AugmentParams(scale=[0.5, 1.0], ratio=[0.75, 1.3333]).ratio == (0.75, 1.3333)  # lists from YAML

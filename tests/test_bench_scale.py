@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench import scale
-from eva02at import extract
-from eva02at.shards import FrameShards
+from eva02at.data import extract
+from eva02at.data.shards import FrameShards
 
 CLIPS = 1_500  # about 0.04% of EgoClip
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
-from eva02at.benchmarks import BENCHMARKS, benchmark_params, register_benchmark
-from eva02at.config import ConfigError, read_params
-from eva02at.embeddings import read_embeddings
+from eva02at.core.config import ConfigError, read_params
+from eva02at.evaluation.benchmarks import BENCHMARKS, benchmark_params, register_benchmark
+from eva02at.export.embeddings import read_embeddings
 from tests.test_evaluation import run_pipeline, write_mini_project
 
 ROOT = Path(__file__).resolve().parents[1]

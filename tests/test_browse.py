@@ -14,13 +14,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from eva02at import cli
-from eva02at.browse import BenchmarkTruth, Panel, make_app
-from eva02at.errors import MissingInput
-from eva02at.inference import export_videos
-from eva02at.labels import RelevancyTable
+from eva02at.cli import main as cli
+from eva02at.core.errors import MissingInput
+from eva02at.data.labels import RelevancyTable
+from eva02at.export.inference import export_videos
 from eva02at.models import load_video_clip
-from eva02at.search import IncompatibleCheckpoint, search
+from eva02at.search.browse import BenchmarkTruth, Panel, make_app
+from eva02at.search.query import IncompatibleCheckpoint, search
 from tests.chromium import Chromium, find_chromium
 from tests.test_embeddings import make_checkpoint, make_shards
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from eva02at.benchmarks.charades_ego import read_charades_labels
-from eva02at.labels import RelevancyTable, video_class_relevancy
+from eva02at.data.labels import RelevancyTable, video_class_relevancy
+from eva02at.data.shards import FrameSpec
+from eva02at.evaluation.benchmarks.charades_ego import read_charades_labels
 from eva02at.models import create_image_clip, from_open_clip, load_checkpoint_file, save_video_clip
-from eva02at.shards import FrameSpec
 from stages import finetune, soft_labels
 from tests.train_fixtures import write_clips
 

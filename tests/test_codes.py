@@ -9,12 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eva02at import codes, embeddings
-from eva02at.codes import (
-    BinaryConfig,
+from eva02at.core.config import ConfigError, from_dict
+from eva02at.core.errors import MissingInput
+from eva02at.export import codes, embeddings
+from eva02at.export.codes import (
+    BinaryCodeParams,
     BinaryQuantizer,
-    CodesConfig,
     CodesError,
+    CodesParams,
     Int8Quantizer,
     codes_path,
     export_codes,
@@ -22,9 +24,7 @@ from eva02at.codes import (
     read_codes,
     write_codes,
 )
-from eva02at.config import ConfigError, from_dict
-from eva02at.embeddings import VIDEO, Embeddings, ExportInfo, read_embeddings, write_embeddings
-from eva02at.errors import MissingInput
+from eva02at.export.embeddings import VIDEO, Embeddings, ExportInfo, read_embeddings, write_embeddings
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int, offset: float = 0.0) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_int8_codes_stay_within_half_a_step_of_the_float64_values():
 def test_binary_codes_are_the_signs_of_the_rotated_centred_vectors(rotation):
     rng = np.random.default_rng(1)
     gallery = unit_rows(rng, 400, 16, 0.5)
-    quantizer = BinaryQuantizer.fit(gallery, BinaryConfig(bits_per_dim=2, rotation=rotation))
+    quantizer = BinaryQuantizer.fit(gallery, BinaryCodeParams(bits_per_dim=2, rotation=rotation))
     assert quantizer.projection.shape == (32, 16) and quantizer.code_bytes == 4
     for block in (quantizer.projection[:16], quantizer.projection[16:]):  # each block is a rotation
         np.testing.assert_allclose(block.astype(np.float64) @ block.T, np.eye(16), atol=1e-5)
@@ -72,7 +72,7 @@ def test_pca_rotation_starts_with_the_principal_axis_and_itq_has_the_lowest_quan
     gallery = unit_rows(rng, 2000, 16)
     centred = gallery.astype(np.float64) - gallery.mean(axis=0)
     principal = np.linalg.svd(centred, full_matrices=False)[2][0]
-    pca = BinaryQuantizer.fit(gallery, BinaryConfig(rotation="pca"))
+    pca = BinaryQuantizer.fit(gallery, BinaryCodeParams(rotation="pca"))
     assert abs(pca.projection[0] @ principal) > 0.999
 
     def loss(quantizer: BinaryQuantizer) -> float:  # ITQ's objective: distance of the data to its +-1 codes
@@ -80,14 +80,14 @@ def test_pca_rotation_starts_with_the_principal_axis_and_itq_has_the_lowest_quan
         rotated = projected @ (quantizer.projection.astype(np.float64) @ pca.projection.T.astype(np.float64)).T
         return float(np.linalg.norm(np.sign(rotated) - rotated))
 
-    random = BinaryQuantizer.fit(gallery, BinaryConfig(rotation="random"))
-    assert loss(BinaryQuantizer.fit(gallery, BinaryConfig(rotation="itq"))) < min(loss(pca), loss(random))
+    random = BinaryQuantizer.fit(gallery, BinaryCodeParams(rotation="random"))
+    assert loss(BinaryQuantizer.fit(gallery, BinaryCodeParams(rotation="itq"))) < min(loss(pca), loss(random))
 
 
 def test_hamming_distances_of_faiss_match_a_numpy_popcount():
     rng = np.random.default_rng(3)
     gallery, queries = unit_rows(rng, 300, 24, 0.2), unit_rows(rng, 7, 24, 0.2)
-    quantizer = BinaryQuantizer.fit(gallery, BinaryConfig(bits_per_dim=3, rotation="random"))  # 72 bits: 9 bytes
+    quantizer = BinaryQuantizer.fit(gallery, BinaryCodeParams(bits_per_dim=3, rotation="random"))  # 72 bits: 9 bytes
     codes, query_codes = quantizer.encode(gallery), quantizer.encode(queries)
     index = faiss.IndexBinaryFlat(quantizer.bits)
     index.add(codes)
@@ -103,7 +103,7 @@ def test_more_bits_per_dimension_estimate_the_angle_better():
     angles = np.arccos(np.clip(gallery[:50].astype(np.float64) @ gallery[50:].T, -1, 1)) / np.pi  # (50, 250)
     errors = []
     for bits in (1, 4):
-        quantizer = BinaryQuantizer.fit(gallery, BinaryConfig(bits_per_dim=bits, rotation="random"))
+        quantizer = BinaryQuantizer.fit(gallery, BinaryCodeParams(bits_per_dim=bits, rotation="random"))
         quantizer = BinaryQuantizer(np.zeros(32, np.float32), quantizer.projection, "random")  # uncentred angles
         codes = quantizer.encode(gallery)
         hamming = np.unpackbits(codes[:50, None] ^ codes[None, 50:], axis=2).sum(axis=2) / quantizer.bits
@@ -127,7 +127,7 @@ def export_of(tmp_path, n: int = 50, dim: int = 16) -> Embeddings:
 
 def test_codes_file_round_trips_with_its_quantizers(tmp_path):
     export = export_of(tmp_path)
-    config = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=2, rotation="itq", seed=3))
+    config = CodesParams(int8=True, binary=BinaryCodeParams(bits_per_dim=2, rotation="itq", seed=3))
     made = make_codes(export.ids, export.vectors, export.info, config)
     path = codes_path(export.path)
     assert path.name == "demo_video.codes.parquet"
@@ -143,7 +143,7 @@ def test_codes_file_round_trips_with_its_quantizers(tmp_path):
     schema = pq.read_schema(path)
     assert schema.field("int8").type == pa.list_(pa.int8(), 16) and schema.field("binary").type == pa.binary(4)
 
-    write_codes(path, make_codes(export.ids, export.vectors, export.info, CodesConfig(int8=True)))
+    write_codes(path, make_codes(export.ids, export.vectors, export.info, CodesParams(int8=True)))
     only_int8 = read_codes(path)
     assert only_int8.binary is None and only_int8.binary_quantizer is None and only_int8.int8 is not None
 
@@ -155,25 +155,25 @@ def test_bad_codes_files_and_params_are_refused(tmp_path):
     with pytest.raises(CodesError, match="not an eva02at codes file"):
         read_codes(tmp_path / "other.parquet")
     with pytest.raises(ConfigError, match=r"export\.codes\.binary\.rotation = 'spin'"):
-        from_dict(CodesConfig, {"binary": {"rotation": "spin"}}, "export.codes")
+        from_dict(CodesParams, {"binary": {"rotation": "spin"}}, "export.codes")
     with pytest.raises(ConfigError, match=r"export\.codes\.binary\.bits_per_dim = 0"):
-        from_dict(CodesConfig, {"binary": {"bits_per_dim": 0}}, "export.codes")
+        from_dict(CodesParams, {"binary": {"bits_per_dim": 0}}, "export.codes")
 
 
 def test_an_export_without_clips_has_empty_codes(tmp_path):
     info = ExportInfo(VIDEO, "demo", "m.pt", "cd" * 32, "EVA02-Tiny-test", 4, "frames/demo")
-    config = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=2))
+    config = CodesParams(int8=True, binary=BinaryCodeParams(bits_per_dim=2))
     write_codes(tmp_path / "e.codes.parquet", make_codes([], np.zeros((0, 16), np.float32), info, config))
     back = read_codes(tmp_path / "e.codes.parquet")
     assert back.ids == [] and back.int8.shape == (0, 16) and back.binary.shape == (0, 4)
 
 
 def test_encoding_in_chunks_gives_the_codes_of_one_pass(monkeypatch):
-    from eva02at import codes as module
+    from eva02at.export import codes as module
 
     gallery = unit_rows(np.random.default_rng(7), 100, 16, 0.3)
     int8 = Int8Quantizer.fit(gallery)
-    binary = BinaryQuantizer.fit(gallery, BinaryConfig(bits_per_dim=2))
+    binary = BinaryQuantizer.fit(gallery, BinaryCodeParams(bits_per_dim=2))
     whole = int8.encode(gallery), binary.encode(gallery)
     monkeypatch.setattr(module, "_CHUNK", 7)  # 100 rows: 14 full chunks and a partial one
     assert np.array_equal(int8.encode(gallery), whole[0]) and np.array_equal(binary.encode(gallery), whole[1])
@@ -181,7 +181,9 @@ def test_encoding_in_chunks_gives_the_codes_of_one_pass(monkeypatch):
     assert np.array_equal(whole[1], np.packbits(signs, axis=1))
 
 
-@pytest.mark.parametrize("config", [CodesConfig(int8=True, binary=BinaryConfig(2, "itq", 5)), CodesConfig(int8=True)])
+@pytest.mark.parametrize(
+    "config", [CodesParams(int8=True, binary=BinaryCodeParams(2, "itq", 5)), CodesParams(int8=True)]
+)
 def test_codes_made_row_group_by_row_group_are_the_file_of_the_whole_table(tmp_path, monkeypatch, config):
     monkeypatch.setattr(embeddings, "ROW_GROUP", 64)  # the export's row groups
     monkeypatch.setattr(codes, "_CHUNK", 64)  # the in-memory writer's
@@ -212,4 +214,4 @@ def test_codes_are_made_for_video_exports_only(tmp_path):
     text = ExportInfo("text", "demo", "m.pt", "ab" * 32, "EVA02-Tiny-test", 0, "")
     write_embeddings(path, {"sentence_id": ["s"], "text": ["x"]}, np.ones((1, 4), np.float32), text)
     with pytest.raises(CodesError, match="compact codes are made for video exports, not text"):
-        export_codes(path, tmp_path / "t.codes.parquet", CodesConfig(int8=True))
+        export_codes(path, tmp_path / "t.codes.parquet", CodesParams(int8=True))

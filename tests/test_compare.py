@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from eva02at.cli import main
-from eva02at.compare import build_table, select, sort_runs, varying
-from eva02at.text_table import format_table
-from eva02at.tracking import RunRecord, Tracker
+from eva02at.cli.compare import build_table, select, sort_runs, varying
+from eva02at.cli.main import main
+from eva02at.core.text_table import format_table
+from eva02at.core.tracking import RunRecord, Tracker
 from tests.project_fixtures import empty_mlflow_store
 
 METRIC = "finetuned.ek100_mir.mAP_avg"

@@ -8,16 +8,16 @@ import open_clip
 import pytest
 import torch
 
-from eva02at.compatibility import compatible_digests, criterion, load_reference, recorded_chain
-from eva02at.config import ConfigError
-from eva02at.digest import file_digest
-from eva02at.losses import get_loss
+from eva02at.core.config import ConfigError
+from eva02at.core.digest import file_digest
+from eva02at.core.distributed import DistInfo
+from eva02at.data.shards import FrameSpec
 from eva02at.models import from_open_clip, load_checkpoint_file, load_video_clip, save_video_clip
-from eva02at.shards import FrameSpec
+from eva02at.models.compatibility import compatible_digests, criterion, load_reference, recorded_chain
 from eva02at.train.data import ClipPairs, OwnCaptions
-from eva02at.train.distributed import DistInfo
-from eva02at.train.loop import TrainConfig, train
-from eva02at.train.optim import OptimConfig
+from eva02at.train.loop import TrainParams, train
+from eva02at.train.losses import get_loss
+from eva02at.train.optim import OptimParams
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask, global_loss
 from tests.test_embeddings import make_checkpoint
@@ -133,10 +133,10 @@ def shards(tmp_path_factory):
 
 
 def train_steps(task: VideoTextTask, shards, checkpoint) -> None:
-    config = TrainConfig(epochs=1, batch_size=4, workers=0, log_every=1, checkpoint_every=10)
+    config = TrainParams(epochs=1, batch_size=4, workers=0, log_every=1, checkpoint_every=10)
     sampler = RelevantPairSampler(OwnCaptions(12), config.batch_size, seed=config.seed)
     dataset = ClipPairs(shards, shards.clip_ids, shards.texts(shards.clip_ids))
-    train(task, sampler, dataset, config, OptimConfig(lr=1e-3), checkpoint, CPU, "run")
+    train(task, sampler, dataset, config, OptimParams(lr=1e-3), checkpoint, CPU, "run")
 
 
 def test_a_reference_that_weighs_nothing_leaves_training_bit_for_bit_and_stays_untouched(shards, tmp_path):

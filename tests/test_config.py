@@ -18,11 +18,11 @@ import pytest
 from dvc.utils.serialize import load_yaml
 from ruamel.yaml import YAML
 
-from eva02at.config import ConfigError, from_dict, read_params
+from eva02at.core.config import ConfigError, from_dict, read_params
+from eva02at.core.tracking import TrackingParams
+from eva02at.data.synthetic import SampleParams
+from eva02at.evaluation.benchmarks.frozen import BenchmarkSuiteParams, typed_entries
 from eva02at.models.config import VideoCLIPConfig
-from eva02at.synthetic import SampleConfig
-from eva02at.tracking import TrackingSettings
-from stages.benchmark import BenchmarksParams, typed_entries
 from stages.common import EXIT_PARAMS
 from stages.evaluate import EvaluateParams
 from stages.export import ExportParams
@@ -35,17 +35,17 @@ from stages.soft_labels import SoftLabelParams
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = read_params(ROOT / "params.yaml")
 SCHEMAS = {
-    "sample": SampleConfig,
+    "sample": SampleParams,
     "frames": FramesParams,
     "soft_labels": SoftLabelParams,
     "image_clip": ImageClipParams,
     "pretrain": PretrainParams,
     "finetune": FinetuneParams,
     "finetune_charades": FinetuneParams,  # the finetune stage's schema, run with this section
-    "benchmarks": BenchmarksParams,
+    "benchmarks": BenchmarkSuiteParams,
     "export": ExportParams,
     "evaluate": EvaluateParams,
-    "tracking": TrackingSettings,
+    "tracking": TrackingParams,
 }
 ARGUMENTS = {"frames": ["egoclip"], "benchmark": ["egomcq"]}  # the stages' positional arguments
 DROP = object()  # the key is removed
@@ -263,10 +263,10 @@ tricky:
 """
 DUMP_STAGE = """\
 import pickle
-from stages.common import load_params
+from eva02at.core.config import read_params
 
 with open("used.pkl", "wb") as out:
-    pickle.dump(load_params("tricky"), out)
+    pickle.dump(read_params("params.yaml")["tricky"], out)
 """
 
 

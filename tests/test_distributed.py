@@ -11,8 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from eva02at.losses import get_loss
 from eva02at.train import distributed, tasks
+from eva02at.train.losses import get_loss
 
 WORLD, LOCAL_BATCH, VIDEOS, SENTENCES = 2, 4, 12, 10
 LOSS_NAMES = ("sms", "infonce", "sms+reference")

@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from eva02at.annotations import Segment
-from eva02at.egoclip_plus import (
+from eva02at.core.errors import BadInput
+from eva02at.data.annotations import Segment
+from eva02at.data.egoclip_plus import (
     caption_table,
     decoded_only,
     read_caption_pickle,
     read_caption_table,
     write_caption_table,
 )
-from eva02at.errors import BadInput
-from eva02at.synthetic.captions import Caption
-from eva02at.synthetic.ego4d import EGOCLIP_PLUS, plan_egoclip_plus
+from eva02at.data.synthetic.captions import Caption
+from eva02at.data.synthetic.ego4d import EGOCLIP_PLUS, plan_egoclip_plus
 from eva02at.train.data import CaptionSets, EpochBatches
 from eva02at.train.sampling import RelevantPairSampler
 

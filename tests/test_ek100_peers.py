@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eva02at.benchmarks import BenchmarkParams, load_benchmark
-from eva02at.ek100_peers import official_queries, read_relevancy_pickle, relevancy_differences, table_from_dense
-from eva02at.errors import BadInput
-from eva02at.labels import RelevancyTable
+from eva02at.core.errors import BadInput
+from eva02at.data.ek100_peers import official_queries, read_relevancy_pickle, relevancy_differences, table_from_dense
+from eva02at.data.labels import RelevancyTable
+from eva02at.evaluation.benchmarks import BenchmarkParams, load_benchmark
 from tests.project_fixtures import ROOT
 
 EK100 = ROOT / "data" / "sample" / "ek100"

@@ -17,8 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from eva02at import embeddings
-from eva02at.embeddings import (
+from eva02at.data.jpeg import decode_jpegs
+from eva02at.data.pixels import normalize
+from eva02at.data.shards import MANIFEST, SHARDS, write_manifest, write_shard
+from eva02at.export import embeddings
+from eva02at.export.embeddings import (
     TEXT,
     VIDEO,
     ExportInfo,
@@ -30,11 +33,8 @@ from eva02at.embeddings import (
     stream_embeddings,
     write_embeddings,
 )
-from eva02at.inference import export_texts, export_videos, model_for_frames
-from eva02at.jpeg import decode_jpegs
+from eva02at.export.inference import export_texts, export_videos, model_for_frames
 from eva02at.models import from_open_clip, load_video_clip, save_video_clip
-from eva02at.shards import MANIFEST, SHARDS, write_manifest, write_shard
-from eva02at.train.data import normalize
 
 
 def make_checkpoint(path: Path, num_frames: int = 4, seed: int = 0) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from eva02at import cli
-from eva02at.config import read_params
+from eva02at.cli import main as cli
+from eva02at.core.config import read_params
 from stages.common import EXIT_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,12 +17,12 @@ import yaml
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from eva02at.benchmarks import BenchmarkParams, chance, load_benchmark, missing_clips, score_model
-from eva02at.codes import read_codes
-from eva02at.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, write_embeddings
-from eva02at.errors import BadInput
-from eva02at.labels import RelevancyTable
-from eva02at.tracking import flatten
+from eva02at.core.errors import BadInput
+from eva02at.core.tracking import flatten
+from eva02at.data.labels import RelevancyTable
+from eva02at.evaluation.benchmarks import BenchmarkParams, chance, load_benchmark, missing_clips, score_model
+from eva02at.export.codes import read_codes
+from eva02at.export.embeddings import TEXT, VIDEO, ExportInfo, read_embeddings, write_embeddings
 from tests.test_embeddings import make_checkpoint, make_shards
 
 D = 8

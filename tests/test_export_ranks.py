@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from eva02at.inference import shard_rows
-from eva02at.train.distributed import DistInfo
+from eva02at.core.distributed import DistInfo
+from eva02at.export.inference import shard_rows
 from tests.test_embeddings import make_checkpoint, make_shards
 
 ROOT = Path(__file__).resolve().parents[1]

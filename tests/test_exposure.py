@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from eva02at.tracking import server_answers
+from eva02at.core.tracking import server_answers
 from tests.processes import in_session, wait_until
 from tests.project_fixtures import empty_mlflow_store
 from tests.ray_cluster import start_cluster, stop_cluster

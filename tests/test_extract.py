@@ -12,18 +12,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eva02at import extract as extract_module
-from eva02at.annotations import (
+from eva02at.core.atomic import DiskFull, atomic_path
+from eva02at.data import extract as extract_module
+from eva02at.data.annotations import (
     CLAMP_END_PAST_VIDEO,
     CLAMP_NEGATIVE_START,
     Segment,
     Source,
     read_segments,
 )
-from eva02at.atomic import DiskFull, atomic_path
-from eva02at.extract import TooManyFailures, extract, plan_shards, resize_crop
-from eva02at.jpeg import decode_jpegs, encode_jpeg
-from eva02at.shards import (
+from eva02at.data.extract import TooManyFailures, extract, plan_shards, resize_crop
+from eva02at.data.jpeg import decode_jpegs, encode_jpeg
+from eva02at.data.shards import (
     MANIFEST,
     MANIFEST_SCHEMA,
     FrameShards,
@@ -32,7 +32,7 @@ from eva02at.shards import (
     read_shard,
     write_manifest_tables,
 )
-from eva02at.video import index_video, read_frames, scaled_frames
+from eva02at.data.video import index_video, read_frames, scaled_frames
 
 CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps
 
@@ -225,7 +225,7 @@ def test_a_truncated_shard_is_named_and_decoded_again(tmp_path, ego4d_dir, caplo
     with pytest.raises(ShardReadError, match=str(shard)):
         for clip in shards.clip_ids:
             shards.jpegs(clip)
-    with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
+    with caplog.at_level(logging.WARNING, logger="eva02at.data.extract"):
         summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
     assert summary.written_shards == 2 and summary.kept_shards == 1
     assert f"{shard} does not match its manifest part" in caplog.text and f"{part}: cannot read" in caplog.text
@@ -306,7 +306,7 @@ def test_resume_keeps_shards_by_size_and_decodes_again_one_whose_checksum_change
     data[len(data) // 2] ^= 0xFF  # same size: only the checksum, checked while the rest decodes, sees it
     flipped.write_bytes(bytes(data))
     (out / "parts" / "shard-00002.parquet").unlink()
-    with caplog.at_level(logging.WARNING, logger="eva02at.extract"):
+    with caplog.at_level(logging.WARNING, logger="eva02at.data.extract"):
         summary = extract(segments, [], ego4d_dir, out, spec, clips_per_shard=4, max_failure_fraction=1)
     assert summary.written_shards == 2 and summary.kept_shards == first.written_shards - 2
     assert f"{flipped} does not match its manifest part" in caplog.text and "(checksum)" in caplog.text

@@ -19,8 +19,8 @@ from dvc.repo import Repo
 from dvc.utils.hydra import apply_overrides
 from prefect.testing.utilities import prefect_test_harness
 
-from eva02at.config import read_params
-from eva02at.tracking import aliased_version, find_runs
+from eva02at.core.config import read_params
+from eva02at.core.tracking import aliased_version, find_runs
 from flows.common import CommandError, order_stages, parse_metrics_show
 from flows.reproduce import reproduce, reproduce_single
 from flows.retrain import Compatibility, champion_overrides, compatibility, decide, override_value, retrain

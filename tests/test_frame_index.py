@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eva02at.shards import MANIFEST, SHARDS, FrameShards, ShardReadError, read_shard, write_manifest, write_shard
+from eva02at.data.shards import MANIFEST, SHARDS, FrameShards, ShardReadError, read_shard, write_manifest, write_shard
 from eva02at.train.data import ClipPairs
 
 

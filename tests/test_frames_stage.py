@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eva02at.tracking import find_runs
+from eva02at.core.tracking import find_runs
 from tests.processes import in_session, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ WAIT_LIMIT_S = 300  # only ends a hung test; every wait below returns as soon as
 
 def test_the_stage_and_its_workers_load_no_torch():
     # six frames stages per pipeline run, each with its decode processes: torch and torchvision add ~3 s to each
-    check = "import sys, stages.frames, eva02at.extract; assert 'torch' not in sys.modules, 'torch was imported'"
+    check = "import sys, stages.frames, eva02at.data.extract; assert 'torch' not in sys.modules, 'torch was imported'"
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from eva02at.extract import resize_crop
-from eva02at.jpeg import decode_jpegs, encode_jpeg, jpeg_size
-from eva02at.video import read_frames
+from eva02at.data.extract import resize_crop
+from eva02at.data.jpeg import decode_jpegs, encode_jpeg, jpeg_size
+from eva02at.data.video import read_frames
 
 VIDEO = Path(__file__).resolve().parents[1] / "data" / "sample" / "ego4d" / "ego4d_site_nus.mp4"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eva02at.labels import RelevancyTable, build_relevancy, ek100_relevancy
+from eva02at.data.labels import RelevancyTable, build_relevancy, ek100_relevancy
 
 
 def loop_relevancy(videos: pd.DataFrame, sentences: pd.DataFrame) -> np.ndarray:

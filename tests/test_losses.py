@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eva02at.losses import LOSSES, adaptive_mi_mm_loss, get_loss, infonce_loss, mi_mm_loss, sms_loss
+from eva02at.train.losses import LOSSES, adaptive_mi_mm_loss, get_loss, infonce_loss, mi_mm_loss, sms_loss
 
 # Unit vectors giving S[a, b] = cos(text_a, video_b) = [[1, 0], [1, 0]] (both texts point at video 0).
 VIDEO = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -12,8 +12,8 @@ from sklearn.metrics import average_precision_score
 
 from bench import metrics as bench_metrics
 from bench.mir_reference import reference_mir
-from eva02at.labels import ek100_relevancy
-from eva02at.metrics import MIR_KEYS, charades_map, egomcq_accuracy, ek100_mir
+from eva02at.data.labels import ek100_relevancy
+from eva02at.evaluation.metrics import MIR_KEYS, charades_map, egomcq_accuracy, ek100_mir
 
 # Two videos x three sentences, ranked by hand below.
 HAND_SIM = np.array([[0.9, 0.8, 0.7], [0.1, 0.2, 0.3]])

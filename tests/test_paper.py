@@ -17,9 +17,9 @@ import pytest
 from dvc.utils.hydra import apply_overrides
 from PIL import Image
 
-from eva02at import paper
-from eva02at.cli import main
-from eva02at.config import from_dict, read_params
+from eva02at.cli import paper
+from eva02at.cli.main import main
+from eva02at.core.config import from_dict, read_params
 from rehearsal.project import make_project, merge
 from stages.benchmark import typed_entries
 from stages.pretrain import PretrainParams

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
+from eva02at.core.tracking import find_runs
 from eva02at.models import load_checkpoint_file
-from eva02at.tracking import find_runs
 from stages.common import EXIT_PARAMS
 from tests.project_fixtures import git
 

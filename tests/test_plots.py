@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from eva02at.plots import (
+from eva02at.evaluation.plots import (
     DPI,
     GRID_CELL,
     MARK_COLORS,

@@ -33,8 +33,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 
+from eva02at.core.tracking import aliased_version, get_run
 from eva02at.models import load_video_clip
-from eva02at.tracking import aliased_version, get_run
 from tests.project_fixtures import ROOT, git, md5, quiet_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_pipeline")]  # the fixture is built once per worker

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eva02at.cluster import run_on_cluster
+from eva02at.data.cluster import run_on_cluster
 from tests.ray_cluster import stamped, start_cluster, stop_cluster
 
 

@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
-from eva02at import paper
-from eva02at.config import from_dict, read_params
-from eva02at.losses import get_loss
+from eva02at.cli import paper
+from eva02at.core.config import from_dict, read_params
 from eva02at.models import create_image_clip, from_open_clip
+from eva02at.train.losses import get_loss
 from rehearsal.project import ROOT, merge, override_params
 from rehearsal.run import OVERRIDES, SMALLEST, StageResult, measure, table
 from stages.finetune import FinetuneParams

@@ -8,7 +8,7 @@ import pytest
 import torch.utils.data
 from scipy.stats import chisquare
 
-from eva02at.labels import RelevancyTable
+from eva02at.data.labels import RelevancyTable
 from eva02at.train.sampling import RelevantPairSampler
 
 

@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from eva02at import cli
-from eva02at.codes import BinaryConfig, CodesConfig, CodesError, codes_path, make_codes, write_codes
-from eva02at.compatibility import load_reference
-from eva02at.embeddings import VIDEO, read_embeddings, write_embeddings
-from eva02at.errors import MissingInput
-from eva02at.inference import export_videos
-from eva02at.losses import get_loss
+from eva02at.cli import main as cli
+from eva02at.core.errors import MissingInput
+from eva02at.export.codes import BinaryCodeParams, CodesError, CodesParams, codes_path, make_codes, write_codes
+from eva02at.export.embeddings import VIDEO, read_embeddings, write_embeddings
+from eva02at.export.inference import export_videos
 from eva02at.models import load_video_clip
-from eva02at.search import IncompatibleCheckpoint, may_search, run_search, search
-from eva02at.search_index import IndexConfig
+from eva02at.models.compatibility import load_reference
+from eva02at.search.index import IndexParams
+from eva02at.search.query import IncompatibleCheckpoint, may_search, run_search, search
+from eva02at.train.losses import get_loss
 from eva02at.train.tasks import VideoTextTask
 from tests.test_embeddings import make_checkpoint, make_shards
 
@@ -50,7 +50,7 @@ def planted(tmp_path_factory):
     vectors[videos.ids.index("p3")] = query / np.linalg.norm(query)
     columns = {name: videos.table[name].to_pylist() for name in ("clip_id", "source", "start", "end", "text")}
     write_embeddings(root / "planted.parquet", columns, vectors, videos.info)
-    config = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=2))
+    config = CodesParams(int8=True, binary=BinaryCodeParams(bits_per_dim=2))
     write_codes(codes_path(root / "planted.parquet"), make_codes(videos.ids, vectors, videos.info, config))
     return root, checkpoint
 
@@ -68,12 +68,12 @@ def test_the_planted_clip_comes_first(planted):
 
 @pytest.mark.parametrize(
     "index",
-    [IndexConfig(kind="binary", nlist=0), IndexConfig(kind="binary", rerank="int8"), IndexConfig(exact_max=1)],
+    [IndexParams(kind="binary", nlist=0), IndexParams(kind="binary", rerank="int8"), IndexParams(exact_max=1)],
     ids=["binary", "binary-int8", "auto-large"],
 )
 def test_the_codes_find_what_exact_search_finds(planted, index):
     root, checkpoint = planted
-    exact = search(QUERY, checkpoint, root / "planted.parquet", top=6, index=IndexConfig(kind="flat"))
+    exact = search(QUERY, checkpoint, root / "planted.parquet", top=6, index=IndexParams(kind="flat"))
     found = search(QUERY, checkpoint, root / "planted.parquet", top=6, index=index)
     assert [h.clip_id for h in found] == [h.clip_id for h in exact]  # six clips: the shortlist holds them all
     tolerance = 0.02 if index.rerank == "int8" else 1e-6
@@ -160,12 +160,12 @@ def test_codes_of_another_export_are_refused(planted, tmp_path):
     root, checkpoint = planted
     shutil.copy(root / "planted.parquet", tmp_path / "planted.parquet")
     with pytest.raises(MissingInput, match=r"planted\.codes\.parquet.*export\.codes\.binary"):
-        search(QUERY, checkpoint, tmp_path / "planted.parquet", index=IndexConfig(kind="binary"))
+        search(QUERY, checkpoint, tmp_path / "planted.parquet", index=IndexParams(kind="binary"))
     videos = read_embeddings(root / "planted.parquet")
-    codes = make_codes(videos.ids[::-1], videos.vectors[::-1], videos.info, CodesConfig(binary=BinaryConfig()))
+    codes = make_codes(videos.ids[::-1], videos.vectors[::-1], videos.info, CodesParams(binary=BinaryCodeParams()))
     write_codes(codes_path(tmp_path / "planted.parquet"), codes)  # same clips, another order
     with pytest.raises(CodesError, match=r"was not made from .*planted\.parquet"):
-        search(QUERY, checkpoint, tmp_path / "planted.parquet", index=IndexConfig(kind="binary"))
+        search(QUERY, checkpoint, tmp_path / "planted.parquet", index=IndexParams(kind="binary"))
 
 
 def test_the_command_line_searches_with_the_chosen_index(planted, capsys):

@@ -13,11 +13,11 @@ import pytest
 
 from bench import scale_gallery
 from bench import search_index as bench
-from eva02at import embeddings
-from eva02at.codes import BinaryConfig, Codes, CodesConfig, codes_path, export_codes, make_codes, read_codes
-from eva02at.embeddings import VIDEO, ExportInfo, read_embeddings, write_embeddings
-from eva02at.search import open_gallery, read_rows
-from eva02at.search_index import IndexConfig, IndexConfigError, build_index, choose_kind
+from eva02at.export import embeddings
+from eva02at.export.codes import BinaryCodeParams, Codes, CodesParams, codes_path, export_codes, make_codes, read_codes
+from eva02at.export.embeddings import VIDEO, ExportInfo, read_embeddings, write_embeddings
+from eva02at.search.index import IndexConfigError, IndexParams, build_index, choose_kind
+from eva02at.search.query import open_gallery, read_rows
 
 INFO = ExportInfo(VIDEO, "demo", "m.pt", "ab" * 32, "EVA02-Tiny-test", 4, "")
 
@@ -37,7 +37,7 @@ def clustered():
     """5,000 clips and 60 queries of 32-d from the benchmark's clustered mixture, with int8 and 2-bit codes."""
     mixture = bench.Mixture.make(dim=32, clusters=60, spread=0.8, offset=0.5, seed=0)
     gallery, queries = mixture.draw(5000, seed=1), mixture.draw(60, seed=2)
-    config = CodesConfig(int8=True, binary=BinaryConfig(bits_per_dim=2))
+    config = CodesParams(int8=True, binary=BinaryCodeParams(bits_per_dim=2))
     codes = make_codes([f"c{i}" for i in range(len(gallery))], gallery, INFO, config)
     return gallery, queries, codes, exact_top(gallery, queries, 10)
 
@@ -48,7 +48,7 @@ def test_flat_search_is_the_exact_ranking_with_ties_in_gallery_order():
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     gallery[[5, 17, 30]] = gallery[11]  # exact ties: rows 5, 11, 17, 30
     queries = np.vstack([gallery[11], rng.standard_normal((3, 8)).astype(np.float32)])
-    scores, rows = build_index(gallery, IndexConfig(kind="flat")).search(queries, 45)
+    scores, rows = build_index(gallery, IndexParams(kind="flat")).search(queries, 45)
     assert rows.shape == (4, 45) and (rows[:, 40:] == -1).all() and np.isneginf(scores[:, 40:]).all()
     assert rows[0, :4].tolist() == [5, 11, 17, 30]
     assert np.array_equal(rows[:, :40], exact_top(gallery, queries, 40))
@@ -58,11 +58,11 @@ def test_flat_search_is_the_exact_ranking_with_ties_in_gallery_order():
 @pytest.mark.parametrize(
     ("config", "least"),
     [
-        (IndexConfig(kind="ivf", nlist=64, nprobe=4), 0.9),
-        (IndexConfig(kind="hnsw", hnsw_m=8, ef_search=16), 0.9),
-        (IndexConfig(kind="binary", nlist=0, shortlist=100), 0.9),
-        (IndexConfig(kind="binary", nlist=64, nprobe=8, shortlist=300), 0.9),
-        (IndexConfig(kind="binary", nlist=0, shortlist=300, rerank="int8"), 0.9),
+        (IndexParams(kind="ivf", nlist=64, nprobe=4), 0.9),
+        (IndexParams(kind="hnsw", hnsw_m=8, ef_search=16), 0.9),
+        (IndexParams(kind="binary", nlist=0, shortlist=100), 0.9),
+        (IndexParams(kind="binary", nlist=64, nprobe=8, shortlist=300), 0.9),
+        (IndexParams(kind="binary", nlist=0, shortlist=300, rerank="int8"), 0.9),
     ],
     ids=["ivf", "hnsw", "binary-flat", "binary-ivf", "binary-int8"],
 )
@@ -80,7 +80,7 @@ def test_approximate_indexes_find_most_of_the_exact_top_10(clustered, config, le
 
 def test_binary_shortlist_of_the_whole_gallery_is_exact(clustered):
     gallery, queries, codes, truth = clustered
-    _, rows = build_index(gallery, IndexConfig(kind="binary", nlist=0, shortlist=len(gallery)), codes).search(
+    _, rows = build_index(gallery, IndexParams(kind="binary", nlist=0, shortlist=len(gallery)), codes).search(
         queries, 10
     )
     assert np.array_equal(rows, truth)
@@ -88,19 +88,19 @@ def test_binary_shortlist_of_the_whole_gallery_is_exact(clustered):
 
 def test_the_index_kind_follows_the_gallery_size_and_the_codes(clustered):
     gallery, _, codes, _ = clustered
-    small, large = IndexConfig(exact_max=len(gallery)), IndexConfig(exact_max=len(gallery) - 1)
+    small, large = IndexParams(exact_max=len(gallery)), IndexParams(exact_max=len(gallery) - 1)
     assert choose_kind(len(gallery), small, codes) == "flat"
     assert choose_kind(len(gallery), large, codes) == "binary"
     assert choose_kind(len(gallery), large, None) == "ivf"
-    assert choose_kind(len(gallery), IndexConfig(kind="hnsw"), codes) == "hnsw"
+    assert choose_kind(len(gallery), IndexParams(kind="hnsw"), codes) == "hnsw"
     int8_only = Codes(codes.ids, codes.info, codes.int8, codes.int8_quantizer)
     assert choose_kind(len(gallery), large, int8_only) == "ivf"
     with pytest.raises(IndexConfigError, match="needs binary codes"):
-        build_index(gallery, IndexConfig(kind="binary"), int8_only)
+        build_index(gallery, IndexParams(kind="binary"), int8_only)
     with pytest.raises(IndexConfigError, match="index kind must be one of"):
-        build_index(gallery, IndexConfig(kind="lsh"))
+        build_index(gallery, IndexParams(kind="lsh"))
     with pytest.raises(IndexConfigError, match=">= 1"):
-        build_index(gallery, IndexConfig(nprobe=0))
+        build_index(gallery, IndexParams(nprobe=0))
 
 
 def test_benchmark_small_run_reports_consistent_numbers(tmp_path):
@@ -136,8 +136,8 @@ def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it
     }
     path = tmp_path / "demo_video.parquet"
     write_embeddings(path, columns, gallery, INFO)
-    export_codes(path, codes_path(path), CodesConfig(binary=BinaryConfig()))
-    config = IndexConfig(kind="binary", nlist=0, shortlist=1000)  # every clip shortlisted: re-ranking decides
+    export_codes(path, codes_path(path), CodesParams(binary=BinaryCodeParams()))
+    config = IndexParams(kind="binary", nlist=0, shortlist=1000)  # every clip shortlisted: re-ranking decides
     opened = open_gallery(path, config, tmp_path / "cache")
     assert isinstance(opened.vectors.base, mmap.mmap) and opened.codes is not None and opened.ids == ids
     scores, rows = build_index(opened.vectors, config, opened.codes).search(queries, 10)
@@ -147,7 +147,7 @@ def test_a_gallery_on_disk_is_searched_through_its_codes_as_brute_force_ranks_it
     np.testing.assert_allclose(scores, expected, atol=1e-6)
     picked = read_rows(path, [int(r) for r in rows[0][::-1]], ("clip_id",))  # rows from several row groups, any order
     assert picked["clip_id"] == [ids[r] for r in rows[0][::-1]]
-    assert not isinstance(open_gallery(path, IndexConfig(kind="flat"), tmp_path / "cache").vectors.base, mmap.mmap)
+    assert not isinstance(open_gallery(path, IndexParams(kind="flat"), tmp_path / "cache").vectors.base, mmap.mmap)
 
 
 def test_the_gallery_scale_benchmark_runs_its_components_in_order(tmp_path, capsys):

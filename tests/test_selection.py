@@ -15,9 +15,10 @@ import yaml
 from mlflow import MlflowClient
 from torch import nn
 
-from eva02at.config import ConfigError
-from eva02at.embeddings import TEXT, VIDEO, read_embeddings
-from eva02at.inference import export_texts, export_videos
+from eva02at.core.config import ConfigError
+from eva02at.data.shards import FrameSpec
+from eva02at.export.embeddings import TEXT, VIDEO, read_embeddings
+from eva02at.export.inference import export_texts, export_videos
 from eva02at.models import (
     VideoCLIP,
     create_image_clip,
@@ -27,8 +28,7 @@ from eva02at.models import (
     load_video_clip,
     save_image_clip,
 )
-from eva02at.shards import FrameSpec
-from eva02at.train.selection import BestEpoch, SelectConfig
+from eva02at.train.selection import BestEpoch, SelectParams
 from stages import pretrain
 from stages.selection import selection_evaluator
 from tests import toy_benchmark  # registers the toy benchmark
@@ -162,16 +162,16 @@ def test_without_selection_the_model_is_the_final_weights_and_metrics_say_so(pro
 def test_a_benchmark_test_collection_is_refused_unless_chosen_explicitly(project):
     params = write_params(project, "a", None)
     model = load_video_clip_from_image(project)
-    config = SelectConfig(**select_params(project, "test"))
+    config = SelectParams(**select_params(project, "test"))
     with pytest.raises(ConfigError, match=r"is the test collection of benchmarks.entries.toy_recall.*on_test_set"):
         selection_evaluator(config, model, torch.device("cpu"), str(params))
-    explicit = SelectConfig(**select_params(project, "test", on_test_set=True))
+    explicit = SelectParams(**select_params(project, "test", on_test_set=True))
     assert 0.0 <= selection_evaluator(explicit, model, torch.device("cpu"), str(params))(model) <= 1.0
     with pytest.raises(ConfigError, match=r"holds 2 frames of 32 px per clip; the selection evaluates 4 frames"):
-        selection_evaluator(SelectConfig(**select_params(project, frames=4)), model, torch.device("cpu"), str(params))
+        selection_evaluator(SelectParams(**select_params(project, frames=4)), model, torch.device("cpu"), str(params))
     with pytest.raises(ConfigError, match=r"metric 'mAP' is not a score of toy_recall"):
         selection_evaluator(
-            SelectConfig(**select_params(project, metric="mAP")), model, torch.device("cpu"), str(params)
+            SelectParams(**select_params(project, metric="mAP")), model, torch.device("cpu"), str(params)
         )
 
 
@@ -191,7 +191,7 @@ class Linear:
 
 def test_best_epoch_evaluates_every_n_epochs_and_the_last_and_keeps_the_earlier_of_ties(tmp_path):
     task, scores = Linear(), iter([0.3, 0.7, 0.7])
-    config = SelectConfig("toy_recall", "recall_at_1", "validation", "q.csv", "t.csv", every_epochs=2)
+    config = SelectParams("toy_recall", "recall_at_1", "validation", "q.csv", "t.csv", every_epochs=2)
     best = BestEpoch(task, lambda model: next(scores), config, tmp_path / "best.pt", epochs=5, fingerprint="f")
     for epoch in range(5):
         with torch.no_grad():

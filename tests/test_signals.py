@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from eva02at.errors import Stopped
-from eva02at.tracking import Tracker
+from eva02at.core.errors import Stopped
+from eva02at.core.tracking import Tracker
 from tests.processes import alive, wait_until
 from tests.project_fixtures import ROOT, empty_mlflow_store
 

@@ -106,7 +106,9 @@ def test_every_stage_lists_the_project_code_it_imports_and_nothing_else():
 
 
 def test_the_synthetic_sample_renderer_reruns_only_the_sample_stage():
-    users = [stage for stage, (_, deps) in dvc_stages(ROOT / "dvc.yaml").items() if "src/eva02at/synthetic" in deps]
+    users = [
+        stage for stage, (_, deps) in dvc_stages(ROOT / "dvc.yaml").items() if "src/eva02at/data/synthetic" in deps
+    ]
     assert users == ["sample"]
 
 

@@ -18,15 +18,15 @@ import pytest
 from numpy._core._multiarray_umath import __cpu_dispatch__
 from scipy import stats
 
-from eva02at.annotations import EK100_COLUMNS, Source, parse_timestamp, read_segments
-from eva02at.config import ConfigError, from_dict
-from eva02at.synthetic import SampleConfig, generate_sample
-from eva02at.synthetic import generate as generate_module
-from eva02at.synthetic.captions import class_subset, third_person
-from eva02at.synthetic.encode import write_video
-from eva02at.synthetic.layout import Shot, VideoJob
-from eva02at.synthetic.motion import MOTIONS, pose_track
-from eva02at.synthetic.scene import Renderer
+from eva02at.core.config import ConfigError, from_dict
+from eva02at.data.annotations import EK100_COLUMNS, Source, parse_timestamp, read_segments
+from eva02at.data.synthetic import SampleParams, generate_sample
+from eva02at.data.synthetic import generate as generate_module
+from eva02at.data.synthetic.captions import class_subset, third_person
+from eva02at.data.synthetic.encode import write_video
+from eva02at.data.synthetic.layout import Shot, VideoJob
+from eva02at.data.synthetic.motion import MOTIONS, pose_track
+from eva02at.data.synthetic.scene import Renderer
 from tests.sample_probe import jobs as probe_jobs
 
 SOURCE = Path(__file__).resolve().parents[1] / "data" / "sample" / "ek100"
@@ -48,8 +48,8 @@ TINY = {
 }
 
 
-def _tiny(out: Path, **overrides) -> SampleConfig:
-    return from_dict(SampleConfig, {**TINY, "out": str(out), **overrides}, "sample")
+def _tiny(out: Path, **overrides) -> SampleParams:
+    return from_dict(SampleParams, {**TINY, "out": str(out), **overrides}, "sample")
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -275,7 +275,7 @@ def test_third_person_narrations():
 
 def test_bad_params_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="colour"):
-        from_dict(SampleConfig, {"colour": 1}, "sample")
+        from_dict(SampleParams, {"colour": 1}, "sample")
     with pytest.raises(ValueError, match="segment_seconds"):
         _tiny(tmp_path, segment_seconds=[2.0, 1.0])
     with pytest.raises(ValueError, match="no motion"):

@@ -16,8 +16,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from eva02at import tracking
-from eva02at.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, end_abandoned_runs, server_answers
+from eva02at.core import tracking
+from eva02at.core.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, end_abandoned_runs, server_answers
 from tests.processes import wait_until
 from tests.project_fixtures import empty_mlflow_store
 
@@ -69,7 +69,7 @@ def server(tmp_path):
 
 def test_mlflow_http_calls_are_bounded():
     env = {k: v for k, v in os.environ.items() if k not in HTTP_LIMITS}
-    probe = "import json, os, eva02at.tracking as t; print(json.dumps({k: os.environ[k] for k in t.HTTP_LIMITS}))"
+    probe = "import json, os, eva02at.core.tracking as t; print(json.dumps({k: os.environ[k] for k in t.HTTP_LIMITS}))"
     shown = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert json.loads(shown.stdout) == HTTP_LIMITS  # set for MLflow on import, where the environment has none
 

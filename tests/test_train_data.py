@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from eva02at.jpeg import decode_jpegs
-from eva02at.shards import FrameShards, FrameSpec
-from eva02at.train.augment import AugmentConfig, crop_boxes
+from eva02at.core.workers import die_with_parent
+from eva02at.data.jpeg import decode_jpegs
+from eva02at.data.shards import FrameShards, FrameSpec
+from eva02at.train.augment import AugmentParams, crop_boxes
 from eva02at.train.data import (
     ClipPairs,
     Collate,
@@ -27,7 +28,6 @@ from eva02at.train.data import (
     clip_frames,
     decode_batch,
     device_frames,
-    die_with_parent,
     recycle_frames,
 )
 from tests.processes import alive, wait_until
@@ -79,7 +79,7 @@ def test_workers_build_the_batches_the_main_process_builds(shards):
         assert torch.equal(one["frames"], other["frames"]) and torch.equal(one["tokens"], other["tokens"])
         assert torch.equal(one["tokens"], tokenizer(one["texts"]))  # tokenized in the workers
         assert one["epoch"] == other["epoch"] == 3 and one["texts"] == other["texts"]
-        inputs = [clip_frames(b, torch.device("cpu"), 16, MEAN, STD, AugmentConfig(), seed=1) for b in (one, other)]
+        inputs = [clip_frames(b, torch.device("cpu"), 16, MEAN, STD, AugmentParams(), seed=1) for b in (one, other)]
         assert torch.equal(*inputs)  # the same crops: boxes depend on (seed, epoch, clip) only
     first = alone[0]
     assert first["videos"].tolist() == [0, 4, 7] and first["captions"].tolist() == [1, 4, 2]
@@ -93,7 +93,7 @@ def test_gpu_decoding_path_gives_the_cpu_paths_frames(shards):
     for shipped, decoded in zip(loader_batches(shards, 1, "cuda"), loader_batches(shards, 0), strict=True):
         assert "frames" not in shipped and shipped["jpegs"].dtype == torch.uint8
         assert torch.equal(device_frames(shipped, cpu), decoded["frames"])
-        crops = [clip_frames(b, cpu, 16, MEAN, STD, AugmentConfig(), seed=2) for b in (shipped, decoded)]
+        crops = [clip_frames(b, cpu, 16, MEAN, STD, AugmentParams(), seed=2) for b in (shipped, decoded)]
         assert torch.equal(*crops)
 
 
@@ -102,9 +102,9 @@ def test_model_inputs_are_the_cropped_frames_normalised(shards, exact):
     """Float frames (as on a GPU) are resized exactly; uint8 frames on the CPU within a grey level."""
     batch = loader_batches(shards, 0)[1]
     frames = batch["frames"].double() if exact else batch["frames"]
-    inputs = clip_frames({**batch, "frames": frames}, torch.device("cpu"), 16, MEAN, STD, AugmentConfig(), seed=4)
+    inputs = clip_frames({**batch, "frames": frames}, torch.device("cpu"), 16, MEAN, STD, AugmentParams(), seed=4)
     assert inputs.shape == (3, FRAMES, 3, 16, 16) and inputs.dtype == torch.float32
-    boxes = crop_boxes(batch["videos"].tolist(), 3, HEIGHT, WIDTH, AugmentConfig(), seed=4)
+    boxes = crop_boxes(batch["videos"].tolist(), 3, HEIGHT, WIDTH, AugmentParams(), seed=4)
     mean, std = (
         torch.tensor(MEAN, dtype=torch.float64).view(3, 1, 1),
         torch.tensor(STD, dtype=torch.float64).view(3, 1, 1),

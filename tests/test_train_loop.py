@@ -12,16 +12,16 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from eva02at.atomic import DiskFull
-from eva02at.losses import get_loss
+from eva02at.core.atomic import DiskFull
+from eva02at.core.distributed import DistInfo
+from eva02at.data.shards import FrameSpec
 from eva02at.models import CheckpointError, from_open_clip, load_checkpoint_file
-from eva02at.shards import FrameSpec
 from eva02at.train import loop
-from eva02at.train.augment import AugmentConfig
+from eva02at.train.augment import AugmentParams
 from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
-from eva02at.train.distributed import DistInfo
-from eva02at.train.loop import NonFiniteLoss, TrainConfig, train, train_step
-from eva02at.train.optim import OptimConfig
+from eva02at.train.loop import NonFiniteLoss, TrainParams, train, train_step
+from eva02at.train.losses import get_loss
+from eva02at.train.optim import OptimParams
 from eva02at.train.resume import ForeignCheckpoint, fallback, resumable_state, resume_point
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask
@@ -43,7 +43,7 @@ def make_task(loss_fn=None):
     return VideoTextTask(model, loss_fn or get_loss("infonce", temperature=0.1))
 
 
-OPTIM = OptimConfig(lr=1e-3, schedule="cosine", warmup_epochs=0.5, warmup_lr=1e-5, final_lr=1e-5)
+OPTIM = OptimParams(lr=1e-3, schedule="cosine", warmup_epochs=0.5, warmup_lr=1e-5, final_lr=1e-5)
 
 
 def run(task, shards, checkpoint, config, fingerprint="run", run_id=None):
@@ -58,12 +58,12 @@ def assert_same_weights(a, b):
         assert torch.equal(x, y), name
 
 
-def with_changes(config: TrainConfig, **changes) -> TrainConfig:
-    return TrainConfig(**{**config.__dict__, **changes})
+def with_changes(config: TrainParams, **changes) -> TrainParams:
+    return TrainParams(**{**config.__dict__, **changes})
 
 
 def test_resumed_run_ends_with_the_same_weights_whatever_the_worker_count(shards, tmp_path):
-    config = TrainConfig(epochs=2, batch_size=4, workers=0, checkpoint_every=2, log_every=1, augment=AugmentConfig())
+    config = TrainParams(epochs=2, batch_size=4, workers=0, checkpoint_every=2, log_every=1, augment=AugmentParams())
     straight = make_task()
     result = run(straight, shards, tmp_path / "a" / "checkpoint.pt", config)
     assert result.steps == 12 and len(result.history) == 12
@@ -81,7 +81,7 @@ def test_resumed_run_ends_with_the_same_weights_whatever_the_worker_count(shards
 
 
 def test_resume_points_are_kept_per_configuration_and_never_overwritten(shards, tmp_path, caplog):
-    config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
+    config = TrainParams(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
     first, second = resume_point(tmp_path, "a" * 64), resume_point(tmp_path, "b" * 64)
     assert first.parent != second.parent and first.parent.parent == tmp_path
     run(make_task(), shards, first, with_changes(config, stop_after_steps=3), fingerprint="a" * 64, run_id="run-1")
@@ -104,7 +104,7 @@ def test_resume_points_are_kept_per_configuration_and_never_overwritten(shards, 
 
 
 def test_a_truncated_newest_save_falls_back_to_the_previous_one(shards, tmp_path, caplog):
-    config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
+    config = TrainParams(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
     checkpoint = resume_point(tmp_path, "run")
     run(make_task(), shards, checkpoint, with_changes(config, stop_after_steps=3), fingerprint="run")
     leftover = checkpoint.parent / ".checkpoint.pt.tmp-0123456789abcdef"  # a save killed midway
@@ -145,7 +145,7 @@ def poisoned_infonce(bad_call: int):
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(shards, tmp_path):
     loss, _ = poisoned_infonce(5)
     checkpoint = tmp_path / "checkpoint.pt"
-    config = TrainConfig(epochs=2, batch_size=4, workers=0, checkpoint_every=2)
+    config = TrainParams(epochs=2, batch_size=4, workers=0, checkpoint_every=2)
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at optimizer step 5 \(epoch 0, batch 4 of the epoch"):
         run(make_task(loss), shards, checkpoint, config)
     saved = load_checkpoint_file(checkpoint)["extra"]
@@ -158,7 +158,7 @@ def test_non_finite_loss_is_read_at_the_next_check_and_named_exactly(shards, tmp
     # is NaN; the host looks at losses every 4 steps, so step 4 ran too, and no checkpoint after step 2 was written
     loss, calls = poisoned_infonce(6)
     checkpoint = tmp_path / "checkpoint.pt"
-    config = TrainConfig(
+    config = TrainParams(
         epochs=4, batch_size=4, accum_steps=2, accum_whole_batch=False, workers=0, checkpoint_every=2, log_every=4
     )
     clips = shards.clip_ids
@@ -176,14 +176,14 @@ def test_accumulation_steps_take_whole_groups_of_one_epoch(shards, tmp_path, who
     """12 batches of 2 per epoch, 5 per step: 2 steps per epoch, 2 batches of each epoch unused. Each step's
     gradient equals, computed apart, the gradient of the loss of its 5 batches together (``whole``) or of the
     mean of their 5 losses."""
-    config = TrainConfig(
+    config = TrainParams(
         epochs=3,
         batch_size=2,
         accum_steps=5,
         accum_whole_batch=whole,
         workers=0,
         log_every=1,
-        augment=AugmentConfig(),
+        augment=AugmentParams(),
     )
     task = make_task()
     recorded = []
@@ -210,7 +210,7 @@ def test_accumulation_steps_take_whole_groups_of_one_epoch(shards, tmp_path, who
         for batch_step in range(first * 5, first * 5 + 5):
             items = [dataset[(epoch, int(v), int(c))] for v, c in sampler.batch(epoch, batch_step)]
             batches.append(Collate(reference.tokenizer)(items))
-            frames = clip_frames(batches[-1], CPU.device, 32, reference.mean, reference.std, AugmentConfig(), seed=0)
+            frames = clip_frames(batches[-1], CPU.device, 32, reference.mean, reference.std, AugmentParams(), seed=0)
             embeddings.append(reference.embed(reference.model, frames, batches[-1]["tokens"]))
         if whole:
             video, text = (torch.cat(parts) for parts in zip(*embeddings, strict=True))
@@ -224,7 +224,7 @@ def test_accumulation_steps_take_whole_groups_of_one_epoch(shards, tmp_path, who
 
 
 def test_resume_at_and_after_an_epoch_end_with_unused_batches(shards, tmp_path):
-    config = TrainConfig(epochs=3, batch_size=2, accum_steps=5, workers=0, checkpoint_every=1, log_every=1)
+    config = TrainParams(epochs=3, batch_size=2, accum_steps=5, workers=0, checkpoint_every=1, log_every=1)
     straight = make_task()
     run(straight, shards, tmp_path / "a" / "checkpoint.pt", config)
     resumed = make_task()
@@ -235,11 +235,11 @@ def test_resume_at_and_after_an_epoch_end_with_unused_batches(shards, tmp_path):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(shards, tmp_path):
-    config = TrainConfig(epochs=1, batch_size=2, accum_steps=3, workers=0, log_every=1)
+    config = TrainParams(epochs=1, batch_size=2, accum_steps=3, workers=0, log_every=1)
     result = run(make_task(), shards, tmp_path / "checkpoint.pt", config)
     assert result.steps == 4  # 12 batches of 2 per epoch, 3 per optimizer step
     with pytest.raises(ValueError, match="fewer than accum_steps"):
-        run(make_task(), shards, tmp_path / "other.pt", TrainConfig(batch_size=8, accum_steps=4, workers=0))
+        run(make_task(), shards, tmp_path / "other.pt", TrainParams(batch_size=8, accum_steps=4, workers=0))
 
 
 def test_the_loop_runs_every_step_through_train_step(shards, tmp_path, monkeypatch):
@@ -250,14 +250,14 @@ def test_the_loop_runs_every_step_through_train_step(shards, tmp_path, monkeypat
         return train_step(forward, task, micro_batches, optimizer, setup)
 
     monkeypatch.setattr(loop, "train_step", spy)
-    config = TrainConfig(epochs=1, batch_size=4, accum_steps=2, workers=0)
+    config = TrainParams(epochs=1, batch_size=4, accum_steps=2, workers=0)
     assert run(make_task(), shards, tmp_path / "checkpoint.pt", config).steps == 3
     assert calls == [2, 2, 2]
 
 
 def test_gpu_decoding_needs_a_gpu(shards, tmp_path):
     with pytest.raises(ValueError, match="decode_device cuda needs a CUDA training device"):
-        run(make_task(), shards, tmp_path / "checkpoint.pt", TrainConfig(workers=0, decode_device="cuda"))
+        run(make_task(), shards, tmp_path / "checkpoint.pt", TrainParams(workers=0, decode_device="cuda"))
 
 
 class FillsUp(io.RawIOBase):
@@ -277,7 +277,7 @@ class FillsUp(io.RawIOBase):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_good_one(shards, tmp_path, monkeypatch):
-    config = TrainConfig(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
+    config = TrainParams(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1)
     checkpoint = resume_point(tmp_path, "run")
     run(make_task(), shards, checkpoint, with_changes(config, stop_after_steps=2), fingerprint="run")
     real_save = torch.save

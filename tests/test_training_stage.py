@@ -17,9 +17,9 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from eva02at.config import from_dict
+from eva02at.core.config import from_dict
+from eva02at.data.shards import FrameSpec
 from eva02at.models import create_image_clip, load_checkpoint_file, save_image_clip
-from eva02at.shards import FrameSpec
 from eva02at.train.resume import resume_point
 from stages import pretrain
 from stages.training import run_fingerprint

@@ -7,12 +7,12 @@ import av
 import numpy as np
 import pytest
 
-from eva02at import video
-from eva02at.extract import resize_crop
-from eva02at.synthetic.encode import write_video
-from eva02at.synthetic.layout import Shot, VideoJob
-from eva02at.synthetic.scene import Renderer
-from eva02at.video import (
+from eva02at.data import video
+from eva02at.data.extract import resize_crop
+from eva02at.data.synthetic.encode import write_video
+from eva02at.data.synthetic.layout import Shot, VideoJob
+from eva02at.data.synthetic.scene import Renderer
+from eva02at.data.video import (
     VideoDecodeError,
     decoder_message,
     index_video,

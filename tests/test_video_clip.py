@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from eva02at.config import ConfigError
+from eva02at.core.config import ConfigError
 from eva02at.models import VideoCLIP, VideoCLIPConfig, from_open_clip
 from eva02at.models.st_rope import spatio_temporal_rope
 from eva02at.models.video_clip import DROPPED_KEYS, NEW_KEYS, video_key

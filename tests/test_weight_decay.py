@@ -10,7 +10,7 @@ from timm.optim import Lamb
 from torch import nn
 
 from eva02at.models import from_open_clip
-from eva02at.train.optim import OptimConfig, build_optimizer, parameter_groups
+from eva02at.train.optim import OptimParams, build_optimizer, parameter_groups
 
 MODELS = ["EVA02-Tiny-test", "EVA02-Tiny-16", "EVA02-B-16"]
 EMBEDDINGS = {"pos_embed", "cls_token", "temporal_embed", "positional_embedding", "class_embedding", "cls_emb"}
@@ -128,12 +128,12 @@ def test_lamb_takes_one_step_as_the_formula_says():
     torch.manual_seed(0)
     layer = nn.Linear(3, 2).double()
     before = {name: p.detach().clone() for name, p in layer.named_parameters()}
-    optimizer = build_optimizer(layer, OptimConfig(name="lamb", lr=0.1, weight_decay=0.05, betas=(0.9, 0.99)))
+    optimizer = build_optimizer(layer, OptimParams(name="lamb", lr=0.1, weight_decay=0.05, betas=(0.9, 0.99)))
     assert isinstance(optimizer, Lamb)
     layer(torch.randn(4, 3, dtype=torch.float64)).pow(2).sum().backward()
     grads = {name: p.grad.detach().clone() for name, p in layer.named_parameters()}
     optimizer.step()
-    eps = OptimConfig().eps
+    eps = OptimParams().eps
     for name, p in layer.named_parameters():
         g, w = grads[name], before[name]
         update = g / (g.abs() + eps)  # step 1: m_hat = g, sqrt(v_hat) = |g|

@@ -1,4 +1,4 @@
-"""A toy benchmark, written as a module of ``eva02at.benchmarks`` would be: text-to-video recall at k.
+"""A toy benchmark, written as a module of ``eva02at.evaluation.benchmarks`` would be: text-to-video recall at k.
 
 Queries: a CSV ``query_id,text``. Ground truth: a CSV ``query_id,clip_id``, the one relevant clip of each
 query; the gallery is the truth's clips. Importing the module registers it, as for the package's own.
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from eva02at.benchmarks import Benchmark, BenchmarkParams, Queries, register_benchmark, similarity
-from eva02at.config import PositiveInt
-from eva02at.embeddings import Embeddings
+from eva02at.core.config import PositiveInt
+from eva02at.evaluation.benchmarks import Benchmark, BenchmarkParams, Queries, register_benchmark, similarity
+from eva02at.export.embeddings import Embeddings
 
 NAME = "toy_recall"
 

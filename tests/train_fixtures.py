@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eva02at.jpeg import encode_jpeg
-from eva02at.shards import FrameShards, FrameSpec, write_manifest, write_shard
+from eva02at.data.jpeg import encode_jpeg
+from eva02at.data.shards import FrameShards, FrameSpec, write_manifest, write_shard
 
 WORDS = ["take plate", "open drawer", "wash cup", "cut onion", "put knife", "close fridge"]
 

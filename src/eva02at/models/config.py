@@ -8,7 +8,7 @@ from typing import Any
 
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from eva02at.config import ConfigError, from_dict
+from eva02at.core.config import ConfigError, from_dict
 
 TEMPORAL_POSITIONS = ("clip_time", "index")
 # New models count frame indices at every clip length, as the authors' code does (its temporal rotary table is

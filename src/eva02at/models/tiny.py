@@ -17,7 +17,7 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from timm.models import build_model_with_cfg, register_model
 from timm.models.eva import Eva, checkpoint_filter_fn
 
-from eva02at.config import ConfigError
+from eva02at.core.config import ConfigError
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 TINY_MODELS = ("EVA02-Tiny-16", "EVA02-Tiny-test")  # open_clip names of the configs in CONFIGS_DIR

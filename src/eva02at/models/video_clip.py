@@ -24,7 +24,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from eva02at.config import ConfigError
+from eva02at.core.config import ConfigError
 from eva02at.models.config import DEFAULT_TEMPORAL_POSITIONS, VideoCLIPConfig
 from eva02at.models.video_tower import VideoTower
 from eva02at.models.weight_decay import only_parameters, prefixed, text_no_weight_decay

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from eva02at.atomic import atomic_path
-from eva02at.config import ConfigError
-from eva02at.errors import PipelineError
+from eva02at.core.atomic import atomic_path
+from eva02at.core.config import ConfigError
+from eva02at.core.errors import PipelineError
 from eva02at.models.config import VideoCLIPConfig
 from eva02at.models.video_clip import VideoCLIP
 

@@ -1,1 +1,1 @@
-"""Training machinery on top of the library: batch sampling, multi-process gathering, the training loop."""
+"""Training (the layer above `data` and `models`): losses, batch sampling, multi-process gathering, the loop."""

@@ -27,7 +27,7 @@ ATTEMPTS = 10  # tries before the centred fallback, as torchvision
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentParams:
     """``train.augment``: RandomResizedCrop parameters (peers: scale (0.5, 1.0), ratio (3/4, 4/3))."""
 
     scale: tuple[float, float] = (0.5, 1.0)  # crop area as a fraction of the stored frame's area
@@ -47,7 +47,7 @@ def centre_box(height: int, width: int) -> Box:
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-def crop_box(height: int, width: int, config: AugmentConfig | None, seed: int, epoch: int, clip: int) -> Box:
+def crop_box(height: int, width: int, config: AugmentParams | None, seed: int, epoch: int, clip: int) -> Box:
     """The crop box of clip ``clip`` in epoch ``epoch`` (``config`` None: the centred square)."""
     if config is None:
         return centre_box(height, width)
@@ -85,7 +85,7 @@ def _stream_key(seed: int, epoch: int, clip: int) -> int:
 
 
 def crop_boxes(
-    videos: Sequence[int], epoch: int, height: int, width: int, config: AugmentConfig | None, seed: int
+    videos: Sequence[int], epoch: int, height: int, width: int, config: AugmentParams | None, seed: int
 ) -> list[Box]:
     """One box per clip of a batch (``videos``: the clips' dataset indices)."""
     return [crop_box(height, width, config, seed, epoch, int(video)) for video in videos]

@@ -1,6 +1,6 @@
 """The training input path: frame shards to uint8 batches in loader workers, model inputs on the device.
 
-Workers read a clip's JPEGs, decode them (libjpeg-turbo, ``eva02at.jpeg``) straight into the batch's shared
+Workers read a clip's JPEGs, decode them (libjpeg-turbo, ``eva02at.data.jpeg``) straight into the batch's shared
 memory (written again once the step has released it) and tokenize the captions, so the training process
 only moves uint8 (4x fewer bytes than float) to the device; crop, resize and normalisation run there
 (``clip_frames``). With ``decode_device: cuda`` the workers ship the JPEG bytes instead and the GPU decodes
@@ -11,11 +11,7 @@ resumed run and an uninterrupted one see the same pixels whatever the number of 
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import signal
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice, pairwise
 
@@ -25,10 +21,11 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from eva02at.errors import BadInput
-from eva02at.jpeg import decode_jpegs, jpeg_size
-from eva02at.shards import FrameShards
-from eva02at.train.augment import AugmentConfig, crop_boxes, crop_resize
+from eva02at.core.errors import BadInput
+from eva02at.data.jpeg import decode_jpegs, jpeg_size
+from eva02at.data.pixels import normalize_
+from eva02at.data.shards import FrameShards
+from eva02at.train.augment import AugmentParams, crop_boxes, crop_resize
 
 DECODE_DEVICES = ("cpu", "cuda")
 Item = tuple[list[bytes], str, int, int, int]  # JPEG bytes in time order, caption text, video, caption, epoch
@@ -227,7 +224,7 @@ def clip_frames(
     size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    augment: AugmentConfig | None = None,
+    augment: AugmentParams | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """The model's input of a batch: float32 (B, T, 3, size, size) on ``device``, each clip cropped to its
@@ -240,34 +237,8 @@ def clip_frames(
     return normalize_(crop_resize(frames, boxes, size), mean, std)
 
 
-def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Pixels [..., 3, H, W] on 0-255 (uint8 or float) to a new float32 tensor normalised with per-channel
-    mean and std given on 0-1 pixels."""
-    return normalize_(frames.to(torch.float32, copy=True), mean, std)
-
-
-def normalize_(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """:func:`normalize` in place, for a float32 tensor the caller owns (no second frame-sized allocation)."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1) * 255.0
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1) * 255.0
-    return frames.sub_(mean_t).div_(std_t)
-
-
-def die_with_parent(parent: int, worker_id: int = 0) -> None:
-    """Loader worker start-up (``functools.partial(die_with_parent, os.getpid())``): ask Linux to kill this
-    process when the training process ``parent`` dies, even by SIGKILL, so that no worker outlives a killed
-    stage (torch's own check notices only seconds later)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, signal.SIGKILL) != 0:  # 1 = PR_SET_PDEATHSIG
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 class CaptionSets:
-    """A relevancy source over a caption table (``eva02at.egoclip_plus``): item i is one clip in one caption set
+    """A relevancy source over a caption table (``eva02at.data.egoclip_plus``): item i is one clip in one caption set
     and its candidates are that clip's captions in that set, so the sampler visits every clip once per set in
     an epoch (AVION's concatenation of the sets) and draws one caption of its list from (seed, epoch) alone.
 

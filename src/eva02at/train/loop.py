@@ -35,32 +35,32 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from eva02at.atomic import remove_leftovers
-from eva02at.config import ConfigError, NonNegativeInt, PositiveInt
-from eva02at.errors import PipelineError
+from eva02at.core.atomic import remove_leftovers
+from eva02at.core.config import ConfigError, NonNegativeInt, PositiveInt
+from eva02at.core.distributed import DistInfo
+from eva02at.core.errors import PipelineError
+from eva02at.core.workers import die_with_parent
 from eva02at.train.accumulate import ModelInputs, micro_batch_gradients, whole_batch_gradients
-from eva02at.train.augment import AugmentConfig
+from eva02at.train.augment import AugmentParams
 from eva02at.train.data import (
     DECODE_DEVICES,
     ClipPairs,
     Collate,
     EpochBatches,
     clip_frames,
-    die_with_parent,
     recycle_frames,
 )
-from eva02at.train.distributed import DistInfo
-from eva02at.train.optim import OptimConfig, build_optimizer, build_scheduler
+from eva02at.train.optim import OptimParams, build_optimizer, build_scheduler
 from eva02at.train.resume import keep_as_fallback, load_resume_point
 from eva02at.train.sampling import RelevantPairSampler
-from eva02at.train.selection import SelectConfig
+from eva02at.train.selection import SelectParams
 from eva02at.train.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class TrainParams:
     epochs: PositiveInt = 1
     batch_size: PositiveInt = 8  # per process; the global batch is batch_size * processes * accum_steps
     accum_steps: PositiveInt = 1
@@ -73,9 +73,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     stop_after_steps: NonNegativeInt = 0  # stop early without changing the schedule (0: train every epoch)
-    augment: AugmentConfig | None = None  # RandomResizedCrop per clip; None: the centred square
+    augment: AugmentParams | None = None  # RandomResizedCrop per clip; None: the centred square
     decode_device: Literal["cpu", "cuda"] = "cpu"  # cpu: loader workers decode; cuda: the GPU decodes JPEG batches
-    select: SelectConfig | None = None  # best-epoch selection (train.selection); None: the final weights
+    select: SelectParams | None = None  # best-epoch selection (train.selection); None: the final weights
 
 
 class NonFiniteLoss(PipelineError):
@@ -95,7 +95,7 @@ class StepSetup:
     device: torch.device
     precision: str = "auto"
     grad_clip: float = 0.0
-    augment: AugmentConfig | None = None
+    augment: AugmentParams | None = None
     seed: int = 0
     whole_batch: bool = True  # under accumulation, one loss over all micro-batches
 
@@ -188,8 +188,8 @@ def train(
     task: Task,
     sampler: RelevantPairSampler,
     dataset: ClipPairs,
-    config: TrainConfig,
-    optim: OptimConfig,
+    config: TrainParams,
+    optim: OptimParams,
     checkpoint: Path,
     dist: DistInfo,
     fingerprint: str,
@@ -272,7 +272,7 @@ def _epoch_loader(
     task: Task,
     sampler: RelevantPairSampler,
     dataset: ClipPairs,
-    config: TrainConfig,
+    config: TrainParams,
     dist: DistInfo,
     epoch: int,
     offset: int,
@@ -290,7 +290,7 @@ def _epoch_loader(
     )
 
 
-def _check(config: TrainConfig, dist: DistInfo) -> None:
+def _check(config: TrainParams, dist: DistInfo) -> None:
     if config.decode_device not in DECODE_DEVICES:
         raise ValueError(f"train.decode_device must be one of {DECODE_DEVICES}, got {config.decode_device!r}")
     if config.decode_device == "cuda" and dist.device.type != "cuda":

@@ -16,14 +16,14 @@ from pydantic import Field
 from timm.optim import Lamb, param_groups_weight_decay
 from torch import nn
 
-from eva02at.config import NonNegativeFloat, PositiveFloat
+from eva02at.core.config import NonNegativeFloat, PositiveFloat
 from eva02at.models import no_weight_decay
 
 Beta = Annotated[float, Field(ge=0, lt=1)]  # Adam's moment decay rates
 
 
 @dataclass
-class OptimConfig:
+class OptimParams:
     name: Literal["adamw", "lamb"] = "adamw"  # lamb: timm's LAMB (layer-wise trust ratio; Charades-Ego fine-tuning)
     lr: PositiveFloat = 3e-5
     weight_decay: NonNegativeFloat = 0.01
@@ -46,7 +46,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay(model))
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimParams) -> torch.optim.Optimizer:
     """The optimizer ``config.name`` over the weight-decay groups. LAMB's own gradient clipping is off: clipping is
     ``grad_clip``'s, the same for both."""
     groups = parameter_groups(model, config.weight_decay)
@@ -55,7 +55,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
 
 
-def lr_at(step: int, total_steps: int, steps_per_epoch: int, config: OptimConfig) -> float:
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, config: OptimParams) -> float:
     """The learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine."""
     if config.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {config.schedule!r}; use 'constant' or 'cosine'")
@@ -69,7 +69,7 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, config: OptimConfig
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, config: OptimConfig
+    optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, config: OptimParams
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR whose factor turns the optimizer's base ``lr`` into :func:`lr_at`."""
     return torch.optim.lr_scheduler.LambdaLR(

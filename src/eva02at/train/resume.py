@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from eva02at.errors import PipelineError
+from eva02at.core.errors import PipelineError
 from eva02at.models import CheckpointError, load_checkpoint_file
 
 log = logging.getLogger(__name__)

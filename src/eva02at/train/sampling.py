@@ -19,12 +19,12 @@ from typing import Protocol
 import numpy as np
 import torch.utils.data
 
-from eva02at.config import ConfigError
-from eva02at.errors import BadInput
+from eva02at.core.config import ConfigError
+from eva02at.core.errors import BadInput
 
 
 class CandidateSource(Protocol):
-    """What the sampler needs from the relevancy table (:class:`eva02at.labels.RelevancyTable` fits)."""
+    """What the sampler needs from the relevancy table (:class:`eva02at.data.labels.RelevancyTable` fits)."""
 
     @property
     def shape(self) -> tuple[int, int]: ...

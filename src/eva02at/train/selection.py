@@ -3,7 +3,7 @@
 The peers report a selected epoch: AVION keeps the pretraining epoch with the best zero-shot EK100 mAP and the
 SMS fine-tuning script evaluates every 5 epochs and keeps the best. The training loop only calls
 ``on_epoch_end(epoch)``; :class:`BestEpoch` is that callback, given an ``evaluate`` function (model -> score,
-higher is better) that the caller builds, e.g. from a benchmark of ``eva02at.benchmarks``. The best weights
+higher is better) that the caller builds, e.g. from a benchmark of ``eva02at.evaluation.benchmarks``. The best weights
 are written to their own checkpoint file with the selection record in its ``extra``, so an interrupted run
 that resumes keeps the best score seen so far (an epoch evaluated again gives the same score).
 """
@@ -18,18 +18,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eva02at.atomic import atomic_path
-from eva02at.config import PositiveInt
+from eva02at.core.atomic import atomic_path
+from eva02at.core.config import PositiveInt
 from eva02at.train.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SelectConfig:
+class SelectParams:
     """``train.select``: which evaluation picks the kept epoch (None: the final weights)."""
 
-    benchmark: str  # a module of eva02at.benchmarks (its params: collection, queries, truth below)
+    benchmark: str  # a module of eva02at.evaluation.benchmarks (its params: collection, queries, truth below)
     metric: str  # a key of that benchmark's scores; higher is better
     collection: str  # the frames collection evaluated: a validation split, not a benchmark's test collection
     queries: str
@@ -75,7 +75,7 @@ class BestEpoch:
         self,
         task: Task,
         evaluate: Callable[[nn.Module], float],
-        config: SelectConfig,
+        config: SelectParams,
         path: Path,
         epochs: int,
         fingerprint: str,

@@ -4,7 +4,7 @@ A task also says what its inputs look like (image size, pixel mean and std, the 
 workers run), so that the step turns any batch into model inputs the same way (``train.data.clip_frames``).
 Every rank computes the loss of the whole global batch (embeddings gathered with gradients), and the soft
 labels of fine-tuning are rebuilt from the full relevancy table with the gathered (video, caption) indices.
-Compatible fine-tuning adds a frozen earlier model (``eva02at.compatibility.Reference``): it embeds the same
+Compatible fine-tuning adds a frozen earlier model (``eva02at.models.compatibility.Reference``): it embeds the same
 inputs, its embeddings are gathered the same way (without gradients), and the loss gains the cross-model term.
 """
 
@@ -17,9 +17,9 @@ import open_clip
 import torch
 from torch import nn
 
-from eva02at.losses import LossFn, cross_model_loss
+from eva02at.core.distributed import all_gather_no_grad, all_gather_with_grad
 from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
-from eva02at.train.distributed import all_gather_no_grad, all_gather_with_grad
+from eva02at.train.losses import LossFn, cross_model_loss
 
 
 class Task(Protocol):
@@ -57,7 +57,8 @@ class RelevanceLookup(Protocol):
 
 
 class FrozenReference(Protocol):
-    """A frozen earlier model the new one is trained to stay compatible with (eva02at.compatibility.Reference)."""
+    """A frozen earlier model the new one is trained to stay compatible with
+    (``eva02at.models.compatibility.Reference``)."""
 
     weight: float  # of the cross-model term
 

@@ -1,0 +1,1 @@
+"""The ``eva02at`` command and its subcommands (the top layer)."""

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, retrieval metrics and plots (the layer above ``export``)."""

@@ -1,0 +1,1 @@
+"""Search: galleries of exported clips, their indexes, and the retrieval browser (above ``evaluation``)."""
