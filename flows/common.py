@@ -21,7 +21,7 @@ import networkx as nx
 from dvc.repo import Repo
 from prefect import get_run_logger
 
-from eva02at.tracking import flatten
+from eva02at.tracking import end_orphaned_runs, flatten, read_settings
 from eva02at.workers import signal_on_parent_exit
 
 # Nothing the flows start reports usage to outside services, whatever the caller's environment says: the one
@@ -143,3 +143,13 @@ def read_metrics() -> dict[str, float]:
     for problem in problems:
         get_run_logger().warning("%s", problem)
     return metrics
+
+
+def close_orphaned_runs() -> None:
+    """Mark KILLED the MLflow runs that killed processes on this host left RUNNING (``kill -9``, out of memory):
+    a stage that DVC then finds up to date or restores from its run cache never executes to end its own."""
+    settings = read_settings()
+    if settings.enabled:
+        ended = end_orphaned_runs(settings.experiment, settings.uri)
+        if ended:
+            get_run_logger().warning("marked MLflow run(s) %s of exited processes as KILLED", ended)

@@ -20,7 +20,7 @@ from dvc.utils.hydra import apply_overrides
 from prefect.testing.utilities import prefect_test_harness
 
 from eva02at.config import read_params
-from eva02at.tracking import aliased_version, find_runs
+from eva02at.tracking import aliased_version, find_runs, get_run
 from flows.common import CommandError, order_stages, parse_metrics_show
 from flows.reproduce import reproduce, reproduce_single
 from flows.retrain import Compatibility, champion_overrides, compatibility, decide, override_value, retrain
@@ -281,6 +281,41 @@ def test_reproduce_does_not_retry_a_stage_whose_params_do_not_fit(project, tmp_p
     with pytest.raises(CommandError, match="exited with 2"):
         reproduce(targets=["flaky/dvc.yaml:flaky"], retries=2, retry_delay_s=0)
     assert counter.read_text() == "1"  # one attempt: a retry could only fail again
+
+
+# a process that opens an MLflow run as a stage does, says its id and waits
+TRACKED = """
+import sys, threading
+from eva02at.tracking import Tracker
+print(Tracker("eva02at", sys.argv[1]).run_id, flush=True)
+threading.Event().wait()
+"""
+
+
+def tracked_process(run_name: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-c", TRACKED, run_name], stdout=subprocess.PIPE, text=True)
+    run_id = process.stdout.readline().strip()  # an empty line: it exited first
+    assert run_id, f"the tracked process exited with status {process.wait()}"
+    return process, run_id
+
+
+@pytest.mark.slow
+def test_reproduce_ends_the_run_of_a_killed_stage_that_dvc_does_not_execute_again(project):
+    assert [s["outcome"] for s in reproduce(targets=[CANDIDATE_STAGE], retries=0, track=False)["stages"]] == ["ran"]
+    alive, alive_run = tracked_process(CANDIDATE_STAGE)
+    killed, killed_run = tracked_process(CANDIDATE_STAGE)
+    killed.kill()  # as kill -9: its run stays RUNNING
+    killed.wait()
+    try:
+        summary = reproduce(targets=[CANDIDATE_STAGE], retries=0, track=False)
+        assert [s["outcome"] for s in summary["stages"]] == ["unchanged"]  # the stage itself does not run
+        assert get_run(alive_run).status == "RUNNING"
+    finally:
+        alive.kill()
+        alive.wait()
+    ended = get_run(killed_run)
+    assert ended.status == "KILLED"
+    assert ended.tags["end.reason"].startswith(f"process {killed.pid} on ")
 
 
 # --- retrain -------------------------------------------------------------------------------------------
