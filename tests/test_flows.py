@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +22,10 @@ from prefect.testing.utilities import prefect_test_harness
 
 from eva02at.config import read_params
 from eva02at.tracking import aliased_version, find_runs, get_run
-from flows.common import CommandError, order_stages, parse_metrics_show
+from flows.common import CommandError, order_stages, parse_metrics_show, stop_group
 from flows.reproduce import reproduce, reproduce_single
 from flows.retrain import Compatibility, champion_overrides, compatibility, decide, override_value, retrain
+from tests.processes import alive, children, wait_until
 from tests.project_fixtures import (
     CANDIDATE_METRIC,
     CANDIDATE_MODEL,
@@ -112,6 +114,25 @@ def test_parse_metrics_show_names_numbers_and_reports_problems():
     with pytest.raises(ValueError, match=r"'m' is in both a\.json and b\.json"):
         parse_metrics_show(clash)
     assert parse_metrics_show({}) == ({}, [])
+
+
+# a command that starts a process which ignores SIGTERM, then waits
+STUBBORN = """
+import subprocess, sys, time
+code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", code])
+time.sleep(600)
+"""
+
+
+def test_stop_group_ends_the_whole_group_of_a_command():
+    command = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True, process_group=0)
+    with command:
+        assert command.stdout.readline() == "ready\n"  # the child's, on the pipe it inherited
+        (child,) = children(command.pid)
+        stop_group(command, grace_s=1)
+    assert command.returncode == -signal.SIGTERM  # the command itself stops when told to
+    wait_until(lambda: not alive(child), "the child that ignores SIGTERM to be killed after the grace")
 
 
 COPY_STAGE = """\
