@@ -1,5 +1,6 @@
 """A stage told to stop (SIGTERM, SIGINT, or the exit of the process that started it: `dvc repro`, a launcher)
-ends after clean-up with one plain line, and its tracking run ends KILLED, not RUNNING."""
+ends after clean-up with one plain line, and its tracking run ends KILLED, not RUNNING; so does the run of a
+process killed without clean-up, once another process looks."""
 
 from __future__ import annotations
 
