@@ -7,9 +7,10 @@ records (``RunRecord``, ``ModelVersion``) so that callers never handle MLflow ob
 A training run interrupted and resumed is one MLflow run: the resumed execution continues the run whose id
 its checkpoint holds (``Tracker(run_id=...)``), and runs that a killed execution left RUNNING are marked
 KILLED when the stage starts again (``end_abandoned_runs``). Every run records the process that writes it
-(tags ``process.host``, ``process.pid``, ``process.start``), so that a run whose process is gone without ending
-it (``kill -9``, a lost node) is marked KILLED by the next tracker of that run name on its host, or by the flows
-after ``dvc repro`` (``end_orphaned_runs``): DVC may serve the rerun from its run cache, never executing the stage.
+(tags ``process.host``, ``process.pid``, ``process.start``), so that a run whose process is gone without
+ending it (``kill -9``, the kernel's out-of-memory killer) is marked KILLED by the next tracker of that run
+name on its host, or by the flows after ``dvc repro`` (``end_orphaned_runs``): DVC may serve the rerun from its
+run cache, never executing the stage.
 
 Outages of a tracking server (an ``http(s)://`` URI): MLflow's HTTP timeout and retries are bounded here
 (``HTTP_LIMITS``; the environment overrides them), a stage that cannot reach the server at its start fails
@@ -53,8 +54,6 @@ for _name, _value in HTTP_LIMITS.items():
     os.environ.setdefault(_name, _value)
 HEALTH_TIMEOUT_S = 5.0  # for the one request that checks a server is there
 RETRY_AFTER_S = 60.0  # after a failed send, buffered metrics wait this long before the next try
-
-
 ORPHAN_REASON = "end.reason"  # the tag that says why a run was ended by another process
 
 
