@@ -7,12 +7,14 @@ task caches its result in Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import networkx as nx
 from dvc.repo import Repo
 from prefect import get_run_logger
 
-from eva02at.core.tracking import flatten
+from eva02at.core.tracking import end_orphaned_runs, flatten, read_settings
 from eva02at.core.workers import signal_on_parent_exit
 
 # Nothing the flows start reports usage to outside services, whatever the caller's environment says: the one
@@ -34,6 +36,11 @@ QUIET = {
 }
 for _name, _value in QUIET.items():
     os.environ.setdefault(_name, _value)
+
+
+# how long a stopped command's processes get for their clean-up before SIGKILL; less than the 30 s a Prefect
+# worker gives a cancelled flow run's process before killing it
+STOP_GRACE_S = 20.0
 
 
 class CommandError(RuntimeError):
@@ -55,8 +62,11 @@ def dvc(*args: str) -> list[str]:
 
 def run(args: Sequence[str], tail: int = 30) -> str:
     """Run a command in the project, each output line going to the flow's log as it comes; returns the
-    output. A non-zero exit raises ``CommandError`` with the command and the last ``tail`` lines. The command
-    gets SIGTERM when the flow's process exits, however it exits (a cancelled or killed flow run)."""
+    output. A non-zero exit raises ``CommandError`` with the command and the last ``tail`` lines.
+
+    The command runs in a process group of its own, which is stopped with it (``stop_group``) when the flow is
+    told to stop while it runs: a cancelled flow run's SIGTERM, Ctrl-C, any exception. Should the flow's
+    process exit without clean-up (``kill -9``), the command gets SIGTERM from the kernel."""
     logger = get_run_logger()
     logger.info("$ %s", " ".join(args))
     lines: list[str] = []
@@ -66,15 +76,43 @@ def run(args: Sequence[str], tail: int = 30) -> str:
         stderr=subprocess.STDOUT,
         text=True,
         env=command_env(),
-        preexec_fn=functools.partial(signal_on_parent_exit, signal.SIGTERM),  # a cancelled flow stops its command
+        process_group=0,
+        preexec_fn=functools.partial(signal_on_parent_exit, signal.SIGTERM),
     ) as process:
-        for line in process.stdout or ():
-            lines.append(line.rstrip())
-            logger.info(lines[-1])
+        try:
+            for line in process.stdout or ():
+                lines.append(line.rstrip())
+                logger.info(lines[-1])
+        except BaseException:
+            stop_group(process)
+            raise
     if process.returncode:
         output = "\n".join(lines[-tail:])
         raise CommandError(f"`{' '.join(args)}` failed with exit status {process.returncode}:\n{output}")
     return "\n".join(lines)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the process group that ``process`` leads (``dvc repro`` and the stage it runs, with their
+    workers), then SIGKILL to what is left of it after ``grace_s`` seconds: a stage stops after clean-up (its
+    MLflow run ends KILLED), one that does not stop is not left running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(grace_s)
+    while time.monotonic() < deadline and _group_exists(process.pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _group_exists(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def query(args: Sequence[str]) -> subprocess.CompletedProcess:
@@ -143,3 +181,13 @@ def read_metrics() -> dict[str, float]:
     for problem in problems:
         get_run_logger().warning("%s", problem)
     return metrics
+
+
+def close_orphaned_runs() -> None:
+    """Mark KILLED the MLflow runs that killed processes on this host left RUNNING (``kill -9``, out of memory):
+    a stage that DVC then finds up to date or restores from its run cache never executes to end its own."""
+    settings = read_settings()
+    if settings.enabled:
+        ended = end_orphaned_runs(settings.experiment, settings.uri)
+        if ended:
+            get_run_logger().warning("marked MLflow run(s) %s of exited processes as KILLED", ended)

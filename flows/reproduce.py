@@ -3,7 +3,8 @@
 DVC decides what happens to a stage: unchanged deps and params skip it, inputs it has seen before restore
 its outputs from the run cache, and anything else runs it. The flow adds retries with back-off, a record
 of what each stage did (from DVC's state before and after, through its Python API, not from its log
-text), and the final metrics, all logged to MLflow as one run named ``reproduce``.
+text), and the final metrics, all logged to MLflow as one run named ``reproduce``. It also ends the MLflow runs
+that killed stages left RUNNING, which a stage DVC does not execute again never ends itself.
 
 Locally, from the project root: ``python -m flows.reproduce [STAGE ...]``.
 """
@@ -25,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from eva02at.core.tracking import Tracker, read_settings
-from flows.common import CommandError, dvc, read_metrics, run, stage_order
+from flows.common import CommandError, close_orphaned_runs, dvc, read_metrics, run, stage_order
 from stages.common import EXIT_PARAMS, git_commit
 
 OUTCOMES = ("ran", "restored", "unchanged", "updated")
@@ -125,6 +126,7 @@ def reproduce(
             results.append({"stage": stage, "outcome": "failed", "error": str(err)[-2000:]})
             failure = err
             break
+    close_orphaned_runs()
     summary = {
         "targets": list(targets or []),
         "status": "failed" if failure else "completed",

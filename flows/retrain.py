@@ -48,7 +48,7 @@ from eva02at.core.tracking import (
     read_settings,
     register_model,
 )
-from flows.common import dvc, query, read_metrics, run
+from flows.common import close_orphaned_runs, dvc, query, read_metrics, run
 from stages.common import git_commit
 
 DEFAULT_METRIC = "finetuned.ek100_mir.mAP_avg"
@@ -340,6 +340,7 @@ def retrain(
             metrics = read_metrics()
         except Exception as err:  # recorded in MLflow as the reason nothing was registered, then raised again
             failure = err
+        close_orphaned_runs()
         error = str(failure)[-1000:] if failure else None
         candidate = Candidate(name, commit, pulled, overrides, targets, metrics, error)
         result = judge_and_register(candidate, metric, Path(model_path), model_name, champion, require_compatible)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,11 @@ from dvc.utils.hydra import apply_overrides
 from prefect.testing.utilities import prefect_test_harness
 
 from eva02at.core.config import read_params
-from eva02at.core.tracking import aliased_version, find_runs
-from flows.common import CommandError, order_stages, parse_metrics_show
+from eva02at.core.tracking import aliased_version, find_runs, get_run
+from flows.common import CommandError, order_stages, parse_metrics_show, stop_group
 from flows.reproduce import reproduce, reproduce_single
 from flows.retrain import Compatibility, champion_overrides, compatibility, decide, override_value, retrain
+from tests.processes import alive, children, wait_until
 from tests.project_fixtures import (
     CANDIDATE_METRIC,
     CANDIDATE_MODEL,
@@ -112,6 +114,25 @@ def test_parse_metrics_show_names_numbers_and_reports_problems():
     with pytest.raises(ValueError, match=r"'m' is in both a\.json and b\.json"):
         parse_metrics_show(clash)
     assert parse_metrics_show({}) == ({}, [])
+
+
+# a command that starts a process which ignores SIGTERM, then waits
+STUBBORN = """
+import subprocess, sys, time
+code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", code])
+time.sleep(600)
+"""
+
+
+def test_stop_group_ends_the_whole_group_of_a_command():
+    command = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True, process_group=0)
+    with command:
+        assert command.stdout.readline() == "ready\n"  # the child's, on the pipe it inherited
+        (child,) = children(command.pid)
+        stop_group(command, grace_s=1)
+    assert command.returncode == -signal.SIGTERM  # the command itself stops when told to
+    wait_until(lambda: not alive(child), "the child that ignores SIGTERM to be killed after the grace")
 
 
 COPY_STAGE = """\
@@ -281,6 +302,41 @@ def test_reproduce_does_not_retry_a_stage_whose_params_do_not_fit(project, tmp_p
     with pytest.raises(CommandError, match="exited with 2"):
         reproduce(targets=["flaky/dvc.yaml:flaky"], retries=2, retry_delay_s=0)
     assert counter.read_text() == "1"  # one attempt: a retry could only fail again
+
+
+# a process that opens an MLflow run as a stage does, says its id and waits
+TRACKED = """
+import sys, threading
+from eva02at.core.tracking import Tracker
+print(Tracker("eva02at", sys.argv[1]).run_id, flush=True)
+threading.Event().wait()
+"""
+
+
+def tracked_process(run_name: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-c", TRACKED, run_name], stdout=subprocess.PIPE, text=True)
+    run_id = process.stdout.readline().strip()  # an empty line: it exited first
+    assert run_id, f"the tracked process exited with status {process.wait()}"
+    return process, run_id
+
+
+@pytest.mark.slow
+def test_reproduce_ends_the_run_of_a_killed_stage_that_dvc_does_not_execute_again(project):
+    assert [s["outcome"] for s in reproduce(targets=[CANDIDATE_STAGE], retries=0, track=False)["stages"]] == ["ran"]
+    alive, alive_run = tracked_process(CANDIDATE_STAGE)
+    killed, killed_run = tracked_process(CANDIDATE_STAGE)
+    killed.kill()  # as kill -9: its run stays RUNNING
+    killed.wait()
+    try:
+        summary = reproduce(targets=[CANDIDATE_STAGE], retries=0, track=False)
+        assert [s["outcome"] for s in summary["stages"]] == ["unchanged"]  # the stage itself does not run
+        assert get_run(alive_run).status == "RUNNING"
+    finally:
+        alive.kill()
+        alive.wait()
+    ended = get_run(killed_run)
+    assert ended.status == "KILLED"
+    assert ended.tags["end.reason"].startswith(f"process {killed.pid} on ")
 
 
 # --- retrain -------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """A stage told to stop (SIGTERM, SIGINT, or the exit of the process that started it: `dvc repro`, a launcher)
-ends after clean-up with one plain line, and its tracking run ends KILLED, not RUNNING."""
+ends after clean-up with one plain line, and its tracking run ends KILLED, not RUNNING; so does the run of a
+process killed without clean-up, once another process looks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from eva02at.core.errors import Stopped
-from eva02at.core.tracking import Tracker
+from eva02at.core.tracking import Tracker, end_orphaned_runs, process_start, process_tags
 from tests.processes import alive, wait_until
 from tests.project_fixtures import ROOT, empty_mlflow_store
 
@@ -83,6 +84,43 @@ def test_a_stopped_run_ends_killed(tmp_path):
     client = MlflowClient(uri)
     statuses = [client.get_run(t.run_id).info.status for t in (tracker, interrupted, failed)]
     assert statuses == ["KILLED", "KILLED", "FAILED"]
+
+
+def test_runs_whose_process_is_gone_end_killed_and_the_others_are_left_alone(tmp_path):
+    shutil.copy(empty_mlflow_store(), tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = subprocess.Popen(["sleep", "600"])
+    tags_of_killed = process_tags() | {"process.pid": str(killed.pid), "process.start": process_start(killed.pid)}
+    killed.kill()
+    killed.wait()
+    assert process_start(killed.pid) is None
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("orphans")
+
+    def running(name: str, tags: dict[str, str]) -> str:
+        return client.create_run(experiment, run_name=name, tags=tags).info.run_id
+
+    orphan = running("stage", tags_of_killed)
+    other_name = running("other", tags_of_killed)
+    kept = running("stage", tags_of_killed)
+    alive = running("stage", process_tags())  # this test's own process
+    other_host = running("stage", tags_of_killed | {"process.host": "elsewhere"})
+    reused_pid = running("stage", process_tags() | {"process.start": "1"})  # same pid, an earlier process
+    untagged = running("stage", {})
+    assert sorted(end_orphaned_runs("orphans", uri, run_name="stage", keep=kept)) == sorted([orphan, reused_pid])
+    assert client.get_run(orphan).data.tags["end.reason"] == (
+        f"process {killed.pid} on {tags_of_killed['process.host']} exited without ending the run"
+    )
+    statuses = {
+        run_id: client.get_run(run_id).info.status for run_id in (other_name, kept, alive, other_host, untagged)
+    }
+    assert set(statuses.values()) == {"RUNNING"}
+    assert {client.get_run(r).info.status for r in (orphan, reused_pid)} == {"KILLED"}
+    # a tracker of the same name ends them before it starts, and records its own process
+    with Tracker("orphans", "other", uri) as tracker:
+        assert client.get_run(other_name).info.status == "KILLED"
+        assert client.get_run(tracker.run_id).data.tags["process.pid"] == str(os.getpid())
+    assert end_orphaned_runs("absent", uri) == []
 
 
 BLOCK_STAGE = """\

@@ -6,7 +6,11 @@ records (``RunRecord``, ``ModelVersion``) so that callers never handle MLflow ob
 
 A training run interrupted and resumed is one MLflow run: the resumed execution continues the run whose id
 its checkpoint holds (``Tracker(run_id=...)``), and runs that a killed execution left RUNNING are marked
-KILLED when the stage starts again (``end_abandoned_runs``).
+KILLED when the stage starts again (``end_abandoned_runs``). Every run records the process that writes it
+(tags ``process.host``, ``process.pid``, ``process.start``), so that a run whose process is gone without
+ending it (``kill -9``, the kernel's out-of-memory killer) is marked KILLED by the next tracker of that run
+name on its host, or by the flows after ``dvc repro`` (``end_orphaned_runs``): DVC may serve the rerun from its
+run cache, never executing the stage.
 
 Outages of a tracking server (an ``http(s)://`` URI): MLflow's HTTP timeout and retries are bounded here
 (``HTTP_LIMITS``; the environment overrides them), a stage that cannot reach the server at its start fails
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import urllib.error
@@ -49,6 +54,7 @@ for _name, _value in HTTP_LIMITS.items():
     os.environ.setdefault(_name, _value)
 HEALTH_TIMEOUT_S = 5.0  # for the one request that checks a server is there
 RETRY_AFTER_S = 60.0  # after a failed send, buffered metrics wait this long before the next try
+ORPHAN_REASON = "end.reason"  # the tag that says why a run was ended by another process
 
 
 class TrackingUnavailable(PipelineError):
@@ -119,6 +125,8 @@ class Tracker:
     added); a run that this store does not have, or cannot continue, is replaced by a new one, with a warning.
     Metrics the server does not take (an outage) are kept and sent with the next ones; ``unlogged`` is the file
     that receives those still unsent when the run ends, and whose rows a later tracker sends first.
+    Runs of ``run_name`` that exited processes on this host left RUNNING are marked KILLED first (except
+    ``run_id``), and the run records this process (``process_tags``).
     """
 
     def __init__(
@@ -146,9 +154,13 @@ class Tracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment)
-        run = self._continue(run_id, run_name, tags or {}) if run_id else None
+        ended = end_orphaned_runs(experiment, self.uri, run_name=run_name, keep=run_id)
+        if ended:
+            log.warning("marked MLflow run(s) %s of exited %s processes as KILLED", ended, run_name)
+        tags = {**(tags or {}), **process_tags()}
+        run = self._continue(run_id, run_name, tags) if run_id else None
         self.continued = run is not None
-        run = run or mlflow.start_run(run_name=run_name, tags=tags or {})
+        run = run or mlflow.start_run(run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self._send_unlogged()
 
@@ -323,6 +335,23 @@ def _record(run) -> RunRecord:
     )
 
 
+def _running_runs(client, experiment: str, run_name: str | None = None) -> list:
+    """Every RUNNING run of ``experiment`` (of ``run_name`` only, when given), all pages read first: ending runs
+    while paging would shift the pages."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000, page_token=token
+        )
+        runs += [run for run in page if run_name is None or run.info.run_name == run_name]
+        token = page.token
+        if not token:
+            return runs
+
+
 def end_abandoned_runs(
     experiment: str, tags: dict[str, str], keep: str | None = None, uri: str | None = None
 ) -> list[str]:
@@ -330,25 +359,56 @@ def end_abandoned_runs(
     one checkpoint on one host), except ``keep``: runs of executions that were killed before they could end
     them. Returns their ids."""
     client = _client(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    abandoned, token = [], None
-    while True:  # all pages first: ending runs while paging would shift the pages
-        page = client.search_runs(
-            [found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000, page_token=token
-        )
-        abandoned += [
-            run.info.run_id
-            for run in page
-            if run.info.run_id != keep and all(run.data.tags.get(k) == v for k, v in tags.items())
-        ]
-        token = page.token
-        if not token:
-            break
+    abandoned = [
+        run.info.run_id
+        for run in _running_runs(client, experiment)
+        if run.info.run_id != keep and all(run.data.tags.get(k) == v for k, v in tags.items())
+    ]
     for run_id in abandoned:
         client.set_terminated(run_id, status="KILLED")
     return abandoned
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat``), which tells it from a later
+    process given the same pid; None once it has exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the fields after the command name, from the state on
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that name this process: the host, the pid and its start (see ``end_orphaned_runs``)."""
+    pid, start = os.getpid(), process_start(os.getpid())
+    return {"process.host": socket.gethostname(), "process.pid": str(pid)} | ({"process.start": start} if start else {})
+
+
+def end_orphaned_runs(
+    experiment: str, uri: str | None = None, run_name: str | None = None, keep: str | None = None
+) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``experiment`` (of ``run_name`` only, when given; never ``keep``) whose
+    process, on this host, is gone: killed before it could end its run (``kill -9``, out of memory). Each gets
+    the tag ``end.reason``. Runs of other hosts, of live processes and without process tags (written elsewhere
+    than on Linux, or before these tags) are left alone. Returns the ids of the runs ended."""
+    client = _client(uri)
+    orphans = [run for run in _running_runs(client, experiment, run_name) if run.info.run_id != keep and _orphaned(run)]
+    for run in orphans:
+        reason = f"process {run.data.tags['process.pid']} on {socket.gethostname()} exited without ending the run"
+        client.set_tag(run.info.run_id, ORPHAN_REASON, reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in orphans]
+
+
+def _orphaned(run) -> bool:
+    """Whether the run's tags name a process of this host that is gone (a new process with its pid is not it)."""
+    tags = run.data.tags
+    pid, start = tags.get("process.pid", ""), tags.get("process.start")
+    if tags.get("process.host") != socket.gethostname() or not (pid.isdigit() and start):
+        return False
+    return process_start(int(pid)) != start
 
 
 def find_runs(experiment: str, uri: str | None = None) -> list[RunRecord]:
