@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 
 from eva02at.core.config import ConfigError, from_dict, read_params
 from eva02at.core.tracking import TrackingParams
+from eva02at.data.formats.videolist import VideoListParams
 from eva02at.data.synthetic import SampleParams
 from eva02at.evaluation.benchmarks.frozen import BenchmarkSuiteParams, typed_entries
 from eva02at.models.config import VideoCLIPConfig
@@ -27,7 +28,7 @@ from stages.common import EXIT_PARAMS
 from stages.evaluate import EvaluateParams
 from stages.export import ExportParams
 from stages.finetune import FinetuneParams
-from stages.frames import FramesParams
+from stages.frames import FramesParams, typed_collections
 from stages.image_clip import ImageClipParams
 from stages.pretrain import PretrainParams
 from stages.soft_labels import SoftLabelParams
@@ -168,7 +169,8 @@ def test_every_section_of_the_projects_params_fits_its_schema():
     assert built["finetune"].optim.betas == (0.9, 0.999)  # a default tuple
     assert built["image_clip"].optim.betas == (0.9, 0.98)  # a YAML list fills the tuple
     assert isinstance(built["pretrain"].optim.lr, float) and built["pretrain"].optim.lr == 3.0e-4
-    assert built["frames"].collections["ek100_train"].views == 2
+    collections = typed_collections(built["frames"], "params.yaml")  # each entry: common keys and its format's
+    assert collections["ek100_train"][0].views == 2 and collections["ego4d_clips"][1] == VideoListParams(2.0)
     assert built["soft_labels"].splits["ek100_test"].videos.endswith("EPIC_100_retrieval_test.csv")
     assert built["export"].collections == ["ego4d_clips"]
     entries = typed_entries(built["benchmarks"], "params.yaml")  # each entry against its benchmark's params

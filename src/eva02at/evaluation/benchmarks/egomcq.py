@@ -12,7 +12,7 @@ import copy
 import numpy as np
 
 from eva02at.core.errors import BadInput
-from eva02at.data.annotations import read_mcq_questions
+from eva02at.data.formats.egomcq import read_mcq_questions
 from eva02at.evaluation.benchmarks import Benchmark, BenchmarkParams, Queries, register_benchmark
 from eva02at.evaluation.metrics import egomcq_accuracy
 from eva02at.export.embeddings import Embeddings
