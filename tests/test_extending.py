@@ -122,3 +122,10 @@ def test_a_model_size_is_an_open_clip_config_and_the_frames_size_it_needs(tmp_pa
     check_frames_size("EVA02-Toy-48", 48, "params.yaml")
     with pytest.raises(ConfigError, match=r"frames.size = 64 does not fit image_clip.model = 'EVA02-Toy-48', whose"):
         check_frames_size("EVA02-Toy-48", 64, "params.yaml")
+
+
+def test_the_readme_lists_every_model_size_with_the_frames_size_its_config_gives():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| `image_clip.model` | `frames.size` |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip("|").split("|") for line in table.splitlines()]
+    assert {name.strip(): int(size) for name, size in rows} == {name: image_size(name) for name in model_names()}
