@@ -69,7 +69,7 @@ class Source:
     annotations: str
     videos: str = ""
     pattern: str | None = None  # video path from annotation fields; None: the format's layout
-    options: FormatParams | None = None  # the format's params; None: its defaults
+    options: FormatParams | None = None  # the format's params; None: its defaults (read_segments fills them in)
 
 
 Segments = tuple[list[Segment], list[RowError]]
