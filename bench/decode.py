@@ -33,8 +33,9 @@ import numpy as np
 from PIL import Image
 
 from bench.common import machine_info, median, write_json
-from eva02at.data.annotations import Source, read_segments
+from eva02at.data.annotations import Source
 from eva02at.data.extract import ShardTask, decode_shard, finish, plan_shards
+from eva02at.data.formats.registered import read_segments
 from eva02at.data.shards import FrameShards, FrameSpec
 from eva02at.data.video import index_video
 

@@ -43,8 +43,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
 from bench.common import machine_info, median, synchronize, time_calls, write_json
-from eva02at.data.annotations import cut_videos, read_video_list
 from eva02at.data.extract import extract, resize_crop
+from eva02at.data.formats.videolist import cut_videos, read_video_list
 from eva02at.data.jpeg import decode_jpegs
 from eva02at.data.shards import FrameShards, FrameSpec
 from eva02at.data.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info

@@ -155,7 +155,7 @@ def _write_egomcq(path: Path, questions: int, rng: np.random.Generator) -> None:
 def _write_ek100(path: Path, split: str, rows: int, sentences: int, rng: np.random.Generator) -> None:
     """Video rows whose classes repeat every ``sentences`` rows, so every video has a relevance-1 sentence
     among the first ``sentences`` rows (the sentence table), as in the real split."""
-    from eva02at.data.annotations import EK100_COLUMNS
+    from eva02at.data.synthetic.ek100 import EK100_COLUMNS
 
     classes = [
         (int(rng.integers(97)), sorted({int(n) for n in rng.integers(300, size=rng.integers(1, 4))}))
@@ -218,21 +218,24 @@ def fake_decoder() -> None:
 
 
 def read_egoclip(clips: int, work: Path) -> None:
-    from eva02at.data.annotations import Source, read_segments
+    from eva02at.data.annotations import Source
+    from eva02at.data.formats.registered import read_segments
 
     segments, errors = read_segments("egoclip", Source(str(data_dir(clips, work) / "egoclip.csv"), "videos"))
     assert len(segments) == clips and not errors
 
 
 def read_egomcq(clips: int, work: Path) -> None:
-    from eva02at.data.annotations import Source, read_segments
+    from eva02at.data.annotations import Source
+    from eva02at.data.formats.registered import read_segments
 
     segments, errors = read_segments("egomcq", Source(str(data_dir(clips, work) / "egomcq.json"), "videos"))
     assert len(segments) == 5 * scaled(EGOMCQ_QUESTIONS, clips) and not errors
 
 
 def read_ek100(clips: int, work: Path) -> None:
-    from eva02at.data.annotations import Source, read_segments
+    from eva02at.data.annotations import Source
+    from eva02at.data.formats.registered import read_segments
 
     path = data_dir(clips, work) / "EPIC_100_retrieval_train.csv"
     segments, errors = read_segments("ek100", Source(str(path), "videos"))
@@ -251,8 +254,9 @@ def frames_dir(clips: int, work: Path) -> Path:
 
 
 def _frames(clips: int, work: Path) -> None:
-    from eva02at.data.annotations import Source, read_segments
+    from eva02at.data.annotations import Source
     from eva02at.data.extract import extract
+    from eva02at.data.formats.registered import read_segments
     from eva02at.data.shards import FrameSpec
 
     fake_decoder()

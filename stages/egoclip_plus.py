@@ -14,6 +14,7 @@ from eva02at.core.config import ConfigError
 from eva02at.core.errors import BadInput
 from eva02at.data.annotations import Source, read_segments
 from eva02at.data.egoclip_plus import caption_table, write_caption_table
+from eva02at.data.formats import egoclip
 from stages.common import stage_main, stage_params
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def main() -> None:
     params, _ = stage_params("egoclip_plus", EgoClipPlusParams, __doc__)
     if not params.sets:
         raise ConfigError("egoclip_plus.sets names no caption pickle")
-    segments, errors = read_segments("egoclip", Source(params.annotations))
+    segments, errors = read_segments(egoclip.NAME, Source(params.annotations))
     if errors:
         raise BadInput(f"{len(errors)} bad EgoClip row(s), first: {errors[0]}")
     table = caption_table(segments, params.sets, params.max_unmatched_fraction)

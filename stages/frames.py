@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from eva02at.core.config import ConfigError, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
+from eva02at.core.config import ConfigError, Fraction, NonNegativeInt, PositiveInt, from_dict
 from eva02at.core.tracking import Tracker, end_abandoned_runs, read_settings
-from eva02at.data.annotations import FORMATS, Source, read_segments
+from eva02at.data.annotations import FormatParams, Source, format_params
 from eva02at.data.extract import Summary, TooManyFailures, extract, ray_runner
+from eva02at.data.formats.registered import FORMATS, read_segments
 from eva02at.data.shards import FrameSpec
 from stages.common import lineage_tags, stage_main, stage_params
 
@@ -33,13 +34,35 @@ def registered_format(name: str) -> str:
 
 @dataclass
 class Collection:
+    """A ``frames.collections`` entry's keys common to every format; its format's own keys are its ``options``."""
+
     format: Annotated[str, AfterValidator(registered_format)]  # ek100 | egoclip | egomcq | charades | videolist
     annotations: str  # the annotation file (for videolist: a CSV with a ``file`` column)
     videos: str  # the folder the annotation's video paths are relative to
     num_frames: PositiveInt
     views: NonNegativeInt = 0  # 0: one view at the segment midpoints (evaluation); K: K jittered views (training)
     pattern: str | None = None  # video path from annotation fields; the format's layout by default
-    clip_seconds: PositiveFloat = 2.0  # videolist only: window length
+
+
+COMMON_KEYS = frozenset(item.name for item in fields(Collection))
+
+
+def typed_collection(values: Any, where: str) -> tuple[Collection, FormatParams]:
+    """A collections entry checked in two parts: the common keys, and the rest against its format's params
+    (e.g. a video list's ``clip_seconds``); errors name ``where`` (the entry's key path)."""
+    entry = values if isinstance(values, dict) else {}
+    common = {k: v for k, v in entry.items() if k in COMMON_KEYS} if isinstance(values, dict) else values
+    collection = from_dict(Collection, common, where)  # refuses an entry that is not a mapping of keys
+    own = {k: v for k, v in entry.items() if k not in COMMON_KEYS}
+    return collection, format_params(collection.format, own, where)
+
+
+def typed_collections(params: FramesParams, params_file: str) -> dict[str, tuple[Collection, FormatParams]]:
+    """Every collections entry typed (:func:`typed_collection`), so that a bad one stops any collection's stage."""
+    return {
+        name: typed_collection(values, f"{params_file}: frames.collections.{name}")
+        for name, values in params.collections.items()
+    }
 
 
 @dataclass
@@ -51,7 +74,7 @@ class FramesParams:
     workers: PositiveInt
     clips_per_shard: PositiveInt
     max_failure_fraction: Fraction
-    collections: dict[str, Collection]
+    collections: dict[str, Any]  # name -> a Collection's keys and its format's own (typed_collection)
     train_aspect: Annotated[float, Field(ge=1)] = 1.0  # training collections: stored box size x round(size * this)
     ray_address: str | None = None  # auto, host:port or ray://host:port: shards on a Ray cluster; null: local
 
@@ -80,9 +103,9 @@ def main() -> None:
     params, args = stage_params("frames", FramesParams, __doc__, positional=("collection",))
     if args.collection not in params.collections:
         raise ConfigError(f"frames.collections has no {args.collection!r}; known: {sorted(params.collections)}")
-    collection = params.collections[args.collection]
+    collection, options = typed_collections(params, args.params)[args.collection]
     spec = frame_spec(params, collection)
-    source = Source(collection.annotations, collection.videos, collection.pattern, collection.clip_seconds)
+    source = Source(collection.annotations, collection.videos, collection.pattern, options)
     tracking, stage = read_settings(args.params), f"frames@{args.collection}"
     out = Path(params.out) / args.collection
     execution = {"dvc.stage": stage, "frames.out": str(out.resolve()), "frames.host": socket.gethostname()}
@@ -92,7 +115,9 @@ def main() -> None:
         if ended:
             log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
     with Tracker(tracking.experiment, stage, tracking.uri, enabled=tracking.enabled, tags=tags) as tracker:
-        tracker.log_params({"collection": asdict(collection), "spec": asdict(spec), "workers": params.workers})
+        tracker.log_params(
+            {"collection": asdict(collection) | asdict(options), "spec": asdict(spec), "workers": params.workers}
+        )
         started = time.perf_counter()
         segments, row_errors = read_segments(collection.format, source)
         try:

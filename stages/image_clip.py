@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 
-from eva02at.core.config import PositiveFloat
+from eva02at.core.config import PositiveFloat, read_params
 from eva02at.core.distributed import setup
 from eva02at.data.shards import FrameShards
 from eva02at.models import create_image_clip, save_image_clip
+from eva02at.models.sizes import check_frames_size, known_model
 from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
 from eva02at.train.loop import NonFiniteLoss, TrainParams
 from eva02at.train.losses import get_loss
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageClipParams:
-    model: str  # open_clip model name: EVA02-B-16, EVA02-L-14, or a tiny one of this project
+    model: Annotated[str, AfterValidator(known_model)]  # open_clip's EVA02-B-16, EVA02-L-14, ... or a tiny one
     frames: str  # decoded pretraining corpus: one frame per clip is used
     out: str
     checkpoints: str
@@ -40,9 +43,16 @@ class ImageClipParams:
     optim: OptimParams = field(default_factory=OptimParams)
 
 
+def frames_size(params_file: str) -> object:
+    """``frames.size`` of the params file (None when absent): the frames stage validates the section itself."""
+    frames = read_params(params_file).get("frames")
+    return frames.get("size") if isinstance(frames, dict) else None
+
+
 @stage_main
 def main() -> None:
     params, args = stage_params("image_clip", ImageClipParams, __doc__)
+    check_frames_size(params.model, frames_size(args.params), args.params)
     torch.manual_seed(params.train.seed)  # the initialisation of a model trained from scratch
     model = create_image_clip(params.model, params.weights)
     check_frames(params.frames, 1, int(model.visual.image_size[0]))

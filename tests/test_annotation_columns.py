@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from eva02at.core.errors import BadInput
-from eva02at.data.annotations import Source, read_segments
+from eva02at.data.annotations import Source
+from eva02at.data.formats.registered import read_segments
 from eva02at.evaluation.benchmarks.ek100_mir import read_sentences
 
 EK100 = Path(__file__).resolve().parents[1] / "data" / "sample" / "ek100"

@@ -9,17 +9,10 @@ import random
 import pytest
 
 from eva02at.core.errors import BadInput
-from eva02at.data import annotations
-from eva02at.data.annotations import (
-    CLAMP_NEGATIVE_START,
-    FORMATS,
-    Segment,
-    Source,
-    parse_egomcq,
-    read_mcq_questions,
-    read_segments,
-    register_format,
-)
+from eva02at.data.annotations import CLAMP_NEGATIVE_START, Segment, Source, register_format
+from eva02at.data.formats import egoclip, ek100
+from eva02at.data.formats.egomcq import parse_egomcq, read_mcq_questions
+from eva02at.data.formats.registered import FORMATS, read_segments
 
 
 def egomcq_file(tmp_path):
@@ -49,7 +42,7 @@ def egomcq_file(tmp_path):
 
 def test_every_format_is_registered_where_it_is_defined():
     assert set(FORMATS) >= {"ek100", "egoclip", "egomcq", "charades", "videolist"}
-    assert FORMATS["ek100"].read is annotations.read_ek100
+    assert FORMATS["ek100"].read is ek100.read_ek100
     assert FORMATS["ek100"].layout == "{participant_id}/{video_id}.MP4"
 
 
@@ -140,11 +133,11 @@ def test_egoclip_columnar_reader_equals_the_row_by_row_reader(tmp_path, monkeypa
         writer.writerow(["clip_idx", "video_uid", "clip_start", "clip_end", "clip_text"])
         writer.writerows([k, *_egoclip_fields(rng)] for k in range(3000))
     source = Source(str(path), pattern=pattern)
-    read_batches, used = annotations._egoclip_columnar, []
-    monkeypatch.setattr(annotations, "_egoclip_columnar", lambda *args: used.append(read_batches(*args)) or used[0])
+    read_batches, used = egoclip._egoclip_columnar, []
+    monkeypatch.setattr(egoclip, "_egoclip_columnar", lambda *args: used.append(read_batches(*args)) or used[0])
     columnar = read_segments("egoclip", source)
     assert used[0] is not None  # read in Arrow batches, not by the fallback
-    monkeypatch.setattr(annotations, "_egoclip_columnar", lambda *_: None)
+    monkeypatch.setattr(egoclip, "_egoclip_columnar", lambda *_: None)
     by_row = read_segments("egoclip", source)
     assert columnar == by_row
     assert 300 < len(columnar[0]) < 3000 and columnar[1]  # both kinds of row were there

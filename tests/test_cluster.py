@@ -13,9 +13,9 @@ import yaml
 
 import eva02at.data.cluster
 import eva02at.data.extract
-from eva02at.data.annotations import cut_videos
 from eva02at.data.cluster import FolderNotShared, TasksLost
 from eva02at.data.extract import extract, ray_runner
+from eva02at.data.formats.videolist import cut_videos
 from eva02at.data.shards import FrameSpec
 from eva02at.data.video import video_info
 from tests.ray_cluster import (

@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 
 from eva02at.core.config import ConfigError, from_dict, read_params
 from eva02at.core.tracking import TrackingParams
+from eva02at.data.formats.videolist import VideoListParams
 from eva02at.data.synthetic import SampleParams
 from eva02at.evaluation.benchmarks.frozen import BenchmarkSuiteParams, typed_entries
 from eva02at.models.config import VideoCLIPConfig
@@ -27,7 +28,7 @@ from stages.common import EXIT_PARAMS
 from stages.evaluate import EvaluateParams
 from stages.export import ExportParams
 from stages.finetune import FinetuneParams
-from stages.frames import FramesParams
+from stages.frames import FramesParams, typed_collections
 from stages.image_clip import ImageClipParams
 from stages.pretrain import PretrainParams
 from stages.soft_labels import SoftLabelParams
@@ -56,6 +57,12 @@ BAD_VALUES = [
     ("sample", "sample.seed", -1, "Input should be greater than or equal to 0"),
     ("sample", "sample.workers", "2", "Input should be a valid integer"),
     ("frames", "frames.size", -5, "Input should be greater than 0"),
+    (
+        "image_clip",
+        "image_clip.model",
+        "EVA02-B-61",
+        "not an EVA02-CLIP configuration of open_clip; known: ['EVA02-B-16'",
+    ),
     ("frames", "frames.jpeg_quality", 101, "Input should be less than or equal to 100"),
     ("frames", "frames.max_failure_fraction", 1.5, "Input should be less than or equal to 1"),
     ("frames", "frames.collections.egoclip.format", "mp4", "not a registered annotation format; known: ['charades'"),
@@ -102,6 +109,7 @@ BAD_KEYS = [
     ("finetune", "finetune.train", DROP, "finetune.train: missing section (required: write it out"),
     ("finetune", "finetune.losses", DROP, "finetune.losses: missing section (required: write it out"),
     ("image_clip", "image_clip.train", DROP, "image_clip.train: missing section (required: write it out"),
+    ("image_clip", "frames.size", 224, "frames.size = 224 does not fit image_clip.model = 'EVA02-Tiny-16', whose"),
     ("pretrain", "pretrain.optim", DROP, "pretrain.optim: missing section (required: write it out"),
     ("export", "export.codes", DROP, "export.codes: missing section (required: write it out"),
     ("evaluate", "evaluate.random", DROP, "evaluate.random: missing section (required: write it out"),
@@ -168,7 +176,8 @@ def test_every_section_of_the_projects_params_fits_its_schema():
     assert built["finetune"].optim.betas == (0.9, 0.999)  # a default tuple
     assert built["image_clip"].optim.betas == (0.9, 0.98)  # a YAML list fills the tuple
     assert isinstance(built["pretrain"].optim.lr, float) and built["pretrain"].optim.lr == 3.0e-4
-    assert built["frames"].collections["ek100_train"].views == 2
+    collections = typed_collections(built["frames"], "params.yaml")  # each entry: common keys and its format's
+    assert collections["ek100_train"][0].views == 2 and collections["ego4d_clips"][1] == VideoListParams(2.0)
     assert built["soft_labels"].splits["ek100_test"].videos.endswith("EPIC_100_retrieval_test.csv")
     assert built["export"].collections == ["ego4d_clips"]
     entries = typed_entries(built["benchmarks"], "params.yaml")  # each entry against its benchmark's params

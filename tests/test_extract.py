@@ -19,9 +19,10 @@ from eva02at.data.annotations import (
     CLAMP_NEGATIVE_START,
     Segment,
     Source,
-    read_segments,
 )
 from eva02at.data.extract import TooManyFailures, extract, plan_shards, resize_crop
+from eva02at.data.formats.registered import read_segments
+from eva02at.data.formats.videolist import VideoListParams
 from eva02at.data.jpeg import decode_jpegs, encode_jpeg
 from eva02at.data.shards import (
     MANIFEST,
@@ -38,7 +39,9 @@ CLIP = "ego4d_3c0dffd0_012_014.mp4"  # 60 frames at 30 fps
 
 
 def real_clips(ego4d_dir, seconds=2.0):
-    segments, errors = read_segments("videolist", Source(str(ego4d_dir / "clips.csv"), str(ego4d_dir), None, seconds))
+    segments, errors = read_segments(
+        "videolist", Source(str(ego4d_dir / "clips.csv"), str(ego4d_dir), None, VideoListParams(seconds))
+    )
     assert errors == []
     return segments
 

@@ -19,10 +19,12 @@ from numpy._core._multiarray_umath import __cpu_dispatch__
 from scipy import stats
 
 from eva02at.core.config import ConfigError, from_dict
-from eva02at.data.annotations import EK100_COLUMNS, Source, parse_timestamp, read_segments
+from eva02at.data.annotations import Source, parse_timestamp
+from eva02at.data.formats.registered import read_segments
 from eva02at.data.synthetic import SampleParams, generate_sample
 from eva02at.data.synthetic import generate as generate_module
 from eva02at.data.synthetic.captions import class_subset, third_person
+from eva02at.data.synthetic.ek100 import EK100_COLUMNS
 from eva02at.data.synthetic.encode import write_video
 from eva02at.data.synthetic.layout import Shot, VideoJob
 from eva02at.data.synthetic.motion import MOTIONS, pose_track
@@ -158,7 +160,7 @@ def test_ek100_tables_have_real_columns_and_segments_inside_videos(sample):
     for split in ("train", "test"):
         path = folder / f"EPIC_100_retrieval_{split}.csv"
         columns, rows = _rows(path)
-        assert tuple(columns) == EK100_COLUMNS
+        assert tuple(columns) == EK100_COLUMNS == tuple(_rows(SOURCE / "EPIC_100_retrieval_test.csv")[0])
         segments, errors = read_segments("ek100", Source(str(path)))
         assert errors == [] and len(segments) == len(rows) > 0
         people[split] = {r["participant_id"] for r in rows}

@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from eva02at.data.annotations import MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO
+from eva02at.data.formats.egomcq import MCQ_INTER_VIDEO, MCQ_INTRA_VIDEO
 
 MIR_KEYS = ("mAP_v2t", "mAP_t2v", "mAP_avg", "nDCG_v2t", "nDCG_t2v", "nDCG_avg")
 

@@ -12,13 +12,30 @@ from pathlib import Path
 
 import numpy as np
 
-from eva02at.data.annotations import EK100_COLUMNS
 from eva02at.data.synthetic.captions import NOUN_CLASSES_CSV, VERB_CLASSES_CSV, Caption
 from eva02at.data.synthetic.config import SampleParams
 from eva02at.data.synthetic.layout import Shot, VideoJob, chunk_sizes, plan_spans
 from eva02at.data.synthetic.tables import clock, write_table
 
 ROOT = "epic-kitchens"
+# The published retrieval CSV's columns, in order (the reader needs only some: eva02at.data.formats.ek100).
+EK100_COLUMNS = (
+    "narration_id",
+    "participant_id",
+    "video_id",
+    "narration_timestamp",
+    "start_timestamp",
+    "stop_timestamp",
+    "start_frame",
+    "stop_frame",
+    "narration",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "all_nouns",
+    "all_noun_classes",
+)
 TRAIN_SENTENCE_COLUMNS = ("narration_id", "narration", "verb_class", "noun_classes", "verb", "nouns")
 
 

@@ -1,6 +1,6 @@
 """EgoMCQ: which of five clips a query text describes; accuracy of inter-video and intra-video questions.
 
-Queries and ground truth are one file, EgoVLP's ``egomcq.json``, parsed by ``eva02at.data.annotations`` (the
+Queries and ground truth are one file, EgoVLP's ``egomcq.json``, parsed by ``eva02at.data.formats.egomcq`` (the
 frames stage reads the choice clips from the same parse). A query is scored against the clips of its own
 choices, ``<question>_<choice>``.
 """
@@ -12,7 +12,7 @@ import copy
 import numpy as np
 
 from eva02at.core.errors import BadInput
-from eva02at.data.annotations import read_mcq_questions
+from eva02at.data.formats.egomcq import read_mcq_questions
 from eva02at.evaluation.benchmarks import Benchmark, BenchmarkParams, Queries, register_benchmark
 from eva02at.evaluation.metrics import egomcq_accuracy
 from eva02at.export.embeddings import Embeddings
