@@ -27,7 +27,8 @@ from prefect.tasks import exponential_backoff
 
 from eva02at.core.tracking import Tracker, read_settings
 from flows.common import CommandError, close_orphaned_runs, dvc, read_metrics, run, stage_order
-from stages.common import EXIT_PARAMS, git_commit
+from stages.common import EXIT_PARAMS
+from stages.lineage import git_commit
 
 OUTCOMES = ("ran", "restored", "unchanged", "updated")
 PARAMS_FAILURE = re.compile(rf", exited with {EXIT_PARAMS}$", re.MULTILINE)

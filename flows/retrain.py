@@ -49,7 +49,7 @@ from eva02at.core.tracking import (
     register_model,
 )
 from flows.common import close_orphaned_runs, dvc, query, read_metrics, run
-from stages.common import git_commit
+from stages.lineage import git_commit
 
 DEFAULT_METRIC = "finetuned.ek100_mir.mAP_avg"
 ALIAS = "champion"

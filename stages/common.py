@@ -6,7 +6,6 @@ import argparse
 import functools
 import logging
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,6 @@ T = TypeVar("T")
 
 PARAMS_FILE = Path("params.yaml")
 EXIT_PARAMS = 2  # the exit status of params that do not fit: a rerun cannot succeed, so flows do not retry it
-CODE_AND_CONFIG = ("src", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
 def stage_params(
@@ -93,46 +91,3 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
 
 def _stop(signum: int, frame: object) -> None:
     raise Stopped(signum)
-
-
-def git_commit() -> str:
-    """The checked-out commit, with ``-dirty`` when code or configuration differ from it; ``unknown`` outside git.
-
-    Results tracked in git (``dvc.lock``, metrics, plots) do not count: a ``dvc repro`` rewrites them.
-    """
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_AND_CONFIG],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
-
-
-def dependency_hashes(stage: str) -> dict[str, str]:
-    """DVC's hash of every dependency of ``stage`` now, the same values ``dvc.lock`` records for this run.
-
-    Computed with DVC's own hashing at the start of the stage (``dvc.lock`` is only written after it ends).
-    Empty outside a DVC project.
-    """
-    try:
-        from dvc.repo import Repo
-
-        with Repo(".") as repo:
-            (dvc_stage,) = repo.stage.collect(stage)
-            hashes = {dep.def_path: dep.get_hash().value for dep in dvc_stage.deps if dep.exists}
-            return {path: value for path, value in hashes.items() if isinstance(value, str)}  # params are logged apart
-    except Exception as err:  # lineage is informative; its absence must not stop training
-        logging.getLogger(__name__).warning("no DVC lineage for stage %s: %s", stage, err)
-        return {}
-
-
-def lineage_tags(stage: str) -> dict[str, str]:
-    """MLflow tags linking a run to its code and data: git commit, DVC stage and dependency hashes."""
-    tags = {"dvc.stage": stage, "git.commit": git_commit()}
-    tags.update({f"dvc.dep.{path}": value for path, value in dependency_hashes(stage).items()})
-    return tags

@@ -25,7 +25,7 @@ from pydantic import Field
 from eva02at.core.atomic import write_text
 from eva02at.core.config import ConfigError, NonNegativeInt, PositiveInt
 from eva02at.core.errors import BadInput
-from eva02at.core.tracking import Tracker, flatten, read_settings
+from eva02at.core.tracking import flatten, read_settings
 from eva02at.data.shards import FrameShards
 from eva02at.evaluation.benchmarks import (
     BENCHMARKS,
@@ -40,7 +40,8 @@ from eva02at.evaluation.benchmarks.frozen import frozen_benchmarks, require_froz
 from eva02at.evaluation.plots import Tile, clip_strip, metric_bars, retrieval_grid, training_curves
 from eva02at.export.embeddings import TEXT, VIDEO, Embeddings, export_path, read_embeddings
 from eva02at.models.compatibility import criterion
-from stages.common import lineage_tags, stage_main, stage_params
+from stages.common import stage_main, stage_params
+from stages.lineage import stage_run
 
 log = logging.getLogger(__name__)
 PLOTS = {"curves": "training_curves.png", "bars": "metric_bars.png", "grid": "retrieval_grid.png"}
@@ -230,13 +231,13 @@ def summary(metrics: dict[str, dict[str, float]]) -> str:
 @stage_main
 def main() -> None:
     params, args = stage_params("evaluate", EvaluateParams, __doc__)
-    tracking = read_settings(args.params)
+    read_settings(args.params)  # the tracking section, checked before any work
     entries = frozen_benchmarks(args.params)
     check_grid(params, entries, args.params)
     check_compatibility(params, entries, args.params)
     require_frozen(entries)
     benchmarks = without_missing_clips(params, {name: load_benchmark(name, entry) for name, entry in entries.items()})
-    with Tracker(tracking.experiment, "evaluate", tracking.uri, tracking.enabled, lineage_tags("evaluate")) as tracker:
+    with stage_run("evaluate", args.params) as tracker:
         tracker.log_params({**asdict(params), "benchmarks": {name: asdict(b.params) for name, b in benchmarks.items()}})
         results = {model: score_model(benchmarks, load_exports(params, benchmarks, model)) for model in params.rows}
         results["random"] = chance(benchmarks, params.random.seed, params.random.draws)

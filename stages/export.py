@@ -26,14 +26,15 @@ from eva02at.core.atomic import atomic_path
 from eva02at.core.config import NonNegativeInt, PositiveInt
 from eva02at.core.digest import file_digest
 from eva02at.core.distributed import DistInfo, broadcast, cleanup, setup
-from eva02at.core.tracking import Tracker, read_settings
+from eva02at.core.tracking import read_settings
 from eva02at.evaluation.benchmarks import BENCHMARKS, BenchmarkParams
 from eva02at.evaluation.benchmarks.frozen import frozen_benchmarks, require_frozen
 from eva02at.export.codes import CodesParams, codes_path, export_codes
 from eva02at.export.embeddings import TEXT, VIDEO, export_path
 from eva02at.export.inference import export_texts, export_videos, resolve_device
 from eva02at.models import load_video_clip
-from stages.common import lineage_tags, stage_main, stage_params
+from stages.common import stage_main, stage_params
+from stages.lineage import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,12 @@ def output_folder(target: str, dist: DistInfo) -> Iterator[Path]:
 @stage_main
 def main() -> None:
     params, args = stage_params("export", ExportParams, __doc__)
+    read_settings(args.params)  # the tracking section, checked before any work
     benchmarks = frozen_benchmarks(args.params)
     require_frozen(benchmarks)
     dist = setup("gloo" if resolve_device(params.device).type == "cpu" else None)
-    tracking = read_settings(args.params)
     lead = dist.rank == 0
-    tags = lineage_tags("export") if lead else {}
-    with Tracker(tracking.experiment, "export", tracking.uri, lead and tracking.enabled, tags) as tracker:
+    with stage_run("export", args.params, lead=lead) as tracker:
         tracker.log_params(
             {**asdict(params), "benchmarks": {name: asdict(entry) for name, entry in benchmarks.items()}}
         )

@@ -16,12 +16,12 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 
 from eva02at.core.config import ConfigError, Fraction, NonNegativeInt, PositiveInt, from_dict
-from eva02at.core.tracking import Tracker, end_abandoned_runs, read_settings
 from eva02at.data.annotations import FormatParams, Source, format_params
 from eva02at.data.extract import Summary, TooManyFailures, extract, ray_runner
 from eva02at.data.formats.registered import FORMATS, read_segments
 from eva02at.data.shards import FrameSpec
-from stages.common import lineage_tags, stage_main, stage_params
+from stages.common import stage_main, stage_params
+from stages.lineage import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,9 @@ def main() -> None:
     collection, options = typed_collections(params, args.params)[args.collection]
     spec = frame_spec(params, collection)
     source = Source(collection.annotations, collection.videos, collection.pattern, options)
-    tracking, stage = read_settings(args.params), f"frames@{args.collection}"
-    out = Path(params.out) / args.collection
+    stage, out = f"frames@{args.collection}", Path(params.out) / args.collection
     execution = {"dvc.stage": stage, "frames.out": str(out.resolve()), "frames.host": socket.gethostname()}
-    tags = lineage_tags(stage) | execution if tracking.enabled else {}
-    if tracking.enabled:  # runs a killed execution (kill -9) left RUNNING: DVC runs one execution at a time
-        ended = end_abandoned_runs(tracking.experiment, execution, uri=tracking.uri)
-        if ended:
-            log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
-    with Tracker(tracking.experiment, stage, tracking.uri, enabled=tracking.enabled, tags=tags) as tracker:
+    with stage_run(stage, args.params, execution=execution) as tracker:
         tracker.log_params(
             {"collection": asdict(collection) | asdict(options), "spec": asdict(spec), "workers": params.workers}
         )

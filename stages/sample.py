@@ -11,9 +11,9 @@ import logging
 import time
 from dataclasses import asdict
 
-from eva02at.core.tracking import Tracker, read_settings
 from eva02at.data.synthetic import SampleParams, generate_sample
-from stages.common import lineage_tags, stage_main, stage_params
+from stages.common import stage_main, stage_params
+from stages.lineage import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 @stage_main
 def main() -> None:
     cfg, args = stage_params("sample", SampleParams, __doc__)
-    tracking = read_settings(args.params)
-    with Tracker(tracking.experiment, "sample", tracking.uri, tracking.enabled, lineage_tags("sample")) as tracker:
+    with stage_run("sample", args.params) as tracker:
         tracker.log_params(asdict(cfg))
         started = time.perf_counter()
         counts = generate_sample(cfg)

@@ -27,11 +27,11 @@ import pandas as pd
 from eva02at.core.atomic import write_text
 from eva02at.core.config import ConfigError
 from eva02at.core.digest import file_digest
-from eva02at.core.tracking import Tracker, read_settings
 from eva02at.data.ek100_peers import official_queries, read_relevancy_pickle, relevancy_differences, table_from_dense
 from eva02at.data.labels import RelevancyTable, build_relevancy, video_class_relevancy
 from eva02at.evaluation.benchmarks.charades_ego import read_charades_labels, read_class_names
-from stages.common import lineage_tags, stage_main, stage_params
+from stages.common import stage_main, stage_params
+from stages.lineage import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ class SoftLabelParams:
 def main() -> None:
     params, args = stage_params("soft_labels", SoftLabelParams, __doc__)
     out = Path(params.out)
-    tracking = read_settings(args.params)
-    tags = lineage_tags("soft_labels")
-    with Tracker(tracking.experiment, "soft_labels", tracking.uri, tracking.enabled, tags) as tracker:
+    with stage_run("soft_labels", args.params) as tracker:
         tracker.log_params(asdict(params))
         summaries = {}
         for name, split in params.splits.items():

@@ -25,7 +25,7 @@ from typing import Any
 from eva02at.core.atomic import write_text
 from eva02at.core.config import ConfigError
 from eva02at.core.distributed import DistInfo, broadcast, cleanup
-from eva02at.core.tracking import Tracker, end_abandoned_runs, read_settings
+from eva02at.core.tracking import Tracker
 from eva02at.data.shards import read_frame_spec
 from eva02at.models import VideoCLIP, load_checkpoint_file
 from eva02at.train.data import ClipPairs
@@ -34,7 +34,7 @@ from eva02at.train.resume import resumable_state, resume_point
 from eva02at.train.sampling import CandidateSource, RelevantPairSampler
 from eva02at.train.selection import BestEpoch
 from eva02at.train.tasks import Task
-from stages.common import lineage_tags
+from stages.lineage import lineage_tags, stage_run
 from stages.selection import selection_evaluator, selection_inputs
 
 log = logging.getLogger(__name__)
@@ -185,19 +185,18 @@ def open_tracker(
     a resumed configuration sets its run RUNNING again. Metrics that a tracking outage kept from the server are
     written beside the checkpoint and sent when the run is continued.
     """
-    tracking = read_settings(params_file)
-    if not (enabled and tracking.enabled):
-        return Tracker(tracking.experiment, stage, enabled=False)
     checkpoint = resume_point(checkpoints, fingerprint)
     project = {"dvc.stage": stage, "train.checkpoints": str(checkpoints.resolve()), "train.host": socket.gethostname()}
-    execution = {**project, "train.checkpoint": str(checkpoint.resolve())}
-    run_id = resumable_state(checkpoint, fingerprint).get("run_id")
-    ended = end_abandoned_runs(tracking.experiment, project, keep=run_id, uri=tracking.uri)
-    if ended:
-        log.warning("marked MLflow run(s) %s of killed %s executions as KILLED", ended, stage)
-    unlogged = checkpoint.with_name(UNLOGGED)
-    tracker = Tracker(
-        tracking.experiment, stage, tracking.uri, tags={**tags, **execution}, run_id=run_id, unlogged=unlogged
+    run_id = resumable_state(checkpoint, fingerprint).get("run_id") if enabled else None
+    tracker = stage_run(
+        stage,
+        params_file,
+        lead=enabled,
+        tags={"train.checkpoint": str(checkpoint.resolve())},
+        lineage=tags,
+        execution=project,
+        run_id=run_id,
+        unlogged=checkpoint.with_name(UNLOGGED),
     )
     if tracker.continued:
         log.info("continuing MLflow run %s of the resumed training", tracker.run_id)
