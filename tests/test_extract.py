@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import pickle
+import weakref
 from itertools import pairwise
 
 import numpy as np
@@ -21,7 +22,7 @@ from eva02at.annotations import (
     read_segments,
 )
 from eva02at.atomic import DiskFull, atomic_path
-from eva02at.extract import TooManyFailures, extract, plan_shards, resize_crop
+from eva02at.extract import TooManyFailures, chain_shards, extract, plan_shards, resize_crop, run_local
 from eva02at.jpeg import decode_jpegs, encode_jpeg
 from eva02at.shards import (
     MANIFEST,
@@ -198,6 +199,53 @@ def test_each_video_is_indexed_once_per_run_whatever_its_shards(tmp_path, ego4d_
     summary = extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=4, size=16), clips_per_shard=6)
     assert summary.written_shards == 6 and summary.ok == 30
     assert sorted(reads) == sorted([long, short])  # not once per shard of the long video
+
+
+def cut_videos_segments(ego4d_dir, clips_per_video: int) -> list[Segment]:
+    """``clips_per_video`` overlapping 0.5 s clips of each sample video but the damaged one."""
+    videos = sorted(p.name for p in ego4d_dir.glob("*.mp4") if p.name != "corrupted.mp4")
+    return [Segment(f"{v}-{k:02d}", v, 0.1 * k, 0.1 * k + 0.5, 0) for v in videos for k in range(clips_per_video)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_video_cut_over_shards_is_indexed_once_by_one_worker(tmp_path, ego4d_dir, workers):
+    segments = cut_videos_segments(ego4d_dir, 14)  # 7 videos, each cut over 3 shards of 6 clips
+    results, chain_lengths = [], []
+
+    def recorded(chains, n):
+        chain_lengths.extend(len(chain) for chain in chains)
+        for result in run_local(chains, n):
+            results.append(result)
+            yield result
+
+    spec = FrameSpec(num_frames=2, size=16)
+    summary = extract(segments, [], ego4d_dir, tmp_path, spec, workers=workers, clips_per_shard=6, runner=recorded)
+    assert summary.written_shards == 21 and summary.ok == len(segments)
+    assert chain_lengths == [3] * 7  # a cut video's shards are one unit of work
+    assert sorted(v for result in results for v in result.indexed) == sorted({s.video for s in segments})
+
+
+def test_frame_indexes_alive_at_once_stay_bounded_whatever_the_cut_videos(tmp_path, ego4d_dir, monkeypatch):
+    segments = cut_videos_segments(ego4d_dir, 14)
+    alive, peak = [0], [0]
+
+    def counted(path):
+        index = index_video(path)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(index, lambda: alive.__setitem__(0, alive[0] - 1))
+        return index
+
+    monkeypatch.setattr(extract_module, "index_video", counted)
+    extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=2, size=16), clips_per_shard=6)
+    assert peak[0] == 1 and alive[0] == 0  # before: every cut video's index (7) held from planning to the end
+
+
+def test_shards_chain_where_a_video_goes_on_even_past_a_finished_shard():
+    clips = [Segment(f"{v}{k}", v, float(k), k + 1.0, 0) for v, n in (("a", 9), ("b", 2), ("c", 3)) for k in range(n)]
+    plan = plan_shards(clips, "videos", "out", FrameSpec(2), clips_per_shard=4)  # a0-3 | a4-7 | a8 b0 b1 | c0-2
+    chains = chain_shards([plan[0], plan[2], plan[3]])  # plan[1] kept from an earlier run
+    assert [[task.name for task in chain] for chain in chains] == [["shard-00000", "shard-00002"], ["shard-00003"]]
 
 
 def test_plan_keeps_short_videos_whole_and_cuts_long_ones():

@@ -2,8 +2,9 @@
 
 A collection is planned into shards of at most ``clips_per_shard`` clips, whole videos where they fit and a
 long video's clips (in time order) over several shards, so a worker's memory is bounded by one shard whatever
-the video's length. Decoding one shard (:func:`decode_shard`, a plain picklable call) writes its frames and
-then its manifest part, both atomically; the part records a stamp of what the shard was planned from and the
+the video's length. The shards of a cut video form a chain that one worker decodes in order
+(:func:`decode_chain`, a plain picklable call), reading the video's frame index once and dropping it after
+its last shard. Decoding one shard writes its frames and then its manifest part, both atomically; the part records a stamp of what the shard was planned from and the
 shard file's size and checksum. A rerun keeps a shard whose stamp and size match (one footer read and one
 stat per shard), and checks the kept shards' checksums in a thread while the rest decodes: a shard whose
 bytes changed is decoded again after it. Every clip ends as a manifest row, "ok" or "error" with the
@@ -77,10 +78,6 @@ class ShardTask:
     video_root: str
     out_dir: str
     spec: FrameSpec
-    indexes: tuple[tuple[str, FrameIndex], ...] = ()  # (video, index) read once for videos cut over shards
-
-    def index_of(self, video: str) -> FrameIndex | None:
-        return next((index for name, index in self.indexes if name == video), None)
 
     @property
     def shard_path(self) -> Path:
@@ -91,11 +88,15 @@ class ShardTask:
         return Path(self.out_dir) / PARTS / f"{self.name}.parquet"
 
 
+ShardChain = tuple[ShardTask, ...]  # consecutive shards linked by the videos they share, decoded by one worker
+
+
 @dataclass(frozen=True)
 class ShardResult:
     name: str
     clips: int
     failed: int
+    indexed: tuple[str, ...] = ()  # videos whose frame index this shard read (a cut video's first shard only)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class TooManyFailures(PipelineError):
         self.summary = summary
 
 
-Runner = Callable[[Sequence[ShardTask], int], Iterable[ShardResult]]
+Runner = Callable[[Sequence[ShardChain], int], Iterable[ShardResult]]
 
 
 def extract(
@@ -139,8 +140,9 @@ def extract(
 ) -> Summary:
     """Decode ``segments`` into ``out_dir/shards`` and write ``out_dir/manifest.parquet``.
 
-    ``runner`` runs the shard tasks that are not finished yet (default: :func:`run_local`, a process pool
-    of ``workers``); any runner that calls :func:`decode_shard` on each task gives the same bytes.
+    ``runner`` runs the chains of shard tasks that are not finished yet (default: :func:`run_local`, a
+    process pool of ``workers``); any runner that calls :func:`decode_chain` on each chain gives the same
+    bytes.
     """
     out_dir = Path(out_dir)
     (out_dir / SHARDS).mkdir(parents=True, exist_ok=True)
@@ -154,19 +156,22 @@ def extract(
         else:
             kept.append((task, recorded))
     _remove_stale(out_dir, {task.name for task in tasks})
-    todo = with_shared_indexes(todo, workers)
     run = runner or run_local
     with (
         ThreadPoolExecutor(1, thread_name_prefix="shard-checksums") as pool,
         tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc=f"frames {out_dir.name}", smoothing=0.1) as bar,
     ):
         changed = pool.submit(lambda: [task for task, recorded in kept if not content_matches(task, recorded)])
-        for result in run(todo, workers):
+        indexed = 0
+        for result in run(chain_shards(todo), workers):
             bar.update(result.clips)
+            indexed += len(result.indexed)
         redo = changed.result()
         bar.total += sum(len(t.clips) for t in redo)
-        for result in run(redo, workers):
+        for result in run(chain_shards(redo), workers):
             bar.update(result.clips)
+            indexed += len(result.indexed)
+    log.info("%s: %d videos indexed for %d shards", out_dir, indexed, len(todo) + len(redo))
     return finish(tasks, row_errors, out_dir, spec, len(todo) + len(redo), max_failure_fraction)
 
 
@@ -195,35 +200,17 @@ def plan_shards(
     ]
 
 
-def with_shared_indexes(tasks: Sequence[ShardTask], workers: int) -> list[ShardTask]:
-    """``tasks``, each carrying the frame index of its videos that other tasks decode too, read once here.
-
-    A long video cut over several shards would otherwise be indexed (all its packets read) once per shard. A
-    video that cannot be indexed is left to its shards, which report it per clip.
-    """
-    shards_of = Counter(video for task in tasks for video in {clip.video for clip in task.clips})
-    shared = sorted(video for video, count in shards_of.items() if count > 1)
-    if not shared:
-        return list(tasks)
-    root = Path(tasks[0].video_root)
-    paths = [root / video for video in shared]
-    indexed = map(_try_index, paths) if workers <= 1 else map_unordered(_try_index, paths, workers)
-    by_path = {path: index for path, index in indexed if index is not None}
-    return [
-        replace(
-            task,
-            indexes=tuple((v, by_path[root / v]) for v in sorted({c.video for c in task.clips}) if root / v in by_path),
-        )
-        for task in tasks
-    ]
-
-
-def _try_index(path: Path) -> tuple[Path, FrameIndex | None]:
-    """(path, its frame index), or (path, None) when it cannot be read (a pool task must not raise for that)."""
-    try:
-        return path, index_video(path)
-    except VideoDecodeError:
-        return path, None
+def chain_shards(tasks: Sequence[ShardTask]) -> list[ShardChain]:
+    """``tasks`` (in plan order) as chains: a task whose first video is the last video of the task before
+    joins that task's chain, so the shards of a video cut over several are decoded in order by one worker,
+    which reads the video's frame index once (all its packets) instead of once per shard."""
+    chains: list[list[ShardTask]] = []
+    for task in tasks:
+        if chains and chains[-1][-1].clips[-1].video == task.clips[0].video:
+            chains[-1].append(task)
+        else:
+            chains.append([task])
+    return [tuple(chain) for chain in chains]
 
 
 def _stamp(group: Sequence[Segment], spec: FrameSpec, video_root: str) -> str:
@@ -281,12 +268,11 @@ def _remove_stale(out_dir: Path, names: set[str]) -> None:
                 path.unlink()
 
 
-def run_local(tasks: Sequence[ShardTask], workers: int) -> Iterator[ShardResult]:
+def run_local(chains: Sequence[ShardChain], workers: int) -> Iterator[ShardResult]:
     """Shard results in-process (``workers`` <= 1) or from a pool of processes that die with this one."""
-    if workers <= 1:
-        yield from map(decode_shard, tasks)
-    else:
-        yield from map_unordered(decode_shard, tasks, workers)
+    results = map(decode_chain, chains) if workers <= 1 else map_unordered(decode_chain, chains, workers)
+    for chain_results in results:
+        yield from chain_results
 
 
 def ray_runner(address: str) -> Runner:
@@ -294,16 +280,20 @@ def ray_runner(address: str) -> Runner:
     ``ray://host:port``); the output is the same as a local run's. Workers run in other folders, on other
     machines, so the tasks carry absolute paths (their stamps, planned from the paths as given, stay)."""
 
-    def run(tasks: Sequence[ShardTask], workers: int) -> Iterator[ShardResult]:
-        if not tasks:
+    def run(chains: Sequence[ShardChain], workers: int) -> Iterator[ShardResult]:
+        if not chains:
             return
         absolute = [
-            replace(t, video_root=str(Path(t.video_root).absolute()), out_dir=str(Path(t.out_dir).absolute()))
-            for t in tasks
+            tuple(
+                replace(t, video_root=str(Path(t.video_root).absolute()), out_dir=str(Path(t.out_dir).absolute()))
+                for t in chain
+            )
+            for chain in chains
         ]
-        calls = {task.name: (task,) for task in absolute}
-        out_dir, video_root = Path(absolute[0].out_dir), Path(absolute[0].video_root)
-        yield from run_on_cluster(address, decode_shard, calls, out_dir, inputs=[video_root])
+        calls = {chain[0].name: (chain,) for chain in absolute}  # a chain is named after its first shard
+        out_dir, video_root = Path(absolute[0][0].out_dir), Path(absolute[0][0].video_root)
+        for chain_results in run_on_cluster(address, decode_chain, calls, out_dir, inputs=[video_root]):
+            yield from chain_results
 
     return run
 
@@ -370,11 +360,33 @@ class _Tally:
         return table
 
 
-def decode_shard(task: ShardTask) -> ShardResult:
-    """Decode one shard's clips; write its frames, then its manifest part (the part marks it finished)."""
-    views, manifest = [], []
+def decode_chain(chain: Sequence[ShardTask]) -> list[ShardResult]:
+    """Decode a chain's shards in order (see :func:`chain_shards`). The index of a video cut over several of
+    them is read for its first shard and dropped after its last, so a worker holds at most one index beyond
+    that of the video it decodes, whatever the number of videos."""
+    carried: dict[str, FrameIndex | VideoDecodeError] = {}
+    following = [task.clips[0].video for task in chain[1:]] + [None]
+    return [decode_shard(task, carried, continues) for task, continues in zip(chain, following, strict=True)]
+
+
+def decode_shard(
+    task: ShardTask, carried: dict[str, FrameIndex | VideoDecodeError] | None = None, continues: str | None = None
+) -> ShardResult:
+    """Decode one shard's clips; write its frames, then its manifest part (the part marks it finished).
+
+    ``carried`` holds the index of the video the shard before left unfinished; on return it holds only that of
+    ``continues``, the video the next shard of the chain goes on with.
+    """
+    carried = {} if carried is None else carried
+    views, manifest, indexed = [], [], []
     for video, clips in groupby(task.clips, key=lambda s: s.video):
-        path, index = Path(task.video_root) / video, task.index_of(video)
+        index = carried.pop(video, None)
+        path = Path(task.video_root) / video
+        if index is None:
+            index = _index_or_error(path)
+            indexed.append(video)
+        if video == continues:
+            carried[video] = index
         video_views, rows = decode_video(path, list(clips), task.spec, f"{task.name}.arrow", index)
         views += video_views
         manifest += rows
@@ -382,18 +394,24 @@ def decode_shard(task: ShardTask) -> ShardResult:
     shard = write_shard(task.shard_path, views)
     meta = {"stamp": task.stamp, "shard_bytes": str(shard.size), "shard_sha256": shard.sha256}
     write_manifest(task.part_path, manifest, meta)
-    return ShardResult(task.name, len(task.clips), sum(r["status"] != "ok" for r in manifest))
+    return ShardResult(task.name, len(task.clips), sum(r["status"] != "ok" for r in manifest), tuple(indexed))
+
+
+def _index_or_error(path: Path) -> FrameIndex | VideoDecodeError:
+    """The frame index of a video, or the error that says why it cannot be read (its clips report it)."""
+    try:
+        return index_video(path)
+    except VideoDecodeError as err:
+        return err
 
 
 def decode_video(
-    path: Path, clips: list[Segment], spec: FrameSpec, shard: str, index: FrameIndex | None = None
+    path: Path, clips: list[Segment], spec: FrameSpec, shard: str, index: FrameIndex | VideoDecodeError
 ) -> tuple[list[dict], list[dict]]:
     """Shard view rows and manifest rows of the clips of one video, from one pass over the video (``index``:
-    its frame index if already read)."""
-    try:
-        index = index or index_video(path)
-    except VideoDecodeError as err:
-        return [], [_error_row(clip, err.reason) for clip in clips]
+    its frame index, or why it could not be read)."""
+    if isinstance(index, VideoDecodeError):
+        return [], [_error_row(clip, index.reason) for clip in clips]
     planned, rows = {}, {}
     for clip in clips:
         try:
