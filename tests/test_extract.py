@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
+import json
 import logging
+import os
 import pickle
 import weakref
+from dataclasses import asdict, replace
 from itertools import pairwise
 
 import numpy as np
@@ -17,6 +22,7 @@ from eva02at import extract as extract_module
 from eva02at.annotations import (
     CLAMP_END_PAST_VIDEO,
     CLAMP_NEGATIVE_START,
+    RowError,
     Segment,
     Source,
     read_segments,
@@ -27,6 +33,7 @@ from eva02at.jpeg import decode_jpegs, encode_jpeg
 from eva02at.shards import (
     MANIFEST,
     MANIFEST_SCHEMA,
+    SHARD_LAYOUT,
     FrameShards,
     FrameSpec,
     ShardReadError,
@@ -138,6 +145,29 @@ def test_resume_keeps_finished_shards(tmp_path, ego4d_dir):
     assert FrameShards(tmp_path).frame_indices(segments[0].clip_id) != []
 
 
+def test_a_resume_that_decodes_nothing_keeps_the_manifest_unless_it_no_longer_joins_the_parts(tmp_path, ego4d_dir):
+    segments = real_clips(ego4d_dir)[:10]
+    spec, errors = FrameSpec(num_frames=2, size=16), [RowError("clips.csv", 3, "bad time")]
+    run = functools.partial(extract, segments, video_root=ego4d_dir, spec=spec, clips_per_shard=4)
+    first = run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=1)
+    manifest = tmp_path / "out" / MANIFEST
+    written = manifest.stat().st_ino  # a manifest written again is a new file (atomic rename)
+    again = run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=1)
+    assert again == replace(first, kept_shards=first.written_shards, written_shards=0)
+    assert manifest.stat().st_ino == written
+    with pytest.raises(TooManyFailures) as failed:  # the threshold applies to the kept manifest's tally too
+        run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=0)
+    assert failed.value.summary == again and manifest.stat().st_ino == written
+    part = tmp_path / "out" / "parts" / "shard-00001.parquet"
+    os.utime(part, ns=(manifest.stat().st_mtime_ns + 10**9,) * 2)  # as if written after the manifest
+    run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=1)
+    assert manifest.stat().st_ino != written
+    fewer = run(row_errors=[], out_dir=tmp_path / "out", max_failure_fraction=1)  # other annotation errors
+    assert fewer.clips == first.clips - 1 and fewer.written_shards == 0
+    run(row_errors=[], out_dir=tmp_path / "fresh", max_failure_fraction=1)
+    assert manifest.read_bytes() == (tmp_path / "fresh" / MANIFEST).read_bytes()
+
+
 def test_frame_shards_survive_pickling(tmp_path, ego4d_dir):
     extract([Segment("a", CLIP, 0.0, 2.0, 0)], [], ego4d_dir, tmp_path, FrameSpec(2, size=16))
     shards = FrameShards(tmp_path)
@@ -246,6 +276,29 @@ def test_shards_chain_where_a_video_goes_on_even_past_a_finished_shard():
     plan = plan_shards(clips, "videos", "out", FrameSpec(2), clips_per_shard=4)  # a0-3 | a4-7 | a8 b0 b1 | c0-2
     chains = chain_shards([plan[0], plan[2], plan[3]])  # plan[1] kept from an earlier run
     assert [[task.name for task in chain] for chain in chains] == [["shard-00000", "shard-00002"], ["shard-00003"]]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {},
+        {"text": 'Ünïcode \\ "quoted"\n\t\x00 \U0001f600'},
+        {"start": 1e-07, "end": 1e22},
+        {"start": -0.0, "clamped": ("negative start", "end past video")},
+        {"start": float("nan")},  # the fallback to json.dumps: NaN, a bool, a NumPy number, an int for a float
+        {"end": float("inf")},
+        {"line": True},
+        {"start": np.float64(0.25)},
+        {"end": 3},
+    ],
+)
+def test_plan_stamps_are_the_json_text_earlier_runs_recorded(odd):
+    spec = FrameSpec(num_frames=4, views=2, size=16, aspect=1.25)
+    clips = [Segment(f"c{k}", "v.mp4", 0.5 * k, 0.5 * k + 1.5, k + 2, f"#C C takes {k}") for k in range(5)]
+    clips[2] = Segment(**(asdict(clips[2]) | odd))
+    (task,) = plan_shards(clips, "videos", "out", spec, clips_per_shard=8)
+    text = json.dumps([SHARD_LAYOUT, "videos", asdict(spec), [asdict(c) for c in task.clips]], sort_keys=True)
+    assert task.stamp == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_plan_keeps_short_videos_whole_and_cuts_long_ones():
