@@ -200,10 +200,13 @@ def plan_shards(
         clips = sorted(by_video[video], key=in_time_order)
         if groups[-1] and len(groups[-1]) + len(clips) > clips_per_shard:
             groups.append([])
-        for clip in clips:
+        start = 0
+        while start < len(clips):  # fill the current shard, then new ones, with slices of the video's clips
             if len(groups[-1]) == clips_per_shard:
                 groups.append([])
-            groups[-1].append(clip)
+            room = clips_per_shard - len(groups[-1])
+            groups[-1] += clips[start : start + room]
+            start += room
     groups = [group for group in groups if group]
     root, out = str(video_root), str(out_dir)
     head = _stamp_head(spec, root)
