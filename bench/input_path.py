@@ -46,6 +46,7 @@ from bench.common import machine_info, median, synchronize, time_calls, write_js
 from eva02at.data.extract import extract, resize_crop
 from eva02at.data.formats.videolist import cut_videos, read_video_list
 from eva02at.data.jpeg import decode_jpegs
+from eva02at.data.pixels import normalize
 from eva02at.data.shards import FrameShards, FrameSpec
 from eva02at.data.video import VideoDecodeError, open_video, read_frames, seconds_to_frames, segment_indices, video_info
 from eva02at.train.augment import AugmentParams, crop_boxes, crop_resize
@@ -55,7 +56,6 @@ from eva02at.train.data import (
     EpochBatches,
     clip_frames,
     device_frames,
-    normalize,
     pack_jpegs,
     recycle_frames,
 )

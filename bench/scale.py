@@ -202,14 +202,16 @@ def fake_decoder() -> None:
     from eva02at.data.video import FrameIndex
 
     frames = int(VIDEO_SECONDS * FPS)
-    index = FrameIndex(FPS, np.arange(frames), np.arange(frames) // 30, np.arange(0, frames, 30) / FPS, frozenset())
+
+    def index_video(path) -> FrameIndex:  # a new index per call, as a real one: its memory is counted
+        return FrameIndex(FPS, np.arange(frames), np.arange(frames) // 30, np.arange(0, frames, 30) / FPS, frozenset())
 
     def scaled_frames(path, index, wanted: Sequence[int], height: int, width: int) -> Iterator[tuple[int, np.ndarray]]:
         blank = np.zeros((height, width, 3), np.uint8)
         return ((frame, blank) for frame in wanted)
 
     blank_jpeg = encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90)
-    extract.index_video = lambda path: index
+    extract.index_video = index_video
     extract.scaled_frames = scaled_frames
     extract.encode_jpeg = lambda picture, quality: blank_jpeg
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eva02at.core.atomic import write_text
-from eva02at.data.extract import ShardResult, ShardTask, decode_shard
+from eva02at.data.extract import ShardChain, ShardResult, decode_chain
 from tests.processes import alive, in_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,30 +121,33 @@ def wait_for_files(folder: Path, pattern: str, count: int, deadline_s: float = S
 
 
 class BlockFirstAttempt:
-    """Decode shards as usual, except the first attempt at each of ``shards`` (all when None): that attempt writes
-    its process id to ``<marker_dir>/<shard>.pid`` and waits forever, for the test to kill it or its driver."""
+    """Decode shard chains as usual, except the first attempt at a chain holding one of ``shards`` (all when
+    None): that attempt writes its process id to ``<marker_dir>/<shard>.pid`` and waits forever, for the test to
+    kill it or its driver."""
 
     def __init__(self, marker_dir: Path, shards: set[str] | None = None):
         self.marker_dir, self.shards = str(marker_dir), shards
 
-    def __call__(self, task: ShardTask) -> ShardResult:
-        marker = Path(self.marker_dir, f"{task.name}.pid")
-        if (self.shards is None or task.name in self.shards) and not marker.exists():
-            write_text(marker, str(os.getpid()))
-            threading.Event().wait()
-        return decode_shard(task)
+    def __call__(self, chain: ShardChain) -> list[ShardResult]:
+        for task in chain:
+            marker = Path(self.marker_dir, f"{task.name}.pid")
+            if (self.shards is None or task.name in self.shards) and not marker.exists():
+                write_text(marker, str(os.getpid()))
+                threading.Event().wait()
+        return decode_chain(chain)
 
 
 class KillsItself:
-    """Decode shards as usual, except that every attempt at ``shard`` SIGKILLs its own worker process."""
+    """Decode shard chains as usual, except that every attempt at a chain holding ``shard`` SIGKILLs its own
+    worker process."""
 
     def __init__(self, shard: str):
         self.shard = shard
 
-    def __call__(self, task: ShardTask) -> ShardResult:
-        if task.name == self.shard:
+    def __call__(self, chain: ShardChain) -> list[ShardResult]:
+        if any(task.name == self.shard for task in chain):
             os.kill(os.getpid(), signal.SIGKILL)
-        return decode_shard(task)
+        return decode_chain(chain)
 
 
 def kill_when_marked(marker: Path) -> threading.Thread:

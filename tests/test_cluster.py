@@ -77,7 +77,7 @@ def test_cluster_run_is_byte_identical_and_resumes(cluster, segments, local_run,
 @pytest.mark.slow
 def test_killed_worker_is_retried(cluster, segments, local_run, ego4d_dir, tmp_path, monkeypatch):
     markers, out = tmp_path / "markers", tmp_path / "out"
-    monkeypatch.setattr(eva02at.data.extract, "decode_shard", BlockFirstAttempt(markers, {"shard-00002"}))
+    monkeypatch.setattr(eva02at.data.extract, "decode_chain", BlockFirstAttempt(markers, {"shard-00002"}))
     killer = kill_when_marked(markers / "shard-00002.pid")  # kills the worker while it runs that shard's task
     summary = extract(segments, [], ego4d_dir, out, SPEC, runner=ray_runner(cluster.client_address), **SHARDING)
     killer.join()
@@ -116,7 +116,7 @@ BLOCKED_STAGE = """
 import sys
 import eva02at.data.extract
 from tests.ray_cluster import BlockFirstAttempt
-eva02at.data.extract.decode_shard = BlockFirstAttempt(sys.argv[1])
+eva02at.data.extract.decode_chain = BlockFirstAttempt(sys.argv[1])
 sys.argv = ["frames", "clips", "--params", sys.argv[2]]
 from stages.frames import main
 main()
@@ -175,7 +175,7 @@ def test_folder_a_node_does_not_see_is_named(cluster, segments, ego4d_dir, tmp_p
 @pytest.mark.slow
 def test_task_that_keeps_losing_its_worker_is_named(cluster, segments, ego4d_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(eva02at.data.cluster, "RETRIES", 1)
-    monkeypatch.setattr(eva02at.data.extract, "decode_shard", KillsItself("shard-00001"))
+    monkeypatch.setattr(eva02at.data.extract, "decode_chain", KillsItself("shard-00001"))
     three_shards = segments[:18]  # ego4d_3c0dffd0 and bristol (6 clips), catania (5), fair (7)
     with pytest.raises(TasksLost, match=r"1 of 3 tasks failed on the Ray cluster \(shard-00001\), after 1 retries"):
         extract(three_shards, [], ego4d_dir, tmp_path, SPEC, runner=ray_runner(cluster.address), **SHARDING)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
+import json
 import logging
+import os
 import pickle
+import weakref
+from dataclasses import asdict, replace
 from itertools import pairwise
 
 import numpy as np
@@ -17,16 +23,18 @@ from eva02at.data import extract as extract_module
 from eva02at.data.annotations import (
     CLAMP_END_PAST_VIDEO,
     CLAMP_NEGATIVE_START,
+    RowError,
     Segment,
     Source,
 )
-from eva02at.data.extract import TooManyFailures, extract, plan_shards, resize_crop
+from eva02at.data.extract import TooManyFailures, chain_shards, extract, plan_shards, resize_crop, run_local
 from eva02at.data.formats.registered import read_segments
 from eva02at.data.formats.videolist import VideoListParams
 from eva02at.data.jpeg import decode_jpegs, encode_jpeg
 from eva02at.data.shards import (
     MANIFEST,
     MANIFEST_SCHEMA,
+    SHARD_LAYOUT,
     FrameShards,
     FrameSpec,
     ShardReadError,
@@ -140,6 +148,29 @@ def test_resume_keeps_finished_shards(tmp_path, ego4d_dir):
     assert FrameShards(tmp_path).frame_indices(segments[0].clip_id) != []
 
 
+def test_a_resume_that_decodes_nothing_keeps_the_manifest_unless_it_no_longer_joins_the_parts(tmp_path, ego4d_dir):
+    segments = real_clips(ego4d_dir)[:10]
+    spec, errors = FrameSpec(num_frames=2, size=16), [RowError("clips.csv", 3, "bad time")]
+    run = functools.partial(extract, segments, video_root=ego4d_dir, spec=spec, clips_per_shard=4)
+    first = run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=1)
+    manifest = tmp_path / "out" / MANIFEST
+    written = manifest.stat().st_ino  # a manifest written again is a new file (atomic rename)
+    again = run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=1)
+    assert again == replace(first, kept_shards=first.written_shards, written_shards=0)
+    assert manifest.stat().st_ino == written
+    with pytest.raises(TooManyFailures) as failed:  # the threshold applies to the kept manifest's tally too
+        run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=0)
+    assert failed.value.summary == again and manifest.stat().st_ino == written
+    part = tmp_path / "out" / "parts" / "shard-00001.parquet"
+    os.utime(part, ns=(manifest.stat().st_mtime_ns + 10**9,) * 2)  # as if written after the manifest
+    run(row_errors=errors, out_dir=tmp_path / "out", max_failure_fraction=1)
+    assert manifest.stat().st_ino != written
+    fewer = run(row_errors=[], out_dir=tmp_path / "out", max_failure_fraction=1)  # other annotation errors
+    assert fewer.clips == first.clips - 1 and fewer.written_shards == 0
+    run(row_errors=[], out_dir=tmp_path / "fresh", max_failure_fraction=1)
+    assert manifest.read_bytes() == (tmp_path / "fresh" / MANIFEST).read_bytes()
+
+
 def test_frame_shards_survive_pickling(tmp_path, ego4d_dir):
     extract([Segment("a", CLIP, 0.0, 2.0, 0)], [], ego4d_dir, tmp_path, FrameSpec(2, size=16))
     shards = FrameShards(tmp_path)
@@ -201,6 +232,76 @@ def test_each_video_is_indexed_once_per_run_whatever_its_shards(tmp_path, ego4d_
     summary = extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=4, size=16), clips_per_shard=6)
     assert summary.written_shards == 6 and summary.ok == 30
     assert sorted(reads) == sorted([long, short])  # not once per shard of the long video
+
+
+def cut_videos_segments(ego4d_dir, clips_per_video: int) -> list[Segment]:
+    """``clips_per_video`` overlapping 0.5 s clips of each sample video but the damaged one."""
+    videos = sorted(p.name for p in ego4d_dir.glob("*.mp4") if p.name != "corrupted.mp4")
+    return [Segment(f"{v}-{k:02d}", v, 0.1 * k, 0.1 * k + 0.5, 0) for v in videos for k in range(clips_per_video)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_video_cut_over_shards_is_indexed_once_by_one_worker(tmp_path, ego4d_dir, workers):
+    segments = cut_videos_segments(ego4d_dir, 14)  # 7 videos, each cut over 3 shards of 6 clips
+    results, chain_lengths = [], []
+
+    def recorded(chains, n):
+        chain_lengths.extend(len(chain) for chain in chains)
+        for result in run_local(chains, n):
+            results.append(result)
+            yield result
+
+    spec = FrameSpec(num_frames=2, size=16)
+    summary = extract(segments, [], ego4d_dir, tmp_path, spec, workers=workers, clips_per_shard=6, runner=recorded)
+    assert summary.written_shards == 21 and summary.ok == len(segments)
+    assert chain_lengths == [3] * 7  # a cut video's shards are one unit of work
+    assert sorted(v for result in results for v in result.indexed) == sorted({s.video for s in segments})
+
+
+def test_frame_indexes_alive_at_once_stay_bounded_whatever_the_cut_videos(tmp_path, ego4d_dir, monkeypatch):
+    segments = cut_videos_segments(ego4d_dir, 14)
+    alive, peak = [0], [0]
+
+    def counted(path):
+        index = index_video(path)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(index, lambda: alive.__setitem__(0, alive[0] - 1))
+        return index
+
+    monkeypatch.setattr(extract_module, "index_video", counted)
+    extract(segments, [], ego4d_dir, tmp_path, FrameSpec(num_frames=2, size=16), clips_per_shard=6)
+    assert peak[0] == 1 and alive[0] == 0  # before: every cut video's index (7) held from planning to the end
+
+
+def test_shards_chain_where_a_video_goes_on_even_past_a_finished_shard():
+    clips = [Segment(f"{v}{k}", v, float(k), k + 1.0, 0) for v, n in (("a", 9), ("b", 2), ("c", 3)) for k in range(n)]
+    plan = plan_shards(clips, "videos", "out", FrameSpec(2), clips_per_shard=4)  # a0-3 | a4-7 | a8 b0 b1 | c0-2
+    chains = chain_shards([plan[0], plan[2], plan[3]])  # plan[1] kept from an earlier run
+    assert [[task.name for task in chain] for chain in chains] == [["shard-00000", "shard-00002"], ["shard-00003"]]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {},
+        {"text": 'Ünïcode \\ "quoted"\n\t\x00 \U0001f600'},
+        {"start": 1e-07, "end": 1e22},
+        {"start": -0.0, "clamped": ("negative start", "end past video")},
+        {"start": float("nan")},  # the fallback to json.dumps: NaN, a bool, a NumPy number, an int for a float
+        {"end": float("inf")},
+        {"line": True},
+        {"start": np.float64(0.25)},
+        {"end": 3},
+    ],
+)
+def test_plan_stamps_are_the_json_text_earlier_runs_recorded(odd):
+    spec = FrameSpec(num_frames=4, views=2, size=16, aspect=1.25)
+    clips = [Segment(f"c{k}", "v.mp4", 0.5 * k, 0.5 * k + 1.5, k + 2, f"#C C takes {k}") for k in range(5)]
+    clips[2] = Segment(**(asdict(clips[2]) | odd))
+    (task,) = plan_shards(clips, "videos", "out", spec, clips_per_shard=8)
+    text = json.dumps([SHARD_LAYOUT, "videos", asdict(spec), [asdict(c) for c in task.clips]], sort_keys=True)
+    assert task.stamp == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_plan_keeps_short_videos_whole_and_cuts_long_ones():

@@ -20,8 +20,8 @@ from PIL import Image
 from eva02at.cli import paper
 from eva02at.cli.main import main
 from eva02at.core.config import from_dict, read_params
+from eva02at.evaluation.benchmarks.frozen import typed_entries
 from rehearsal.project import make_project, merge
-from stages.benchmark import typed_entries
 from stages.pretrain import PretrainParams
 from tests.test_config import PARAMS, ROOT, SCHEMAS
 
