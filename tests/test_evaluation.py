@@ -241,7 +241,7 @@ def test_flatten_metrics():
 class RecordingTracker:
     """Stands in for MLflow's run (its own tests cover it): records what the stage logs."""
 
-    def __init__(self, runs: list, experiment, run_name, uri=None, enabled=True, tags=None):
+    def __init__(self, runs: list, experiment, run_name, uri=None, enabled=True, tags=None, **resume):
         self.run_name, self.tags, self.metrics, self.artifacts = run_name, tags, {}, []
         runs.append(self)
 
@@ -307,7 +307,7 @@ def write_mini_project(root: Path) -> Path:
             "grid": {"benchmark": "ek100_mir", "model": "finetuned", "queries": 2, "top": 3},
             "compatibility": {"old": "zero_shot", "new": "finetuned"},
         },
-        "tracking": {"uri": None, "experiment": "eva02at", "enabled": False},
+        "tracking": {"uri": None, "experiment": "eva02at", "enabled": True},  # runs recorded by RecordingTracker
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml"
@@ -315,11 +315,10 @@ def write_mini_project(root: Path) -> Path:
 
 def run_pipeline(params: Path, monkeypatch) -> list[RecordingTracker]:
     """The benchmark stage for every entry, then export and evaluate; the runs they record."""
-    from stages import benchmark, evaluate, export
+    from stages import benchmark, evaluate, export, lineage
 
     runs: list[RecordingTracker] = []
-    monkeypatch.setattr(evaluate, "Tracker", functools.partial(RecordingTracker, runs))
-    monkeypatch.setattr(export, "Tracker", functools.partial(RecordingTracker, runs))
+    monkeypatch.setattr(lineage, "Tracker", functools.partial(RecordingTracker, runs))  # every stage's run
     for name in yaml.safe_load(params.read_text())["benchmarks"]["entries"]:
         monkeypatch.setattr(sys, "argv", ["benchmark", name, "--params", str(params)])
         benchmark.main()
