@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.train import distributed
 from eva02at.train.data import clip_frames
 from eva02at.train.loop import StepSetup, train_step

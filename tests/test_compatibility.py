@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 
+import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.core.config import ConfigError
 from eva02at.core.digest import file_digest
 from eva02at.core.distributed import DistInfo

@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.train import distributed, tasks
 from eva02at.train.losses import get_loss
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.cli import main as cli
 from eva02at.core.errors import MissingInput
 from eva02at.export.codes import BinaryCodeParams, CodesError, CodesParams, codes_path, make_codes, write_codes

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.core.atomic import DiskFull
 from eva02at.core.distributed import DistInfo
 from eva02at.data.shards import FrameSpec
