@@ -140,6 +140,12 @@ def listed_code_deps(project: Path, packages: dict[str, Path] = PACKAGES) -> dic
     }
 
 
+def stages_using(project: Path, file: str, packages: dict[str, Path] = PACKAGES) -> list[str]:
+    """The stages whose derived code deps cover ``file`` (a path in ``project``): those a change to it reruns."""
+    derived = derived_code_deps(project, packages)
+    return [name for name, deps in derived.items() if any(file == d or file.startswith(f"{d}/") for d in deps)]
+
+
 def write_code_deps(project: Path, packages: dict[str, Path] = PACKAGES) -> list[str]:
     """Rewrite each stage's code deps in ``project/dvc.yaml`` as derived, first in its deps, keeping its data
     deps, their order and every comment; the stages whose code deps changed."""
