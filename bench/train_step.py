@@ -39,13 +39,12 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from bench.common import machine_info, median, synchronize, time_calls, write_json
 from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
 from eva02at.train import loop
 from eva02at.train.augment import AugmentParams
 from eva02at.train.data import clip_frames
-from eva02at.train.losses import LOSSES, get_loss
+from eva02at.train.losses import LOSSES, finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.optim import OptimParams, build_optimizer
 from eva02at.train.tasks import VideoTextTask
 

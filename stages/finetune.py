@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers: the params choose one)
 from eva02at.core.config import Fraction, PositiveFloat, PositiveInt
 from eva02at.core.distributed import setup
 from eva02at.core.errors import BadInput
@@ -26,7 +25,8 @@ from eva02at.models import load_video_clip
 from eva02at.models.compatibility import load_reference
 from eva02at.train.data import ClipPairs
 from eva02at.train.loop import TrainParams
-from eva02at.train.losses import LossName, configured_loss, losses_section
+from eva02at.train.losses import configured_loss
+from eva02at.train.losses.finetuning import LossesParams, LossName
 from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
@@ -35,8 +35,6 @@ from stages.training import check_frames, pair_sampler, run_training
 PROBE_TEXTS = 64  # training captions on which the reference must tokenize as the new model does
 
 SELECTION_METRICS = "metrics/{section}_select.json"  # which weights model.pt holds (train.select)
-
-LossesParams = losses_section()  # an entry per registered loss, checked by its params dataclass
 
 
 @dataclass
@@ -49,7 +47,7 @@ class FinetuneParams:
     checkpoints: str
     num_frames: PositiveInt = 16
     loss: LossName = "sms"
-    losses: LossesParams = field(default_factory=LossesParams)  # e.g. {sms: {margin: 0.6}}; left out: defaults
+    losses: LossesParams = field(default_factory=LossesParams)  # e.g. {sms: {margin: 0.6}}; a loss left out: defaults
     relevance_threshold: Fraction = 0.1  # captions drawn among those with R above this
     compatible_with: str | None = None  # an earlier video checkpoint whose galleries the new model must search
     compatibility_weight: PositiveFloat = 1.0  # of the cross-model term against it (the task loss's weight is 1)

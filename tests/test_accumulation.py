@@ -13,11 +13,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.train import distributed
 from eva02at.train.data import clip_frames
 from eva02at.train.loop import StepSetup, train_step
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.tasks import VideoTextTask
 from tests.test_distributed import free_port
 

@@ -11,9 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.train import distributed, tasks
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 
 WORLD, LOCAL_BATCH, VIDEOS, SENTENCES = 2, 4, 12, 10
 LOSS_NAMES = ("sms", "infonce", "sms+reference")

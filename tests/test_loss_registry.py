@@ -1,5 +1,6 @@
-"""A loss is one module on the catalog's import line: a toy loss added to a copy of the project is selected and
-checked by a params file, trains through the training task, and only the stages that can use it depend on it."""
+"""A loss is one module, listed in ``finetuning.py`` when fine-tuning may choose it: a toy loss added to a copy
+of the project is chosen and checked by a params file and trains through the training task, and only the stages
+that can use it depend on it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.stage_deps import ROOT, derived_code_deps, listed_code_deps, stages_u
 from tests.test_losses import loop_terms, random_case
 
 TOY_MODULE = "src/eva02at/train/losses/toy_hinge.py"
-CATALOG = "src/eva02at/train/losses/catalog.py"
+FINETUNING = "src/eva02at/train/losses/finetuning.py"
 CHECK = """\
 import json, sys, types
 import torch
@@ -51,10 +52,11 @@ json.dump({"loss": loss.item(), "gradient": video.grad.abs().sum().item(), "refu
 
 
 def add_toy_loss(project: Path) -> None:
-    """What the checklist asks: the module, its name on the catalog's import line, the params entry."""
+    """What the checklist asks: the module, its name among fine-tuning's choices, the params entry."""
     (project / TOY_MODULE).write_text((ROOT / "tests" / "toy_loss.py").read_text())
-    catalog = (project / CATALOG).read_text()
-    (project / CATALOG).write_text(catalog.replace("mi_mm, sms  # noqa", "mi_mm, sms, toy_hinge  # noqa"))
+    choices = (project / FINETUNING).read_text().replace("mi_mm, sms", "mi_mm, sms, toy_hinge")
+    assert choices.count("toy_hinge") == 2  # imported, and listed among the choices
+    (project / FINETUNING).write_text(choices)
     chosen = {"loss": "toy_hinge", "losses": {"toy_hinge": {"scale": 0.5}}}
     override_params(project / "params.yaml", {"finetune": chosen})
 
@@ -84,7 +86,7 @@ def test_a_loss_no_module_registers_is_refused_naming_the_key_and_the_registered
     with pytest.raises(ConfigError) as err:
         from_dict(FinetuneParams, section, "finetune")
     assert str(err.value) == (
-        "finetune.loss = 'toy_hinge': not a registered loss; known: ['adaptive_mi_mm', 'infonce', 'mi_mm', 'sms']"
+        "finetune.loss = 'toy_hinge': not a registered loss; known: ['adaptive_mi_mm', 'mi_mm', 'sms']"
     )
 
 
@@ -96,4 +98,4 @@ def test_only_the_stages_that_can_choose_a_new_loss_depend_on_its_module(tmp_pat
     assert listed_code_deps(project, packages) == derived_code_deps(project, packages)
     assert stages_using(project, TOY_MODULE, packages) == ["finetune", "finetune_charades"]
     infonce = "src/eva02at/train/losses/infonce.py"
-    assert stages_using(project, infonce, packages) == ["image_clip", "pretrain", "finetune", "finetune_charades"]
+    assert stages_using(project, infonce, packages) == ["image_clip", "pretrain"]

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
-from eva02at.train.losses import LOSSES, get_loss, losses_section, register_loss
+from eva02at.core.config import ConfigError, from_dict
+from eva02at.train.losses import LOSSES, finetuning, get_loss, register_loss
 from eva02at.train.losses.adaptive_mi_mm import adaptive_mi_mm_loss
-from eva02at.train.losses.infonce import infonce_loss
+from eva02at.train.losses.infonce import infonce_loss  # the first import of each loss module registers it
 from eva02at.train.losses.mi_mm import mi_mm_loss
 from eva02at.train.losses.sms import SmsParams, sms_loss
 
@@ -185,7 +185,11 @@ def test_a_losses_params_dataclass_must_match_its_keyword_arguments():
     assert "hinge" not in LOSSES
 
 
-def test_the_losses_section_has_an_optional_entry_typed_by_each_registered_loss():
-    fields = {field.name: field for field in dataclasses.fields(losses_section())}
-    assert sorted(fields) == sorted(LOSSES)
-    assert fields["sms"].type == SmsParams | None and fields["sms"].default is None
+def test_the_finetuning_losses_section_checks_each_entry_and_keeps_it_as_written():
+    assert finetuning.CHOICES == ("adaptive_mi_mm", "mi_mm", "sms")  # InfoNCE is for pretraining
+    section = from_dict(finetuning.LossesParams, {"sms": {"margin": 0.3}}, "losses")
+    assert dataclasses.asdict(section) == {"adaptive_mi_mm": {}, "mi_mm": {}, "sms": {"margin": 0.3}}  # no defaults
+    with pytest.raises(ConfigError, match=r"^losses.sms.margn: unknown key; known keys are \['lam', 'margin', 'thr"):
+        from_dict(finetuning.LossesParams, {"sms": {"margn": 0.3}}, "losses")
+    with pytest.raises(ConfigError, match=r"^losses.infonce: unknown key; known keys are \['adaptive_mi_mm', 'mi_mm'"):
+        from_dict(finetuning.LossesParams, {"infonce": {}}, "losses")

@@ -13,11 +13,10 @@ import sys
 import pytest
 import torch
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.cli import paper
 from eva02at.core.config import from_dict, read_params
 from eva02at.models import create_image_clip, from_open_clip
-from eva02at.train.losses import configured_loss, get_loss
+from eva02at.train.losses import configured_loss, finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from rehearsal.project import ROOT, merge, override_params
 from rehearsal.run import OVERRIDES, SMALLEST, StageResult, measure, table
 from stages.finetune import FinetuneParams

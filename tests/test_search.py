@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import eva02at.train.losses.catalog  # noqa: F401  (every loss registers)
 from eva02at.cli import main as cli
 from eva02at.core.errors import MissingInput
 from eva02at.export.codes import BinaryCodeParams, CodesError, CodesParams, codes_path, make_codes, write_codes
@@ -21,7 +20,7 @@ from eva02at.models import load_video_clip
 from eva02at.models.compatibility import load_reference
 from eva02at.search.index import IndexParams
 from eva02at.search.query import IncompatibleCheckpoint, may_search, run_search, search
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.tasks import VideoTextTask
 from tests.test_embeddings import make_checkpoint, make_shards
 

@@ -12,13 +12,15 @@ from eva02at.core.config import NonNegativeFloat
 from eva02at.train.losses import register_loss
 from eva02at.train.losses.pairwise import gaps, off_diagonal_mean, relevance_like, similarity
 
+NAME = "toy_hinge"  # its key in the registry: a ``loss`` value, a ``losses`` entry
+
 
 @dataclass
 class ToyHingeParams:
     scale: NonNegativeFloat = 1.0  # of the relevance gap that each similarity gap must reach
 
 
-@register_loss("toy_hinge", ToyHingeParams)
+@register_loss(NAME, ToyHingeParams)
 def toy_hinge_loss(
     video: torch.Tensor, text: torch.Tensor, relevance: torch.Tensor, scale: float = ToyHingeParams.scale
 ) -> torch.Tensor:

@@ -5,24 +5,24 @@ normalised, and works on cosine similarities S[a, b] = cos(text_a, video_b) (``p
 read soft labels C[a, b] = R(video_a, caption_b), the relevance of caption b to video a from the full relevancy
 matrix, so a negative pair is scored by its true relevance.
 
-A loss module defines the loss function and its params dataclass (one typed field per keyword argument) and
-registers both with :func:`register_loss`. This package imports none of them: a stage imports the loss modules
-its params can choose (``catalog`` for all of them), so that a change to one loss reruns only the stages that
-can use it.
+A loss module defines its ``NAME``, the loss function and its params dataclass (one typed field per keyword
+argument) and registers both with :func:`register_loss`. This package imports none of them: a stage imports the
+loss modules it can use (``finetuning`` for those fine-tuning chooses among, ``infonce`` to pretrain), so that a
+change to one loss reruns only the stages that can use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, TypeVar
 
 import torch
 from pydantic import AfterValidator
 
-from eva02at.core.config import ConfigError, from_dict
+from eva02at.core.config import CheckedAs, ConfigError, from_dict
 
 
 class LossFn(Protocol):
@@ -63,20 +63,25 @@ def register_loss(name: str, params_cls: type) -> Callable[[F], F]:
     return register
 
 
-def registered_loss(name: str) -> str:
-    """Check a ``loss`` key (a pydantic validator): the allowed names are those registered."""
-    if name not in LOSSES:
-        raise ValueError(f"not a registered loss; known: {sorted(LOSSES)}")
-    return name
+def loss_choice(names: Sequence[str]) -> Any:
+    """The type of a ``loss`` key that may name any of the registered losses ``names``."""
+
+    def check(name: str) -> str:
+        if name not in names:
+            raise ValueError(f"not a registered loss; known: {sorted(names)}")
+        return name
+
+    return Annotated[str, AfterValidator(check)]
 
 
-LossName = Annotated[str, AfterValidator(registered_loss)]  # the type of a ``loss`` key
-
-
-def losses_section() -> type:
-    """The ``losses`` params section of a stage whose params choose the loss: one optional entry per registered
-    loss, typed by its params dataclass (an entry left out keeps the loss's defaults)."""
-    entries = [(name, LOSSES[name].Params | None, dataclasses.field(default=None)) for name in sorted(LOSSES)]
+def losses_section(names: Sequence[str]) -> type:
+    """The ``losses`` params section of a stage whose params choose among the registered losses ``names``: one
+    entry each, checked against its loss's params dataclass and kept as written ({} when left out: the loss's
+    defaults), so that a run's recorded config is what the params file says."""
+    entries = [
+        (name, Annotated[dict[str, Any], CheckedAs(LOSSES[name].Params)], dataclasses.field(default_factory=dict))
+        for name in sorted(names)
+    ]
     return dataclasses.make_dataclass("LossesParams", entries)
 
 
@@ -102,6 +107,5 @@ def get_loss(name: str, **params: Any) -> LossFn:
 
 
 def configured_loss(name: str, losses: object) -> LossFn:
-    """Loss ``name`` bound to its entry of a ``losses`` section (:func:`losses_section`), or to its defaults."""
-    entry = getattr(losses, name)
-    return get_loss(name, **(dataclasses.asdict(entry) if entry is not None else {}))
+    """Loss ``name`` bound to its entry of a ``losses`` section (:func:`losses_section`)."""
+    return get_loss(name, **getattr(losses, name))

@@ -11,13 +11,15 @@ from eva02at.core.config import NonNegativeFloat
 from eva02at.train.losses import register_loss
 from eva02at.train.losses.pairwise import gaps, off_diagonal_mean, relevance_like, similarity
 
+NAME = "adaptive_mi_mm"  # its key in the registry: a ``loss`` value, a ``losses`` entry
+
 
 @dataclass
 class AdaptiveMiMmParams:
     margin: NonNegativeFloat = 0.4
 
 
-@register_loss("adaptive_mi_mm", AdaptiveMiMmParams)
+@register_loss(NAME, AdaptiveMiMmParams)
 def adaptive_mi_mm_loss(
     video: torch.Tensor, text: torch.Tensor, relevance: torch.Tensor, margin: float = AdaptiveMiMmParams.margin
 ) -> torch.Tensor:

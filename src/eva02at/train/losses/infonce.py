@@ -11,7 +11,7 @@ from eva02at.core.config import PositiveFloat
 from eva02at.train.losses import register_loss
 from eva02at.train.losses.pairwise import similarity
 
-INFONCE = "infonce"  # the name stages that always pretrain with it bind it by
+NAME = "infonce"  # its key in the registry
 
 
 @dataclass
@@ -19,7 +19,7 @@ class InfonceParams:
     temperature: PositiveFloat = 0.05
 
 
-@register_loss(INFONCE, InfonceParams)
+@register_loss(NAME, InfonceParams)
 def infonce_loss(
     video: torch.Tensor, text: torch.Tensor, temperature: float = InfonceParams.temperature
 ) -> torch.Tensor:

@@ -12,6 +12,8 @@ from eva02at.core.config import NonNegativeFloat
 from eva02at.train.losses import register_loss
 from eva02at.train.losses.pairwise import gaps, off_diagonal_mean, relevance_like, similarity
 
+NAME = "sms"  # its key in the registry: a ``loss`` value, a ``losses`` entry
+
 
 @dataclass
 class SmsParams:
@@ -20,7 +22,7 @@ class SmsParams:
     lam: NonNegativeFloat = 1.1 / 240
 
 
-@register_loss("sms", SmsParams)
+@register_loss(NAME, SmsParams)
 def sms_loss(
     video: torch.Tensor,
     text: torch.Tensor,
