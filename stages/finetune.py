@@ -4,8 +4,8 @@ relevancy table and its captions say what is learnt).
 
 Starts from the pretrained video model (its temporal embedding interpolated to the fine-tuning frame count),
 pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
-``loss`` (any loss of ``eva02at.train.losses``, its params in ``losses.<name>``) on the relevance of the
-gathered global batch. With
+``loss`` (one of ``eva02at.train.losses.finetuning.CHOICES``, its params in ``losses.<name>``) on the relevance
+of the gathered global batch. With
 ``compatible_with`` (an earlier video checkpoint, e.g. the champion), the same loss on the cross pairs with
 that frozen model is added (``eva02at.models.compatibility``), and the new checkpoint records the chain.
 """
