@@ -5,9 +5,9 @@ relevancy table and its captions say what is learnt).
 Starts from the pretrained video model (its temporal embedding interpolated to the fine-tuning frame count),
 pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
 ``loss`` (one of ``eva02at.train.losses.finetuning.CHOICES``, its params in ``losses.<name>``) on the relevance
-of the gathered global batch. With
-``compatible_with`` (an earlier video checkpoint, e.g. the champion), the same loss on the cross pairs with
-that frozen model is added (``eva02at.models.compatibility``), and the new checkpoint records the chain.
+of the gathered global batch. With ``compatible_with`` (an earlier video checkpoint, e.g. the champion), the
+same loss on the cross pairs with that frozen model is added (``eva02at.models.compatibility``), and the new
+checkpoint records the chain.
 """
 
 from __future__ import annotations
