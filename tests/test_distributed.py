@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from eva02at.train import distributed, tasks
+from eva02at.core import distributed
+from eva02at.train import tasks
 from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 
 WORLD, LOCAL_BATCH, VIDEOS, SENTENCES = 2, 4, 12, 10
