@@ -44,7 +44,7 @@ from eva02at.models import VideoCLIP, create_image_clip, from_open_clip
 from eva02at.train import loop
 from eva02at.train.augment import AugmentParams
 from eva02at.train.data import clip_frames
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import LOSSES, finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.optim import OptimParams, build_optimizer
 from eva02at.train.tasks import VideoTextTask
 
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16", help="tf32: fp32 with TF32 matmuls")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--loss", choices=("infonce", "sms"), default="infonce")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="infonce")
     parser.add_argument("--augment", action="store_true", help="crop 4:3 frames as train.augment does")
     parser.add_argument("--accum", type=int, default=1, help="micro-batches of --batch clips per step")
     parser.add_argument("--micro-batch-loss", action="store_true", help="with --accum: one loss per micro-batch")

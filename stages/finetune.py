@@ -4,19 +4,19 @@ relevancy table and its captions say what is learnt).
 
 Starts from the pretrained video model (its temporal embedding interpolated to the fine-tuning frame count),
 pairs every training video with a caption drawn among the relevant ones, and trains with the loss named by
-``loss`` (``sms``, ``adaptive_mi_mm`` or ``mi_mm``) on the relevance of the gathered global batch. With
-``compatible_with`` (an earlier video checkpoint, e.g. the champion), the same loss on the cross pairs with
-that frozen model is added (``eva02at.models.compatibility``), and the new checkpoint records the chain.
+``loss`` (one of ``eva02at.train.losses.finetuning.CHOICES``, its params in ``losses.<name>``) on the relevance
+of the gathered global batch. With ``compatible_with`` (an earlier video checkpoint, e.g. the champion), the
+same loss on the cross pairs with that frozen model is added (``eva02at.models.compatibility``), and the new
+checkpoint records the chain.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pandas as pd
 
-from eva02at.core.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from eva02at.core.config import Fraction, PositiveFloat, PositiveInt
 from eva02at.core.distributed import setup
 from eva02at.core.errors import BadInput
 from eva02at.data.labels import RelevancyTable
@@ -25,7 +25,8 @@ from eva02at.models import load_video_clip
 from eva02at.models.compatibility import load_reference
 from eva02at.train.data import ClipPairs
 from eva02at.train.loop import TrainParams
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import configured_loss
+from eva02at.train.losses.finetuning import LossesParams, LossName
 from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
@@ -37,15 +38,6 @@ SELECTION_METRICS = "metrics/{section}_select.json"  # which weights model.pt ho
 
 
 @dataclass
-class LossParams:
-    """Keyword arguments of each fine-tuning loss (see eva02at.train.losses); one left out keeps the loss's default."""
-
-    sms: dict[Literal["margin", "threshold", "lam"], NonNegativeFloat] = field(default_factory=dict)
-    adaptive_mi_mm: dict[Literal["margin"], NonNegativeFloat] = field(default_factory=dict)
-    mi_mm: dict[Literal["margin"], NonNegativeFloat] = field(default_factory=dict)
-
-
-@dataclass
 class FinetuneParams:
     init: str  # video checkpoint (the pretrain stage's model.pt)
     frames: str  # decoded train split (EK100, Charades-Ego's first-person videos)
@@ -54,8 +46,8 @@ class FinetuneParams:
     out: str
     checkpoints: str
     num_frames: PositiveInt = 16
-    loss: Literal["sms", "adaptive_mi_mm", "mi_mm"] = "sms"
-    losses: LossParams = field(default_factory=LossParams)  # e.g. {sms: {margin: 0.6}}
+    loss: LossName = "sms"
+    losses: LossesParams = field(default_factory=LossesParams)  # e.g. {sms: {margin: 0.6}}; a loss left out: defaults
     relevance_threshold: Fraction = 0.1  # captions drawn among those with R above this
     compatible_with: str | None = None  # an earlier video checkpoint whose galleries the new model must search
     compatibility_weight: PositiveFloat = 1.0  # of the cross-model term against it (the task loss's weight is 1)
@@ -75,7 +67,7 @@ def captions(sentences_csv: str, table: RelevancyTable) -> list[str]:
 @stage_main
 def main() -> None:
     params, args = stage_params("finetune", FinetuneParams, __doc__, section_argument=True)
-    loss = get_loss(params.loss, **getattr(params.losses, params.loss))
+    loss = configured_loss(params.loss, params.losses)
     model = load_video_clip(params.init)
     if model.num_frames != params.num_frames:
         model.set_num_frames(params.num_frames)  # linear interpolation of the temporal embedding

@@ -22,7 +22,7 @@ from eva02at.models import create_image_clip, save_image_clip
 from eva02at.models.sizes import check_frames_size, known_model
 from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
 from eva02at.train.loop import NonFiniteLoss, TrainParams
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import get_loss, infonce
 from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import ImageTextTask
 from stages.common import stage_main, stage_params
@@ -59,7 +59,7 @@ def main() -> None:
     shards = FrameShards(params.frames)
     clips = shards.ids  # one Arrow array: no Python string per clip
     texts = shards.texts(clips)
-    task = ImageTextTask(model, params.model, get_loss("infonce", temperature=params.temperature))
+    task = ImageTextTask(model, params.model, get_loss(infonce.NAME, temperature=params.temperature))
     if params.weights:
         check_imported(task, ClipPairs(shards, clips, texts, single_frame=True))
         save_image_clip(model, params.model, Path(params.out) / "model.pt")

@@ -21,7 +21,7 @@ from eva02at.data.shards import FrameShards
 from eva02at.models import DEFAULT_TEMPORAL_POSITIONS, from_open_clip, load_image_clip
 from eva02at.train.data import CaptionSets, ClipPairs, OwnCaptions
 from eva02at.train.loop import TrainParams
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import get_loss, infonce
 from eva02at.train.optim import OptimParams
 from eva02at.train.tasks import VideoTextTask
 from stages.common import stage_main, stage_params
@@ -82,7 +82,7 @@ def main() -> None:
         )
     dist = setup()
     sampler = pair_sampler(source, params, dist)
-    task = VideoTextTask(model, get_loss("infonce", temperature=params.temperature))
+    task = VideoTextTask(model, get_loss(infonce.NAME, temperature=params.temperature))
     run_training("pretrain", params, task, sampler, dataset, dist, args.params, selection_metrics=SELECTION_METRICS)
 
 

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from eva02at.core import distributed
 from eva02at.train.data import clip_frames
 from eva02at.train.loop import StepSetup, train_step
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.tasks import VideoTextTask
 from tests.test_distributed import free_port
 

@@ -18,6 +18,8 @@ from dvc.repo import Repo
 from eva02at.core.config import ConfigError, read_params
 from eva02at.evaluation.benchmarks import BENCHMARKS, benchmark_params, register_benchmark
 from eva02at.export.embeddings import read_embeddings
+from rehearsal.project import copy_project
+from tests.stage_deps import derived_code_deps, listed_code_deps, stages_using, write_code_deps
 from tests.test_evaluation import run_pipeline, write_mini_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +104,21 @@ def test_dvc_tracks_a_new_benchmarks_files_through_the_unchanged_dvc_yaml(tmp_pa
         for name in ("export", "evaluate"):
             assert "data/benchmarks" in {dep.def_path for dep in stages[name].deps}
             assert nx.has_path(repo.index.graph, stages[name], toy_stage)  # it runs after the toy's stage
+
+
+def test_a_benchmark_module_in_the_package_reruns_the_stages_that_read_benchmarks(tmp_path):
+    """The checklist's last step on a copy of the project: the module in the package, its name on the import line,
+    code deps regenerated; it then reruns what every benchmark module reruns."""
+    project = copy_project(tmp_path / "project")
+    package = project / "src/eva02at/evaluation/benchmarks"
+    (package / "toy_recall.py").write_text((ROOT / "tests/toy_benchmark.py").read_text())
+    init = (package / "__init__.py").read_text()
+    (package / "__init__.py").write_text(
+        init.replace("egomcq, ek100_mir  # noqa", "egomcq, ek100_mir, toy_recall  # noqa")
+    )
+    packages = {"eva02at": project / "src", "stages": project}
+    write_code_deps(project, packages)
+    assert listed_code_deps(project, packages) == derived_code_deps(project, packages)
+    toy = stages_using(project, "src/eva02at/evaluation/benchmarks/toy_recall.py", packages)
+    assert toy == stages_using(project, "src/eva02at/evaluation/benchmarks/egomcq.py", packages)
+    assert {"benchmark", "export", "evaluate"} <= set(toy) and "frames" not in toy

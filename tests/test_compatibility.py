@@ -16,7 +16,7 @@ from eva02at.models import from_open_clip, load_checkpoint_file, load_video_clip
 from eva02at.models.compatibility import compatible_digests, criterion, load_reference, recorded_chain
 from eva02at.train.data import ClipPairs, OwnCaptions
 from eva02at.train.loop import TrainParams, train
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.optim import OptimParams
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask, global_loss

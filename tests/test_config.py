@@ -79,7 +79,7 @@ BAD_VALUES = [
     ("finetune", "finetune.optim.schedule", "linear", "Input should be 'constant' or 'cosine'"),
     ("finetune", "finetune.optim.lr", float("nan"), "Input should be a finite number"),
     ("finetune", "finetune.train.epochs", True, "Input should be a valid integer"),
-    ("finetune", "finetune.loss", "triplet", "Input should be 'sms', 'adaptive_mi_mm' or 'mi_mm'"),
+    ("finetune", "finetune.loss", "triplet", "not a registered loss; known: ['adaptive_mi_mm', 'mi_mm', 'sms']"),
     ("finetune", "finetune.losses.mi_mm.margin", "0.2", "Input should be a valid number"),
     ("finetune", "finetune.relevance_threshold", 1.1, "Input should be less than or equal to 1"),
     ("finetune", "finetune.compatibility_weight", 0, "Input should be greater than 0"),
@@ -103,7 +103,8 @@ BAD_VALUES = [
 BAD_KEYS = [
     ("sample", "sample.colour", 1, "sample.colour: unknown key; known keys are ['charades_actions', "),
     ("soft_labels", "soft_labels.splits.ek100_test.sentence", "x.csv", "soft_labels.splits.ek100_test.sentence: "),
-    ("finetune", "finetune.losses.sms.margn", 0.6, "finetune.losses.sms.margn: unknown key; Input should be 'margin'"),
+    ("finetune", "finetune.losses.sms.margn", 0.6, "finetune.losses.sms.margn: unknown key; known keys are ['lam', "),
+    ("finetune", "finetune.losses.triplet", {}, "finetune.losses.triplet: unknown key; known keys are ['adap"),
     ("pretrain", "pretrain.init", DROP, "pretrain.init: missing (required)"),
     ("finetune", "finetune.optim", DROP, "finetune.optim: missing section (required: write it out"),
     ("finetune", "finetune.train", DROP, "finetune.train: missing section (required: write it out"),
@@ -184,6 +185,7 @@ def test_every_section_of_the_projects_params_fits_its_schema():
     assert entries["ek100_mir"].truth.endswith("ek100_test.npz") and entries["egomcq"].collection == "egomcq"
     assert built["finetune"].losses.sms == {"margin": 0.6, "threshold": 0.1, "lam": pytest.approx(1.1 / 240)}
     assert built["finetune_charades"].losses.sms == {"margin": 0.3} and built["finetune_charades"].optim.name == "lamb"
+    assert built["finetune_charades"].losses.mi_mm == {}  # a loss left out keeps its defaults
     assert built["soft_labels"].splits["charades_ego_train"].format == "charades"
 
 

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from eva02at.core import distributed
 from eva02at.train import tasks
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 
 WORLD, LOCAL_BATCH, VIDEOS, SENTENCES = 2, 4, 12, 10
 LOSS_NAMES = ("sms", "infonce", "sms+reference")

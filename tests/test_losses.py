@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from eva02at.train.losses import LOSSES, adaptive_mi_mm_loss, get_loss, infonce_loss, mi_mm_loss, sms_loss
+from eva02at.core.config import ConfigError, from_dict
+from eva02at.train.losses import LOSSES, finetuning, get_loss, register_loss
+from eva02at.train.losses.adaptive_mi_mm import adaptive_mi_mm_loss
+from eva02at.train.losses.infonce import infonce_loss  # the first import of each loss module registers it
+from eva02at.train.losses.mi_mm import mi_mm_loss
+from eva02at.train.losses.sms import SmsParams, sms_loss
 
 # Unit vectors giving S[a, b] = cos(text_a, video_b) = [[1, 0], [1, 0]] (both texts point at video 0).
 VIDEO = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -153,8 +159,10 @@ def test_registry_binds_parameters_and_checks_them():
     assert get_loss("infonce", temperature=0.1)(video, text).item() == infonce_loss(video, text, 0.1).item()
     with pytest.raises(ValueError, match="unknown loss 'triplet'"):
         get_loss("triplet")
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['temperature'\]"):
+    with pytest.raises(ValueError, match=r"^loss sms.temperature: unknown key; known keys are \['lam', 'margin', "):
         get_loss("sms", temperature=0.1)
+    with pytest.raises(ValueError, match=r"^loss mi_mm.margin = -0.1: Input should be greater than or equal to 0"):
+        get_loss("mi_mm", margin=-0.1)
     with pytest.raises(ValueError, match="needs the batch relevance"):
         get_loss("adaptive_mi_mm")(video, text, None)
 
@@ -164,3 +172,24 @@ def test_bad_shapes_are_refused():
         infonce_loss(torch.ones(1, 3), torch.ones(1, 3))
     with pytest.raises(ValueError, match="relevance must be"):
         sms_loss(VIDEO, TEXT, torch.ones(3, 3))
+
+
+def test_a_losses_params_dataclass_must_match_its_keyword_arguments():
+    def hinge(video: torch.Tensor, text: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+        return video.sum() * margin
+
+    with pytest.raises(ValueError, match=r"SmsParams has fields \['margin', 'threshold', 'lam'\], .* \['margin'\]"):
+        register_loss("hinge", SmsParams)(hinge)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_loss("sms", SmsParams)(sms_loss)
+    assert "hinge" not in LOSSES
+
+
+def test_the_finetuning_losses_section_checks_each_entry_and_keeps_it_as_written():
+    assert finetuning.CHOICES == ("adaptive_mi_mm", "mi_mm", "sms")  # InfoNCE is for pretraining
+    section = from_dict(finetuning.LossesParams, {"sms": {"margin": 0.3}}, "losses")
+    assert dataclasses.asdict(section) == {"adaptive_mi_mm": {}, "mi_mm": {}, "sms": {"margin": 0.3}}  # no defaults
+    with pytest.raises(ConfigError, match=r"^losses.sms.margn: unknown key; known keys are \['lam', 'margin', 'thr"):
+        from_dict(finetuning.LossesParams, {"sms": {"margn": 0.3}}, "losses")
+    with pytest.raises(ConfigError, match=r"^losses.infonce: unknown key; known keys are \['adaptive_mi_mm', 'mi_mm'"):
+        from_dict(finetuning.LossesParams, {"infonce": {}}, "losses")

@@ -16,7 +16,7 @@ import torch
 from eva02at.cli import paper
 from eva02at.core.config import from_dict, read_params
 from eva02at.models import create_image_clip, from_open_clip
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import configured_loss, finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from rehearsal.project import ROOT, merge, override_params
 from rehearsal.run import OVERRIDES, SMALLEST, StageResult, measure, table
 from stages.finetune import FinetuneParams
@@ -137,7 +137,7 @@ def test_each_loss_row_builds_its_loss_and_gives_a_gradient(name):
     """The loss ablation's rows as the finetune stage builds them, on the paper's embedding width with a soft
     relevancy: finite, and a gradient on both embeddings (the model around it is the smallest rehearsal's)."""
     settings = from_dict(FinetuneParams, rehearsed(ROWS[name])["finetune"], f"{name}: finetune")
-    loss_fn = get_loss(settings.loss, **getattr(settings.losses, settings.loss))
+    loss_fn = configured_loss(settings.loss, settings.losses)
     generator = torch.Generator().manual_seed(0)
     video = torch.randn(4, 256, generator=generator, dtype=torch.float64, requires_grad=True)
     text = torch.randn(4, 256, generator=generator, dtype=torch.float64, requires_grad=True)

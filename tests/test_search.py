@@ -20,7 +20,7 @@ from eva02at.models import load_video_clip
 from eva02at.models.compatibility import load_reference
 from eva02at.search.index import IndexParams
 from eva02at.search.query import IncompatibleCheckpoint, may_search, run_search, search
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.tasks import VideoTextTask
 from tests.test_embeddings import make_checkpoint, make_shards
 

@@ -3,9 +3,7 @@ so that changing one reruns exactly the stages that use it, and the lineage tags
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,71 +11,24 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"eva02at": ROOT / "src", "stages": ROOT}  # top-level project package -> the folder holding it
+from tests.stage_deps import (
+    PACKAGES,
+    ROOT,
+    WRITE_COMMAND,
+    derived_code_deps,
+    imported_files,
+    is_code_dep,
+    listed_code_deps,
+    stage_body,
+    stage_entry,
+    write_code_deps,
+)
 
 
-def module_file(name: str, packages: dict[str, Path]) -> Path | None:
-    """The file of dotted module ``name`` (a package's ``__init__.py``), or None outside the project."""
-    parts = name.split(".")
-    if parts[0] not in packages:
-        return None
-    path = packages[parts[0]].joinpath(*parts)
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
-
-
-def module_name(path: Path, packages: dict[str, Path]) -> str:
-    for package, folder in packages.items():
-        if path.is_relative_to(folder / package):
-            parts = path.relative_to(folder).with_suffix("").parts
-            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-    raise ValueError(f"{path} is outside the project packages")
-
-
-def imported_names(path: Path, packages: dict[str, Path]) -> set[str]:
-    """Every module ``path`` may import: absolute and relative, at top level or inside functions, and the
-    names of ``from x import y`` (a submodule when ``y`` is one)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level:
-                package = module_name(path, packages).split(".")
-                package = package if path.name == "__init__.py" else package[:-1]
-                module = ".".join(package[: len(package) - node.level + 1] + ([module] if module else []))
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def files_run_by_importing(name: str, packages: dict[str, Path]) -> list[Path]:
-    """Importing ``a.b.c`` runs ``a/__init__``, ``a/b/__init__`` and ``a/b/c`` (those in the project)."""
-    parts = name.split(".")
-    found = [module_file(".".join(parts[:end]), packages) for end in range(1, len(parts) + 1)]
-    return [path for path in found if path is not None]
-
-
-def imported_files(module: str, packages: dict[str, Path] = PACKAGES) -> set[Path]:
-    """The project files that running module ``module`` executes, following its imports transitively."""
-    seen: set[Path] = set()
-    todo = files_run_by_importing(module, packages)
-    while todo:
-        current = todo.pop()
-        if current not in seen:
-            seen.add(current)
-            for name in imported_names(current, packages):
-                todo += files_run_by_importing(name, packages)
-    return seen
-
-
-def dvc_stages(dvc_yaml: Path) -> dict[str, tuple[str, list[str]]]:
-    """Each stage's command and deps (a ``foreach`` stage's from its ``do``), as written."""
+def dvc_stages(dvc_yaml: Path) -> dict[str, list[str]]:
+    """Each stage's deps (a ``foreach`` stage's from its ``do``), as written."""
     stages = YAML(typ="safe").load(dvc_yaml.read_text())["stages"]
-    return {name: (s.get("do", s)["cmd"], s.get("do", s).get("deps", [])) for name, s in stages.items()}
+    return {name: stage_body(stage).get("deps", []) for name, stage in stages.items()}
 
 
 def code_dep_problems(project: Path, packages: dict[str, Path] = PACKAGES) -> dict[str, dict[str, list[str]]]:
@@ -86,10 +37,11 @@ def code_dep_problems(project: Path, packages: dict[str, Path] = PACKAGES) -> di
     A dep covers a file when it is that file or a folder above it. Deps with ``${...}`` are data paths.
     """
     problems = {}
-    for stage, (cmd, deps) in dvc_stages(project / "dvc.yaml").items():
-        entry = re.search(r"-m ([\w.]+)", cmd).group(1)
+    stages = YAML(typ="safe").load((project / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        entry = stage_entry(stage_body(stage)["cmd"])
         used = {path.relative_to(project).as_posix() for path in imported_files(entry, packages)}
-        code = [dep for dep in deps if "${" not in dep and dep.split("/")[0] in {"src", *packages}]
+        code = [dep for dep in stage_body(stage).get("deps", []) if is_code_dep(dep, packages)]
 
         def covers(dep: str, file: str) -> bool:
             return file == dep or file.startswith(dep.rstrip("/") + "/")
@@ -97,18 +49,22 @@ def code_dep_problems(project: Path, packages: dict[str, Path] = PACKAGES) -> di
         missing = sorted(file for file in used if not any(covers(dep, file) for dep in code))
         unused = sorted(dep for dep in code if not any(covers(dep, file) for file in used))
         if missing or unused:
-            problems[stage] = {"missing": missing, "unused": unused}
+            problems[name] = {"missing": missing, "unused": unused}
     return problems
 
 
 def test_every_stage_lists_the_project_code_it_imports_and_nothing_else():
-    assert code_dep_problems(ROOT) == {}
+    problems = code_dep_problems(ROOT)
+    assert problems == {}, f"dvc.yaml's code deps do not follow the imports: run `{WRITE_COMMAND}`"
+
+
+def test_the_code_deps_are_those_the_writer_writes():
+    listed, derived = listed_code_deps(ROOT), derived_code_deps(ROOT)
+    assert listed == derived, f"dvc.yaml's code deps differ from the imports: run `{WRITE_COMMAND}`"
 
 
 def test_the_synthetic_sample_renderer_reruns_only_the_sample_stage():
-    users = [
-        stage for stage, (_, deps) in dvc_stages(ROOT / "dvc.yaml").items() if "src/eva02at/data/synthetic" in deps
-    ]
+    users = [stage for stage, deps in dvc_stages(ROOT / "dvc.yaml").items() if "src/eva02at/data/synthetic" in deps]
     assert users == ["sample"]
 
 
@@ -167,6 +123,65 @@ stages:
     outs: [two.txt]
 """,
 }
+
+
+def test_the_writer_rewrites_code_deps_and_keeps_data_deps_and_comments(tmp_path):
+    write_files(tmp_path, TINY_PROJECT)
+    write_files(
+        tmp_path,
+        {
+            "lib/tools/lower.py": "def lower(text):\n    return text.lower()\n",  # unused: tools/ not whole
+            "lib/tables/__init__.py": "",
+            "lib/tables/names.json": "{}\n",  # package data: tables/ is written whole
+            "stages/two.py": TINY_PROJECT["stages/two.py"] + "import lib.tables\n",
+            "dvc.yaml": """\
+# the header stays
+stages:
+  one:
+    cmd: python -m stages.one
+    deps:
+      - ${inputs.one}   # a data dep stays, with its comment
+      - stages/one.py
+      - lib/only_two.py
+    outs:
+      - one.txt
+  two:
+    cmd: python -m stages.two
+    deps:
+      - lib
+      - stages
+    outs:
+      - two.txt
+""",
+        },
+    )
+    packages = {"lib": tmp_path, "stages": tmp_path}
+    assert write_code_deps(tmp_path, packages) == ["one", "two"]
+    text = (tmp_path / "dvc.yaml").read_text()
+    assert (
+        text.startswith("# the header stays\n")
+        and "      - ${inputs.one}   # a data dep stays, with its comment\n" in text
+    )
+    deps = dvc_stages(tmp_path / "dvc.yaml")
+    assert deps["one"] == [
+        "lib/__init__.py",
+        "lib/shared.py",
+        "lib/tools/__init__.py",
+        "lib/tools/upper.py",
+        "stages/__init__.py",
+        "stages/one.py",
+        "${inputs.one}",
+    ]
+    assert deps["two"] == [
+        "lib/__init__.py",
+        "lib/only_two.py",
+        "lib/shared.py",
+        "lib/tables",
+        "stages/__init__.py",
+        "stages/two.py",
+    ]
+    assert code_dep_problems(tmp_path, packages) == {}
+    assert write_code_deps(tmp_path, packages) == [] and (tmp_path / "dvc.yaml").read_text() == text
 
 
 def run(args: list[str], cwd: Path) -> str:

@@ -20,7 +20,7 @@ from eva02at.train import loop
 from eva02at.train.augment import AugmentParams
 from eva02at.train.data import ClipPairs, Collate, OwnCaptions, clip_frames
 from eva02at.train.loop import NonFiniteLoss, TrainParams, train, train_step
-from eva02at.train.losses import get_loss
+from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
 from eva02at.train.optim import OptimParams
 from eva02at.train.resume import ForeignCheckpoint, fallback, resumable_state, resume_point
 from eva02at.train.sampling import RelevantPairSampler
@@ -132,11 +132,11 @@ def test_a_truncated_newest_save_falls_back_to_the_previous_one(shards, tmp_path
 def poisoned_infonce(bad_call: int):
     """InfoNCE whose ``bad_call``-th evaluation is NaN, and the count of evaluations."""
     calls = {"n": 0}
-    infonce = get_loss("infonce", temperature=0.1)
+    clean = get_loss("infonce", temperature=0.1)
 
     def loss(video, text, relevance=None):
         calls["n"] += 1
-        value = infonce(video, text)
+        value = clean(video, text)
         return value * float("nan") if calls["n"] == bad_call else value
 
     return loss, calls

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -30,12 +32,13 @@ from pydantic import (
     ValidationError,
     create_model,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, core_schema
 from ruamel.yaml import YAML, YAMLError
 
 from eva02at.core.errors import MissingInput, PipelineError
 
 __all__ = [
+    "CheckedAs",
     "ConfigError",
     "Fraction",
     "NonNegativeFloat",
@@ -54,6 +57,28 @@ JSON_TYPES = (str, int, float, bool, type(None))
 
 class ConfigError(PipelineError, ValueError):
     """A params section does not fit the dataclass it configures."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedAs:
+    """Metadata of a mapping field, ``Annotated[dict[str, Any], CheckedAs(cls)]``: its value is checked against
+    dataclass ``cls`` (errors at their key path, unknown keys refused) and kept as written, so that what a run
+    records of it (its config, its fingerprint) is what the params file says, not ``cls``'s defaults filled in.
+    For a section whose schema is known only at run time (e.g. each registered loss's params)."""
+
+    cls: type
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_wrap_validator_function(self._check, handler(source))
+
+    def _check(self, value: Any, handler: Callable[[Any], Any]) -> Any:
+        value = handler(value)
+        try:
+            _section_model(self.cls).model_validate_json(json.dumps({"section": value}))
+        except ValidationError as err:  # the same problems, at paths below this field's (without "section")
+            details = [{**error, "loc": error["loc"][1:]} for error in err.errors(include_url=False)]
+            raise ValidationError.from_exception_data(err.title, details) from None  # type: ignore[arg-type]
+        return value
 
 
 def parse_yaml(text: str) -> Any:
@@ -165,11 +190,12 @@ def _field_names(hint: Any, keys: list[str]) -> list[str]:
     """The keys of the dataclass at ``keys`` below ``hint`` (through dicts, lists and optionals); [] if none."""
     for key in [*keys, None]:
         while typing.get_origin(hint) in (typing.Union, typing.Annotated) or isinstance(hint, type(int | None)):
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+            checked = [item.cls for item in getattr(hint, "__metadata__", ()) if isinstance(item, CheckedAs)]
+            hint = checked[0] if checked else next(arg for arg in typing.get_args(hint) if arg is not type(None))
         if key is None:
             break
         if dataclasses.is_dataclass(hint):
-            hint = typing.get_type_hints(hint).get(key)
+            hint = typing.get_type_hints(hint, include_extras=True).get(key)
         elif typing.get_origin(hint) in (dict, list, tuple):
             hint = typing.get_args(hint)[-1 if typing.get_origin(hint) is dict else 0]
         else:

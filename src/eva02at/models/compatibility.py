@@ -4,7 +4,7 @@ Each new champion would otherwise make every exported gallery stale (two models'
 millions of clips would have to be embedded again before search works. Fine-tuning with
 ``finetune.compatible_with`` trains the new model against a frozen earlier one, the *reference*: besides the
 task loss on its own (video, text) pairs, the same loss on the cross pairs of the batch, new texts against the
-reference's videos and new videos against the reference's texts (``eva02at.train.losses.cross_model_loss``, BCT's
+reference's videos and new videos against the reference's texts (``eva02at.train.losses.cross_model``, BCT's
 influence loss with the reference's other tower as the old classifier). No adapter runs at query time.
 
 What a checkpoint was trained to stay compatible with is recorded in its ``extra[CHAIN_KEY]``: the reference's

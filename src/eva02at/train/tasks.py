@@ -19,7 +19,8 @@ from torch import nn
 
 from eva02at.core.distributed import all_gather_no_grad, all_gather_with_grad
 from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
-from eva02at.train.losses import LossFn, cross_model_loss
+from eva02at.train.losses import LossFn
+from eva02at.train.losses.cross_model import cross_model_loss
 
 
 class Task(Protocol):
