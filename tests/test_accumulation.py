@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from eva02at.train import distributed
+from eva02at.core import distributed
 from eva02at.train.data import clip_frames
 from eva02at.train.loop import StepSetup, train_step
 from eva02at.train.losses import get_loss

@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from eva02at.train import distributed, tasks
+from eva02at.core import distributed
+from eva02at.train import tasks
 from eva02at.train.losses import get_loss
 
 WORLD, LOCAL_BATCH, VIDEOS, SENTENCES = 2, 4, 12, 10
