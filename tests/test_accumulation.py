@@ -58,6 +58,7 @@ class Frozen:
     """A frozen earlier model (compatible fine-tuning's reference)."""
 
     weight = 0.5
+    form = "cross_align"  # both cross pairs and the alignment: every part of the term is accumulated
 
     def __init__(self) -> None:
         torch.manual_seed(7)

@@ -1,30 +1,45 @@
-"""Compatible fine-tuning: the cross-model loss against a float64 loop, a reference that is frozen and leaves
-training alone when it weighs nothing, the chain recorded in checkpoints, and the evaluation's criterion."""
+"""Compatible fine-tuning: every compatibility term against a float64 loop, the Procrustes start, a reference
+that is frozen and leaves training alone when it weighs nothing, the chain recorded in checkpoints, and the
+evaluation's criterion."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
 
-from eva02at.core.config import ConfigError
+from eva02at.core.config import ConfigError, from_dict, read_params
 from eva02at.core.digest import file_digest
 from eva02at.core.distributed import DistInfo
 from eva02at.data.shards import FrameSpec
 from eva02at.models import from_open_clip, load_checkpoint_file, load_video_clip, save_video_clip
-from eva02at.models.compatibility import compatible_digests, criterion, load_reference, recorded_chain
+from eva02at.models.compatibility import (
+    compatible_digests,
+    criterion,
+    load_reference,
+    procrustes_rotation,
+    recorded_chain,
+    rotate_onto,
+)
+from eva02at.models.video_clip import unit_float32
 from eva02at.train.data import ClipPairs, OwnCaptions
 from eva02at.train.loop import TrainParams, train
 from eva02at.train.losses import finetuning, get_loss, infonce  # noqa: F401  (registers their losses)
+from eva02at.train.losses.cross_model import COMPATIBILITY_TERMS
 from eva02at.train.optim import OptimParams
 from eva02at.train.sampling import RelevantPairSampler
 from eva02at.train.tasks import VideoTextTask, global_loss
+from stages.finetune import FinetuneParams
 from tests.test_embeddings import make_checkpoint
-from tests.test_losses import loop_sms
+from tests.test_losses import cosine, loop_sms
 from tests.train_fixtures import write_clips
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Lookup:
@@ -49,8 +64,14 @@ def cross_case(seed: int, batch: int = 6, dim: int = 5):
     return video, text, old_video, old_text, matrix, indices
 
 
+def loop_alignment(new: torch.Tensor, old: torch.Tensor) -> float:
+    """Mean of 1 - cos(new_i, old_i) over the rows, with plain float64 loops."""
+    return sum(1 - cosine(a, b) for a, b in zip(new.tolist(), old.tolist(), strict=True)) / len(new)
+
+
+@pytest.mark.parametrize("form", sorted(COMPATIBILITY_TERMS))
 @pytest.mark.parametrize("seed", range(3))
-def test_the_compatibility_loss_matches_a_float64_loop(seed):
+def test_the_compatibility_loss_matches_a_float64_loop(seed, form):
     video, text, old_video, old_text, matrix, batch = cross_case(seed)
     soft = torch.tensor(
         [[matrix[a, b] for b in batch["captions"].tolist()] for a in batch["videos"].tolist()], dtype=torch.float64
@@ -59,19 +80,22 @@ def test_the_compatibility_loss_matches_a_float64_loop(seed):
     own, _ = loop_sms(video, text, soft)
     new_text, _ = loop_sms(old_video, text, soft)  # new texts against the old videos
     new_video, _ = loop_sms(video, old_text, soft)  # new videos against the old texts
-    expected = own + weight * 0.5 * (new_text + new_video)
-    got = global_loss(video, text, batch, get_loss("sms"), Lookup(matrix), (old_video, old_text), weight)
-    assert got.item() == pytest.approx(expected, rel=1e-12)
+    aligned = 0.5 * (loop_alignment(video, old_video) + loop_alignment(text, old_text))
+    cross = 0.5 * (new_text + new_video)
+    term = {"cross": cross, "new_text": new_text, "cross_align": cross + aligned, "align": aligned}[form]
+    got = global_loss(video, text, batch, get_loss("sms"), Lookup(matrix), (old_video, old_text), weight, form)
+    assert got.item() == pytest.approx(own + weight * term, rel=1e-12)
     assert global_loss(video, text, batch, get_loss("sms"), Lookup(matrix)).item() == pytest.approx(own, rel=1e-12)
 
 
-def test_only_the_new_embeddings_receive_gradients_and_they_are_exact():
+@pytest.mark.parametrize("form", sorted(COMPATIBILITY_TERMS))
+def test_only_the_new_embeddings_receive_gradients_and_they_are_exact(form):
     video, text, old_video, old_text, matrix, batch = cross_case(seed=5)
     old = (old_video.requires_grad_(), old_text.requires_grad_())
     inputs = (video.requires_grad_(), text.requires_grad_())
 
     def loss(v, t):
-        return global_loss(v, t, batch, get_loss("sms"), Lookup(matrix), old, 0.5)
+        return global_loss(v, t, batch, get_loss("sms"), Lookup(matrix), old, 0.5, form)
 
     assert torch.autograd.gradcheck(loss, inputs)  # against finite differences, float64
     loss(*inputs).backward()
@@ -118,6 +142,60 @@ def test_the_chain_is_transitive_and_known_from_the_file_alone(tmp_path):
     plain = tiny_model(4, num_frames=4)  # fine-tuned from a compatible model without the term: no chain
     save_video_clip(plain, tmp_path / "plain.pt", {"train_steps": 1})
     assert recorded_chain(tmp_path / "plain.pt") == []
+
+
+def test_the_params_offer_exactly_the_compatibility_terms_and_refuse_others_in_one_line():
+    section = {**read_params(ROOT / "params.yaml")["finetune"], "compatibility_form": "orthogonal"}
+    with pytest.raises(ConfigError) as err:
+        from_dict(FinetuneParams, section, "finetune")
+    assert str(err.value).startswith("finetune.compatibility_form = 'orthogonal': Input should be ")
+    assert sorted(re.findall(r"'(\w+)'", str(err.value))[1:]) == sorted(COMPATIBILITY_TERMS)
+    accepted = from_dict(FinetuneParams, {**section, "compatibility_form": "align"}, "finetune")
+    assert accepted.compatibility_form == "align"
+
+
+def random_rotation(dim: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    return q
+
+
+def test_procrustes_recovers_a_known_rotation_and_is_the_best_one():
+    gen = torch.Generator().manual_seed(3)
+    new = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    rotation = random_rotation(6, seed=4)
+    torch.testing.assert_close(procrustes_rotation(new, new @ rotation.T), rotation, rtol=0, atol=1e-12)
+    old = new @ rotation.T + 0.3 * torch.randn(40, 6, generator=gen, dtype=torch.float64)  # no exact fit
+    fitted = procrustes_rotation(new, old)
+    torch.testing.assert_close(fitted @ fitted.T, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    error = ((new @ fitted.T - old) ** 2).sum()
+    assert all(error <= ((new @ random_rotation(6, seed).T - old) ** 2).sum() for seed in range(50))
+    assert error <= ((new @ rotation.T - old) ** 2).sum()
+
+
+def test_rotating_onto_a_rotated_copy_gives_back_the_reference_and_keeps_the_models_own_similarities():
+    reference = tiny_model(0).eval()
+    model = tiny_model(0)
+    rotation = random_rotation(16, seed=5).float()
+    with torch.no_grad():
+        for head in (model.video_proj, model.text_proj):
+            head.weight.copy_(rotation @ head.weight)
+    texts = [
+        f"take the {noun} from the {place}"
+        for noun in ("cup", "knife", "pan", "lid", "bowl")
+        for place in ("sink", "shelf", "table", "drawer", "fridge")
+    ]  # 25 texts for 16 dimensions
+    frames, tokens = torch.randn(3, 2, 3, 32, 32), model.tokenize(texts[:3])
+    with torch.no_grad():
+        before = [unit_float32(x) for x in model.eval()(frames, tokens)]
+    assert rotate_onto(model.train(), reference, texts) == pytest.approx(1.0, abs=1e-5)
+    assert model.training  # left in the mode it was given in
+    with torch.no_grad():
+        after = [unit_float32(x) for x in model.eval()(frames, tokens)]
+        expected = [unit_float32(x) for x in reference(frames, tokens)]
+    for got, want in zip(after, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(after[1] @ after[0].T, before[1] @ before[0].T, rtol=0, atol=1e-5)
 
 
 def test_a_reference_that_cannot_see_the_same_inputs_is_refused(tmp_path):
@@ -173,9 +251,9 @@ def cross_top1(texts: torch.Tensor, videos: torch.Tensor) -> float:
     return (texts @ videos.T).argmax(dim=1).eq(torch.arange(len(texts))).double().mean().item()
 
 
-def train_free_embeddings(old: tuple[torch.Tensor, torch.Tensor] | None, steps: int = 150):
+def train_free_embeddings(old: tuple[torch.Tensor, torch.Tensor] | None, form: str = "cross", steps: int = 150):
     """A new 'model' that starts elsewhere: free unit embeddings of 24 (video, text) pairs from another seed,
-    trained with InfoNCE on its own pairs, plus the cross-model term against ``old`` when given."""
+    trained with InfoNCE on its own pairs, plus the compatibility term ``form`` against ``old`` when given."""
     gen = torch.Generator().manual_seed(2)
     video, text = (torch.randn(24, 8, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
     optimizer = torch.optim.Adam([video, text], lr=0.05)
@@ -183,12 +261,18 @@ def train_free_embeddings(old: tuple[torch.Tensor, torch.Tensor] | None, steps: 
     for _ in range(steps):
         optimizer.zero_grad()
         v, t = (torch.nn.functional.normalize(x, dim=1) for x in (video, text))
-        global_loss(v, t, batch, get_loss("infonce", temperature=0.1), None, old, 1.0).backward()
+        global_loss(v, t, batch, get_loss("infonce", temperature=0.1), None, old, 1.0, form).backward()
         optimizer.step()
     return tuple(torch.nn.functional.normalize(x.detach(), dim=1) for x in (video, text))
 
 
-def test_the_term_puts_a_model_that_starts_elsewhere_into_the_old_space():
+def item_cosine(new: torch.Tensor, old: torch.Tensor) -> float:
+    """Mean cosine of each unit embedding with the old model's embedding of the same item."""
+    return (new * old).sum(dim=1).mean().item()
+
+
+@pytest.mark.parametrize("form", ["cross", "cross_align"])
+def test_the_term_puts_a_model_that_starts_elsewhere_into_the_old_space(form):
     gen = torch.Generator().manual_seed(1)
     old_video = torch.nn.functional.normalize(torch.randn(24, 8, generator=gen, dtype=torch.float64), dim=1)
     old_text = torch.nn.functional.normalize(
@@ -197,10 +281,14 @@ def test_the_term_puts_a_model_that_starts_elsewhere_into_the_old_space():
     assert cross_top1(old_text, old_video) == 1.0  # the old model solved its task
     chance = 1 / 24
     for old in (None, (old_video, old_text)):
-        video, text = train_free_embeddings(old)
+        video, text = train_free_embeddings(old, form)
         assert cross_top1(text, video) == 1.0  # new-new: the task is learned either way
         new_text_old_video, old_text_new_video = cross_top1(text, old_video), cross_top1(old_text, video)
+        cosines = item_cosine(video, old_video), item_cosine(text, old_text)
         if old is None:  # independently trained spaces do not align: cross-model search is chance
             assert max(new_text_old_video, old_text_new_video) <= 3 * chance
+            assert max(abs(c) for c in cosines) < 0.2
         else:
             assert min(new_text_old_video, old_text_new_video) == 1.0
+            if form == "cross_align":  # each item also lands near its old embedding (cross alone: about 0.85)
+                assert min(cosines) > 0.9

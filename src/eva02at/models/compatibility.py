@@ -5,7 +5,9 @@ millions of clips would have to be embedded again before search works. Fine-tuni
 ``finetune.compatible_with`` trains the new model against a frozen earlier one, the *reference*: besides the
 task loss on its own (video, text) pairs, the same loss on the cross pairs of the batch, new texts against the
 reference's videos and new videos against the reference's texts (``eva02at.train.losses.cross_model``, BCT's
-influence loss with the reference's other tower as the old classifier). No adapter runs at query time.
+influence loss with the reference's other tower as the old classifier; the other forms of the term are in
+``COMPATIBILITY_TERMS`` there). A model pretrained apart can first be rotated onto the reference's space
+(:func:`rotate_onto`). No adapter runs at query time.
 
 What a checkpoint was trained to stay compatible with is recorded in its ``extra[CHAIN_KEY]``: the reference's
 SHA-256 and path, followed by the reference's own list, so the whole chain back to the first model is known
@@ -25,17 +27,20 @@ import torch
 from eva02at.core.config import ConfigError
 from eva02at.core.digest import file_digest
 from eva02at.models import VIDEO_FORMAT, VideoCLIP, load_checkpoint_file, load_video_clip
+from eva02at.models.video_clip import unit_float32
 
 CHAIN_KEY = "compatible_with"  # key of a video checkpoint's extra: [{"sha256", "path"}, ...], newest first
 
 
 @dataclass
 class Reference:
-    """A frozen earlier model (eval mode, no gradients) and the weight of the cross-model term against it."""
+    """A frozen earlier model (eval mode, no gradients), the weight of the compatibility term against it and
+    which term (a key of ``eva02at.train.losses.cross_model.COMPATIBILITY_TERMS``)."""
 
     model: VideoCLIP
     weight: float
     chain: list[dict[str, str]]  # the new checkpoint's compatibility chain: this model first
+    form: str = "cross"
 
     @property
     def sha256(self) -> str:
@@ -63,7 +68,11 @@ def compatible_digests(checkpoint: str | os.PathLike) -> set[str]:
 
 
 def load_reference(
-    path: str | os.PathLike, like: VideoCLIP, weight: float, probe_texts: Sequence[str] = ("a person opens a door",)
+    path: str | os.PathLike,
+    like: VideoCLIP,
+    weight: float,
+    probe_texts: Sequence[str] = ("a person opens a door",),
+    form: str = "cross",
 ) -> Reference:
     """The video checkpoint ``path`` as a frozen reference for training ``like``, at ``like``'s frame count (the
     temporal embedding interpolated, as the export does for a collection's frame count).
@@ -91,7 +100,36 @@ def load_reference(
         model.set_num_frames(like.num_frames)
     model.eval().requires_grad_(False)
     chain = [{"sha256": file_digest(path), "path": os.fspath(path)}, *data.get("extra", {}).get(CHAIN_KEY, [])]
-    return Reference(model, weight, chain)
+    return Reference(model, weight, chain, form)
+
+
+def procrustes_rotation(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """The orthogonal R (D, D) that brings the rows of ``new`` (N, D) closest to those of ``old``: the minimiser
+    of sum_i ||R new_i - old_i||^2 (orthogonal Procrustes: R = V U^T for new^T old = U S V^T)."""
+    u, _, vh = torch.linalg.svd(new.T @ old)  # (D, D) each
+    return vh.T @ u.T
+
+
+@torch.no_grad()
+def rotate_onto(model: VideoCLIP, reference: VideoCLIP, texts: Sequence[str]) -> float:
+    """Rotate ``model``'s joint space onto ``reference``'s before compatible fine-tuning; returns the mean cosine
+    of the two models' embeddings of ``texts`` after it.
+
+    Two models pretrained apart differ mostly by a rotation of their joint spaces (their heads start from
+    different draws), which the compatibility term would otherwise have to undo step by step. One orthogonal
+    map, fitted on the texts' unit embeddings and folded into both heads (bias-free linear layers), leaves every
+    similarity of the model with itself unchanged and adds nothing at query time (the orthogonal adapter of
+    compatible representation learning, merged into the weights).
+    """
+    training = model.training
+    model.eval()
+    tokens = model.tokenize(list(texts))
+    new, old = unit_float32(model.encode_text(tokens)), unit_float32(reference.encode_text(tokens))  # (N, D)
+    rotation = procrustes_rotation(new.double(), old.double())
+    for head in (model.video_proj, model.text_proj):
+        head.weight.copy_((rotation @ head.weight.double()).to(head.weight.dtype))  # (D, D) @ (D, width)
+    model.train(training)
+    return (new.double() @ rotation.T * old.double()).sum(dim=1).mean().item()
 
 
 def criterion(old_old: float, new_new: float, new_text_old_video: float, old_text_new_video: float) -> dict:

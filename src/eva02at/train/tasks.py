@@ -20,7 +20,7 @@ from torch import nn
 from eva02at.core.distributed import all_gather_no_grad, all_gather_with_grad
 from eva02at.models import VideoCLIP, save_image_clip, save_video_clip
 from eva02at.train.losses import LossFn
-from eva02at.train.losses.cross_model import cross_model_loss
+from eva02at.train.losses.cross_model import COMPATIBILITY_TERMS
 
 
 class Task(Protocol):
@@ -62,6 +62,7 @@ class FrozenReference(Protocol):
     (``eva02at.models.compatibility.Reference``)."""
 
     weight: float  # of the cross-model term
+    form: str  # which term: a key of eva02at.train.losses.cross_model.COMPATIBILITY_TERMS
 
     def embed(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(video, text) embeddings (B, D) of the batch, without gradients."""
@@ -80,9 +81,11 @@ def global_loss(
     relevancy: RelevanceLookup | None,
     old: tuple[torch.Tensor, torch.Tensor] | None = None,
     weight: float = 1.0,
+    form: str = "cross",
 ) -> torch.Tensor:
     """The loss of the global batch: gather embeddings (with gradients) and, if needed, the soft labels; with
-    ``old`` (a frozen model's video and text embeddings of the same batch) plus ``weight`` x the cross-model term."""
+    ``old`` (a frozen model's video and text embeddings of the same batch) plus ``weight`` x the compatibility
+    term ``form`` (``COMPATIBILITY_TERMS``; ``cross``: the cross-model term)."""
     video, text = all_gather_with_grad(video), all_gather_with_grad(text)  # (W*B, D)
     relevance = None
     if relevancy is not None:
@@ -93,7 +96,7 @@ def global_loss(
     if old is None:
         return loss
     old_video, old_text = all_gather_no_grad(old[0]), all_gather_no_grad(old[1])  # (W*B, D), in the same order
-    return loss + weight * cross_model_loss(loss_fn, video, text, old_video, old_text, relevance)
+    return loss + weight * COMPATIBILITY_TERMS[form](loss_fn, video, text, old_video, old_text, relevance)
 
 
 class VideoTextTask:
@@ -120,8 +123,10 @@ class VideoTextTask:
     def batch_loss(
         self, video: torch.Tensor, text: torch.Tensor, batch: dict, frozen: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
-        weight = 1.0 if self.reference is None else self.reference.weight
-        return global_loss(video, text, batch, self.loss_fn, self.relevancy, frozen, weight)
+        if self.reference is None:
+            return global_loss(video, text, batch, self.loss_fn, self.relevancy, frozen)
+        weight, form = self.reference.weight, self.reference.form
+        return global_loss(video, text, batch, self.loss_fn, self.relevancy, frozen, weight, form)
 
     def loss(self, model: nn.Module, frames: torch.Tensor, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.batch_loss(*self.embed(model, frames, tokens), batch, self.frozen(frames, tokens))
