@@ -171,13 +171,17 @@ def fetch_champion(model_name: str, champions: str) -> tuple[ModelVersion | None
 
 def champion_overrides(path: Path, train_compatible: bool) -> dict[str, Any]:
     """Params that bring the champion's file into the experiment: exported as model ``champion`` (``++`` adds
-    the key), compared with the candidate by the evaluation, and with ``train_compatible`` fine-tuned against."""
+    the key), compared with the candidate by the evaluation, and with ``train_compatible`` fine-tuned against
+    in the form that meets the criterion from a new start (README, Compatible retraining): rotated onto the
+    champion's space first, then the cross-model term with the alignment of each item."""
     overrides: dict[str, Any] = {
         f"++export.models.{CHAMPION_MODEL}": str(path),
         "evaluate.compatibility": {"old": CHAMPION_MODEL, "new": CANDIDATE_MODEL},
     }
     if train_compatible:
         overrides["finetune.compatible_with"] = str(path)
+        overrides["finetune.compatibility_init"] = "procrustes"
+        overrides["finetune.compatibility_form"] = "cross_align"
     return overrides
 
 
@@ -320,7 +324,8 @@ def retrain(
         name: DVC experiment name; default `retrain-<UTC time>`.
         retries: Retries of the pulls and of the experiment after a failure (transient errors).
         retry_delay_s: Seconds before the first retry; each further retry waits twice as long.
-        train_compatible: Fine-tune against the champion (`finetune.compatible_with`), so that the candidate's
+        train_compatible: Fine-tune against the champion (`finetune.compatible_with`, with
+            `compatibility_init: procrustes` and `compatibility_form: cross_align`), so that the candidate's
             queries can search galleries the champion exported.
         require_compatible: Promote only a candidate that the evaluation finds compatible with the champion.
         champions: Folder the champion's file is downloaded into (`<champions>/<model_name>/v<N>/`).

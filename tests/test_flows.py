@@ -217,7 +217,7 @@ def test_champion_overrides_are_read_by_dvc_as_meant(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(
         "export:\n  models: {finetuned: f.pt}\nevaluate:\n  models: [finetuned]\n  compatibility: null\n"
-        "finetune:\n  compatible_with: null\n  lr: 0.1\n"
+        "finetune:\n  compatible_with: null\n  compatibility_init: as_is\n  compatibility_form: cross\n  lr: 0.1\n"
     )
     overrides = champion_overrides(Path("models/registry/m/v3/model.pt"), train_compatible=True)
     overrides |= {"evaluate.models": ["finetuned", "zero_shot"], "finetune.lr": 1e-4}
@@ -225,7 +225,12 @@ def test_champion_overrides_are_read_by_dvc_as_meant(tmp_path):
     assert read_params(params) == {
         "export": {"models": {"finetuned": "f.pt", "champion": "models/registry/m/v3/model.pt"}},
         "evaluate": {"models": ["finetuned", "zero_shot"], "compatibility": {"old": "champion", "new": "finetuned"}},
-        "finetune": {"compatible_with": "models/registry/m/v3/model.pt", "lr": 1e-4},
+        "finetune": {
+            "compatible_with": "models/registry/m/v3/model.pt",
+            "compatibility_init": "procrustes",
+            "compatibility_form": "cross_align",
+            "lr": 1e-4,
+        },
     }
     assert "finetune.compatible_with" not in champion_overrides(Path("c.pt"), train_compatible=False)
 
