@@ -142,6 +142,7 @@ def test_codes_file_round_trips_with_its_quantizers(tmp_path):
     assert np.array_equal(back.binary_quantizer.encode(queries), made.binary_quantizer.encode(queries))
     schema = pq.read_schema(path)
     assert schema.field("int8").type == pa.list_(pa.int8(), 16) and schema.field("binary").type == pa.binary(4)
+    assert b"eva02at.codes" in schema.metadata  # the format's key, which galleries exported earlier carry
 
     write_codes(path, make_codes(export.ids, export.vectors, export.info, CodesParams(int8=True)))
     only_int8 = read_codes(path)

@@ -42,7 +42,7 @@ from eva02at.core.errors import MissingInput, PipelineError
 from eva02at.export.embeddings import ID_COLUMN, ROW_GROUP, VIDEO, ExportInfo, iter_vectors, read_info
 
 FORMAT = "eva02at-codes-v1"
-_META_KEY = b"eva02at.export.codes"
+_META_KEY = b"eva02at.codes"  # the file format's key, as every export since the first wrote it (not a module path)
 _ITQ_ITERATIONS = 50
 _FIT_SAMPLE = 50_000  # vectors that fit the mean and PCA: plenty for D x D statistics, bounded cost at any N
 _ITQ_SAMPLE = 10_000  # of those, the ones ITQ iterates on (each iteration costs two N x D x D products)
