@@ -15,7 +15,7 @@ from dvc.repo import Repo
 from eva02at.core.config import ConfigError, read_section
 from eva02at.data.shards import FrameShards
 from rehearsal.project import copy_project, git, override_params
-from stages.frames import FramesParams
+from stages.frames import FramesParams, typed_collections
 
 TOY = {
     "format": "videolist",  # a registered annotation format (eva02at.data.annotations)
@@ -40,10 +40,11 @@ def project(tmp_path) -> Path:
 
 def test_the_frames_stage_validation_accepts_the_entry_and_refuses_an_unknown_format(project):
     frames = read_section(FramesParams, project / "params.yaml", "frames")
-    assert frames.collections["toy_clips"].format == "videolist" and frames.collections["toy_clips"].views == 0
+    collection, _ = typed_collections(frames, "params.yaml")["toy_clips"]
+    assert collection.format == "videolist" and collection.views == 0
     override_params(project / "params.yaml", {"frames": {"collections": {"toy_clips": {"format": "mp4"}}}})
     with pytest.raises(ConfigError, match=r"frames.collections.toy_clips.format = 'mp4': not a registered annotation"):
-        read_section(FramesParams, project / "params.yaml", "frames")
+        typed_collections(read_section(FramesParams, project / "params.yaml", "frames"), "params.yaml")
 
 
 def test_dvc_makes_the_entry_a_stage_of_its_own_through_the_unchanged_dvc_yaml(project):
