@@ -58,6 +58,8 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     def wrapper() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         previous = signal.signal(signal.SIGTERM, _stop)
+        # SIGINT stops a stage even where it was started with SIGINT ignored (a background job of a script)
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         signal_on_parent_exit(signal.SIGTERM)  # the stage ends with the `dvc repro` (or launcher) that started it
         try:
             func()
@@ -85,6 +87,7 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
         finally:  # as it was, for a caller that runs the stage in its own process (tests, a notebook)
             signal_on_parent_exit(0)
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
     return wrapper
 

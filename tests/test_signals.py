@@ -50,10 +50,21 @@ def stage_pid(marker, starter: subprocess.Popen) -> int:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_stage_stops_with_one_plain_line(tmp_path, signum):
     marker = tmp_path / "pid"
-    stage = subprocess.Popen([sys.executable, "-c", STAGE, str(marker)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    stage = subprocess.Popen(
+        [sys.executable, "-c", STAGE, str(marker)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        # started as a background job of a script is: with SIGINT ignored, which a stage must not inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     stage_pid(marker, stage)
     stage.send_signal(signum)
-    _, stderr = stage.communicate()
+    try:
+        _, stderr = stage.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        stage.kill()
+        pytest.fail(f"the stage did not stop on {signal.Signals(signum).name}")
     assert stage.returncode == 128 + signum
     name = signal.Signals(signum).name
     assert stderr.splitlines() == [

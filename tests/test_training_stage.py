@@ -170,7 +170,11 @@ def test_a_killed_stage_leaves_no_process_and_resumes_to_the_same_weights(projec
     workers = children(stage.pid)
     assert len(workers) >= 2  # the loader workers of the epoch
     stage.send_signal(signum)
-    stage.wait()
+    try:
+        stage.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        stage.kill()
+        pytest.fail(f"the stage did not stop on {signal.Signals(signum).name}")
     wait_until(lambda: not any(alive(pid) for pid in workers), "the loader workers to die with the stage")
 
     checkpoint = resume_file(params)
